@@ -1,0 +1,35 @@
+//! A simulated vLLM server speaking vLLM's OpenAI-compatible HTTP API, for the router's tests,
+//! demo and benchmarks. It models what routing decisions depend on (a bounded running batch with
+//! a waiting queue, a block-level prefix cache, TTFT and inter-token latency) and records what
+//! it received, so tests can check exactly what reached each worker.
+//!
+//! - `config`: [`SimConfig`] and [`Role`], the knobs of one server.
+//! - `tokenizer`: a deterministic whitespace/punctuation tokenizer and the fake output words.
+//! - `prefix_cache`: chained block hashes and an LRU set of cached blocks.
+//! - `engine`: admission into the batch, prefix lookups, and each sequence's clock.
+//! - `openai`: the inference routes (chat, completions, embeddings, tokenize, ...), their
+//!   request views, streaming and vLLM's error JSON.
+//! - `control`: `/health`, `/metrics`, `/sim/stats`, `/sim/records`.
+//! - `metrics`: the Prometheus exposition under vLLM's names.
+//! - `inject`: failure injection (`X-Return-Error`, `error_rate`, `hang`, `exit_after`).
+//! - `record`: per-request records, counters, and the drop guard that detects cancellation.
+//! - `state`: the state one server shares between its connections.
+//! - `server`: the accept loop, connection tracking, kill and graceful shutdown.
+
+mod config;
+mod control;
+mod engine;
+mod inject;
+mod metrics;
+mod openai;
+mod prefix_cache;
+mod record;
+mod server;
+mod state;
+mod tokenizer;
+
+pub use config::{ConfigError, Role, SimConfig};
+pub use inject::RETURN_ERROR_HEADER;
+pub use record::{RECORD_CAPACITY, RequestRecord, SimStats};
+pub use server::{SimServer, spawn, spawn_on};
+pub use tokenizer::{detokenize, tokenize};

@@ -1,0 +1,9 @@
+//! End-to-end tests of the simulated server over real loopback HTTP.
+
+mod support;
+
+mod faults;
+mod inference;
+mod lifecycle;
+mod pd;
+mod streaming;

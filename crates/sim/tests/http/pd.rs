@@ -1,0 +1,77 @@
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vllm_sim::{Role, SimConfig, spawn};
+
+use crate::support::{long_text, post_json};
+
+#[tokio::test]
+async fn prefill_hands_kv_params_to_decode() {
+    let prefill = spawn(SimConfig {
+        role: Role::Prefill,
+        engine_id: "prefill-engine".into(),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let decode = spawn(SimConfig {
+        role: Role::Decode,
+        prefill_per_token: Duration::from_millis(10),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let prompt = long_text(100);
+    let request = json!({"prompt": prompt, "max_tokens": 8});
+
+    let mut p_leg = request.clone();
+    p_leg["max_tokens"] = json!(1);
+    p_leg["stream"] = json!(false);
+    p_leg["kv_transfer_params"] = json!({"do_remote_decode": true, "do_remote_prefill": false,
+        "remote_engine_id": null, "remote_block_ids": null, "remote_host": null,
+        "remote_port": null});
+    let rid = [("x-request-id", "pd-1")];
+    let p = post_json(prefill.addr(), "/v1/completions", p_leg.clone(), &rid).await;
+    assert_eq!(p.status, 200);
+    let p = p.json();
+    assert_eq!(p["usage"]["completion_tokens"], 1);
+    let kv = p["kv_transfer_params"].clone();
+    assert_eq!(kv["do_remote_prefill"], true);
+    assert_eq!(kv["do_remote_decode"], false);
+    assert_eq!(kv["remote_engine_id"], "prefill-engine");
+    assert_eq!(kv["remote_host"], "127.0.0.1");
+    assert_eq!(kv["remote_port"], prefill.addr().port());
+    assert_eq!(kv["tp_size"], 1);
+    assert_eq!(kv["remote_block_ids"].as_array().unwrap().len(), 100 / 16);
+    assert_eq!(
+        prefill.records()[0].kv_transfer_params.as_ref(),
+        Some(&p_leg["kv_transfer_params"])
+    );
+
+    let mut d_leg = request.clone();
+    d_leg["kv_transfer_params"] = kv.clone();
+    let start = Instant::now();
+    let d = post_json(decode.addr(), "/v1/completions", d_leg, &rid)
+        .await
+        .json();
+    // Prefilling 100 tokens at 10 ms each would take a second; a remote prefill skips it.
+    assert!(start.elapsed() < Duration::from_millis(500));
+    assert_eq!(d["usage"]["completion_tokens"], 8);
+    assert_eq!(d["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+    assert!(d["kv_transfer_params"].is_null());
+    let rec = &decode.records()[0];
+    assert_eq!(rec.kv_transfer_params.as_ref(), Some(&kv));
+    assert_eq!(rec.request_id.as_deref(), Some("pd-1"));
+    assert_eq!(rec.cached_tokens, 100);
+
+    // Without the handshake, the decode worker prefills itself.
+    let plain: Value = post_json(
+        decode.addr(),
+        "/v1/completions",
+        json!({"prompt": "fresh words here", "max_tokens": 1}),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(plain["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+}
