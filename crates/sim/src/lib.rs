@@ -16,6 +16,8 @@
 //! - `state`: the state one server shares between its connections.
 //! - `server`: the accept loop, connection tracking, kill and graceful shutdown.
 
+#![warn(missing_docs)]
+
 mod config;
 mod control;
 mod engine;

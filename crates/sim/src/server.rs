@@ -115,3 +115,17 @@ impl Drop for SimServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_can_be_shared_across_tasks() {
+        assert_send_sync::<SimServer>();
+        assert_send_sync::<SimStats>();
+        assert_send_sync::<RequestRecord>();
+    }
+}

@@ -166,3 +166,41 @@ async fn full_batch_queues_requests() {
     let s = sim.stats();
     assert_eq!((s.running, s.waiting, s.completed), (0, 0, 2));
 }
+
+#[tokio::test]
+async fn raw_client_with_connection_close_is_seen_leaving() {
+    use tokio::io::AsyncWriteExt;
+    let sim = spawn(SimConfig {
+        hang: true,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let body = chat("hi", 2).to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: sim\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    wait_until(Duration::from_secs(1), "record", || {
+        sim.records().len() == 1
+    })
+    .await;
+    drop(stream);
+    let left_at = std::time::Instant::now();
+    wait_until(Duration::from_secs(1), "cancel", || {
+        sim.stats().cancelled == 1
+    })
+    .await;
+    let lag = sim.records()[0]
+        .cancelled_at
+        .unwrap()
+        .saturating_duration_since(left_at);
+    assert!(
+        lag < Duration::from_millis(100),
+        "cancel noticed after {lag:?}"
+    );
+}
