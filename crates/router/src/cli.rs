@@ -1,0 +1,152 @@
+//! The command line. Flag names and meanings follow vllm-project/router so existing launch
+//! scripts keep working; `demo` is our own subcommand.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::policy::PolicyKind;
+
+/// `vllm-router [FLAGS]` runs the router; `vllm-router demo` runs it on a simulated fleet.
+#[derive(Parser, Debug)]
+#[command(
+    name = "vllm-router",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A subcommand; without one, the router runs with the flags below.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The router's flags.
+    #[command(flatten)]
+    pub router: RouterArgs,
+}
+
+/// Subcommands beside the plain router.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start simulated vLLM workers in-process and the router in front of them.
+    Demo(DemoArgs),
+}
+
+/// Flags of `vllm-router demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// How many simulated workers to start.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// Routing policy.
+    #[arg(long, value_enum, default_value_t = PolicyKind::RoundRobin)]
+    pub policy: PolicyKind,
+    /// Log level.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+/// Log verbosity, as vllm-project/router spells it.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Everything, including per-request traces.
+    Trace,
+    /// Per-request decisions.
+    Debug,
+    /// Start-up, fleet changes and errors.
+    Info,
+    /// Problems only.
+    #[value(alias = "warning")]
+    Warn,
+    /// Failures only.
+    #[value(alias = "critical")]
+    Error,
+}
+
+impl LogLevel {
+    /// The directive understood by `tracing_subscriber::EnvFilter`.
+    pub fn as_directive(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The router's flags, compatible with vllm-project/router 0.1.x.
+#[derive(Args, Debug, Clone)]
+pub struct RouterArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// Worker base URLs (`http://host:port`), space- or comma-separated.
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "URL")]
+    pub worker_urls: Vec<String>,
+    /// Routing policy. Every name vllm-project/router accepts is accepted; the ones this
+    /// version does not implement yet are served by `round_robin`, with a warning at start.
+    #[arg(long, value_enum, default_value_t = PolicyKind::RoundRobin)]
+    pub policy: PolicyKind,
+    /// Seconds to wait for a worker's response headers before answering 504.
+    #[arg(long, default_value_t = 1800)]
+    pub request_timeout_secs: u64,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_payload_size: usize,
+    /// Headers searched, in order, for the client's request id.
+    #[arg(
+        long,
+        num_args = 1..,
+        value_delimiter = ',',
+        default_values_t = ["x-request-id", "x-correlation-id", "x-trace-id", "request-id"].map(String::from)
+    )]
+    pub request_id_headers: Vec<String>,
+    /// Address of the Prometheus metrics listener.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub prometheus_host: String,
+    /// Port of the Prometheus metrics listener (0 disables it).
+    #[arg(long, default_value_t = 29000)]
+    pub prometheus_port: u16,
+    /// Log level.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+    /// Seconds to wait at start for workers to answer `/v1/models`.
+    #[arg(long, default_value_t = 600)]
+    pub worker_startup_timeout_secs: u64,
+    /// Seconds between start-up checks of a worker that has not answered yet.
+    #[arg(long, default_value_t = 2)]
+    pub worker_startup_check_interval: u64,
+    /// Seconds between health probes of every worker.
+    #[arg(long, default_value_t = 10)]
+    pub health_check_interval_secs: u64,
+    /// Seconds a health probe may take before it counts as failed.
+    #[arg(long, default_value_t = 5)]
+    pub health_check_timeout_secs: u64,
+    /// Path probed on each worker.
+    #[arg(long, default_value = "/health")]
+    pub health_check_endpoint: String,
+}
+
+/// The router's flags alone, as a parser of their own (defaults, tests).
+#[derive(Parser, Debug)]
+#[command(name = "vllm-router")]
+pub struct RouterOnly {
+    /// The flags.
+    #[command(flatten)]
+    pub args: RouterArgs,
+}
+
+impl Default for RouterArgs {
+    /// Every flag at its default, as if the router were started with none.
+    fn default() -> Self {
+        RouterOnly::parse_from(["vllm-router"]).args
+    }
+}

@@ -1,0 +1,305 @@
+//! One validated, typed configuration. Raw flags become durations, non-zero sizes, header
+//! names and parsed worker URLs here; every error names the flag and the value at fault.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Scheme, Uri};
+
+use crate::cli::{LogLevel, RouterArgs};
+use crate::policy::PolicyKind;
+
+/// A configuration value that cannot be used, with the flag it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value is out of range or malformed.
+    #[error("invalid value '{value}' for '{flag}': {reason}")]
+    Invalid {
+        /// The flag, spelled as on the command line.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+fn invalid(flag: &'static str, value: impl ToString, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The parsed base URL of one worker: scheme and authority plus an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerUrl {
+    /// Canonical text, `http://host:port` with any path prefix and no trailing slash.
+    pub text: String,
+    /// Scheme (only `http` is served).
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// Path prefix put before every forwarded path, without a trailing slash ("" for none).
+    pub prefix: String,
+}
+
+impl WorkerUrl {
+    /// Parse a worker URL given under `flag`.
+    pub fn parse(flag: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        let trimmed = raw.trim();
+        let uri: Uri = trimmed
+            .parse()
+            .map_err(|e| invalid(flag, raw, format_args!("not a URL ({e})")))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| invalid(flag, raw, "the URL needs a scheme, as in http://host:8000"))?;
+        if scheme != Scheme::HTTP {
+            return Err(invalid(
+                flag,
+                raw,
+                "only http:// workers are supported (terminate TLS in front of the worker)",
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| invalid(flag, raw, "the URL needs a host"))?;
+        if uri.query().is_some() {
+            return Err(invalid(flag, raw, "a worker URL cannot carry a query"));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        let text = format!("{scheme}://{authority}{prefix}");
+        Ok(Self {
+            text,
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+}
+
+/// How the router probes worker health.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Time between probe rounds.
+    pub interval: Duration,
+    /// Time a probe may take.
+    pub timeout: Duration,
+    /// Path probed, starting with `/`.
+    pub endpoint: String,
+}
+
+/// The router's whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Host to listen on.
+    pub host: String,
+    /// Port to listen on.
+    pub port: u16,
+    /// Workers given at start.
+    pub workers: Vec<WorkerUrl>,
+    /// The routing policy asked for.
+    pub policy: PolicyKind,
+    /// How long to wait for a worker's response headers.
+    pub request_timeout: Duration,
+    /// Time allowed to open a TCP connection to a worker.
+    pub connect_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_payload_size: NonZeroUsize,
+    /// Headers searched, in order, for a client-given request id.
+    pub request_id_headers: Vec<HeaderName>,
+    /// Metrics listener address, or `None` when disabled.
+    pub metrics_listen: Option<(String, u16)>,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+    /// How long start-up waits for workers to list their models.
+    pub startup_timeout: Duration,
+    /// Time between start-up checks of a worker not yet answering.
+    pub startup_check_interval: Duration,
+    /// Health probing.
+    pub health: HealthConfig,
+}
+
+fn secs(flag: &'static str, value: u64, allow_zero: bool) -> Result<Duration, ConfigError> {
+    if value == 0 && !allow_zero {
+        return Err(invalid(flag, value, "must be at least 1"));
+    }
+    Ok(Duration::from_secs(value))
+}
+
+impl Config {
+    /// Validate raw flags into a configuration.
+    pub fn from_args(args: RouterArgs) -> Result<Self, ConfigError> {
+        let mut workers: Vec<WorkerUrl> = Vec::with_capacity(args.worker_urls.len());
+        for raw in args.worker_urls.iter().filter(|u| !u.trim().is_empty()) {
+            let url = WorkerUrl::parse("--worker-urls", raw)?;
+            if workers.iter().any(|w| w.text == url.text) {
+                return Err(invalid("--worker-urls", raw, "listed twice"));
+            }
+            workers.push(url);
+        }
+        let max_payload_size = NonZeroUsize::new(args.max_payload_size)
+            .ok_or_else(|| invalid("--max-payload-size", 0, "must be at least 1 byte"))?;
+        let request_id_headers = args
+            .request_id_headers
+            .iter()
+            .map(|h| {
+                HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
+                    .map_err(|_| invalid("--request-id-headers", h, "not a valid header name"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !args.health_check_endpoint.starts_with('/') {
+            return Err(invalid(
+                "--health-check-endpoint",
+                &args.health_check_endpoint,
+                "must start with /",
+            ));
+        }
+        let metrics_listen = (args.prometheus_port != 0)
+            .then(|| (args.prometheus_host.clone(), args.prometheus_port));
+        Ok(Self {
+            host: args.host,
+            port: args.port,
+            workers,
+            policy: args.policy,
+            request_timeout: secs("--request-timeout-secs", args.request_timeout_secs, false)?,
+            connect_timeout: Duration::from_secs(5),
+            max_payload_size,
+            request_id_headers,
+            metrics_listen,
+            log_level: args.log_level,
+            startup_timeout: secs(
+                "--worker-startup-timeout-secs",
+                args.worker_startup_timeout_secs,
+                true,
+            )?,
+            startup_check_interval: secs(
+                "--worker-startup-check-interval",
+                args.worker_startup_check_interval,
+                false,
+            )?,
+            health: HealthConfig {
+                interval: secs(
+                    "--health-check-interval-secs",
+                    args.health_check_interval_secs,
+                    false,
+                )?,
+                timeout: secs(
+                    "--health-check-timeout-secs",
+                    args.health_check_timeout_secs,
+                    false,
+                )?,
+                endpoint: args.health_check_endpoint,
+            },
+        })
+    }
+
+    /// Defaults with the given workers: the starting point for embedding and tests.
+    pub fn with_workers<I, S>(urls: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let args = RouterArgs {
+            worker_urls: urls.into_iter().map(Into::into).collect(),
+            ..RouterArgs::default()
+        };
+        Self::from_args(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(argv: &[&str]) -> Result<Config, String> {
+        let mut full = vec!["vllm-router"];
+        full.extend_from_slice(argv);
+        let args = crate::cli::RouterOnly::try_parse_from(full)
+            .map_err(|e| e.to_string())?
+            .args;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_compatible_router() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(c.port, 30000);
+        assert_eq!(c.max_payload_size.get(), 64 * 1024 * 1024);
+        assert_eq!(c.metrics_listen, Some(("127.0.0.1".into(), 29000)));
+        let ids: Vec<_> = c.request_id_headers.iter().map(|h| h.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "x-request-id",
+                "x-correlation-id",
+                "x-trace-id",
+                "request-id"
+            ]
+        );
+    }
+
+    #[test]
+    fn worker_urls_space_or_comma_separated() {
+        let c = parse(&["--worker-urls", "http://a:1,http://b:2/", "http://c:3/v"]).unwrap();
+        let urls: Vec<_> = c.workers.iter().map(|w| w.text.as_str()).collect();
+        assert_eq!(urls, ["http://a:1", "http://b:2", "http://c:3/v"]);
+        assert_eq!(c.workers[2].prefix, "/v");
+    }
+
+    #[test]
+    fn bad_values_name_flag_and_value() {
+        let e = parse(&["--worker-urls", "gpu1:8000"]).unwrap_err();
+        assert!(
+            e.contains("--worker-urls") && e.contains("gpu1:8000"),
+            "{e}"
+        );
+        let e = parse(&["--worker-urls", "https://a:1"]).unwrap_err();
+        assert!(e.contains("only http://"), "{e}");
+        let e = parse(&["--worker-urls", "http://a:1", "http://a:1/"]).unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = parse(&["--max-payload-size", "0"]).unwrap_err();
+        assert!(e.contains("--max-payload-size") && e.contains("'0'"), "{e}");
+        let e = parse(&["--port", "99999"]).unwrap_err();
+        assert!(e.contains("--port") && e.contains("99999"), "{e}");
+        let e = parse(&["--policy", "fastest"]).unwrap_err();
+        assert!(e.contains("--policy") && e.contains("fastest"), "{e}");
+        let e = parse(&["--request-id-headers", "bad header"]).unwrap_err();
+        assert!(e.contains("--request-id-headers"), "{e}");
+        let e = parse(&["--request-timeout-secs", "0"]).unwrap_err();
+        assert!(e.contains("--request-timeout-secs"), "{e}");
+    }
+
+    #[test]
+    fn compatible_log_level_names_parse() {
+        for (name, level) in [
+            ("warning", LogLevel::Warn),
+            ("critical", LogLevel::Error),
+            ("debug", LogLevel::Debug),
+        ] {
+            assert_eq!(parse(&["--log-level", name]).unwrap().log_level, level);
+        }
+    }
+
+    #[test]
+    fn every_compatible_policy_name_parses() {
+        let names = [
+            "round_robin",
+            "random",
+            "power_of_two",
+            "consistent_hash",
+            "cache_aware",
+            "kv_aware",
+            "sticky_least_loaded",
+        ];
+        for name in names {
+            assert_eq!(parse(&["--policy", name]).unwrap().policy.name(), name);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `vllm-router demo`: simulated vLLM workers in-process and the router in front of them, so
+//! the router can be tried on any machine, without GPUs.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use vllm_sim::{SimConfig, SimServer};
+
+use crate::cli::{DemoArgs, RouterArgs};
+use crate::config::Config;
+use crate::server::RouterHandle;
+
+/// The model every demo worker serves.
+pub const DEMO_MODEL: &str = "demo-llama-8b";
+
+/// A simulated worker with a small GPU's manners: a prefix cache, prefill cost per uncached
+/// token, and decode that slows as its batch grows.
+pub fn demo_worker() -> SimConfig {
+    SimConfig {
+        models: vec![DEMO_MODEL.to_owned()],
+        ttft: Duration::from_millis(15),
+        prefill_per_token: Duration::from_micros(40),
+        itl: Duration::from_millis(12),
+        itl_batch_factor: 0.02,
+        default_max_tokens: 24,
+        ..SimConfig::default()
+    }
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A simulated worker could not start.
+    #[error("could not start a simulated worker: {0}")]
+    Worker(std::io::Error),
+    /// The router's address is taken or invalid.
+    #[error("cannot listen on {addr}: {source} (choose another with --port)")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The router failed.
+    #[error("router failed: {0}")]
+    Router(std::io::Error),
+    /// The generated configuration was refused (a defect).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Run the demo until Ctrl-C.
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let mut workers: Vec<SimServer> = Vec::with_capacity(usize::from(args.workers));
+    for _ in 0..args.workers {
+        workers.push(
+            vllm_sim::spawn(demo_worker())
+                .await
+                .map_err(DemoError::Worker)?,
+        );
+    }
+    let config = Config::from_args(RouterArgs {
+        host: args.host.clone(),
+        port: args.port,
+        worker_urls: workers.iter().map(SimServer::url).collect(),
+        policy: args.policy,
+        prometheus_port: 0,
+        worker_startup_timeout_secs: 10,
+        log_level: args.log_level,
+        ..RouterArgs::default()
+    })?;
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| DemoError::Listen { addr, source })?;
+    let router = RouterHandle::spawn(listener, config)
+        .await
+        .map_err(DemoError::Router)?;
+    println!("{}", banner(&router.url(), &workers));
+    let _ = tokio::signal::ctrl_c().await;
+    println!("stopping");
+    router.shutdown().await.map_err(DemoError::Router)
+}
+
+fn banner(url: &str, workers: &[SimServer]) -> String {
+    let fleet: Vec<String> = workers.iter().map(|w| format!("  - {}", w.url())).collect();
+    format!(
+        r#"vllm-router listening on {url}
+simulated vLLM workers serving `{DEMO_MODEL}`:
+{fleet}
+
+Try it:
+  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \
+    -d '{{"model": "{DEMO_MODEL}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  curl -sN {url}/v1/completions -H 'Content-Type: application/json' \
+    -d '{{"model": "{DEMO_MODEL}", "prompt": "Once upon a time", "max_tokens": 8, "stream": true}}'
+
+With the openai client (pip install openai):
+  python3 -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="none"); \
+print(c.chat.completions.create(model="{DEMO_MODEL}", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+
+Info: {url}/  {url}/health  {url}/v1/models      Ctrl-C to stop."#,
+        fleet = fleet.join("\n")
+    )
+}

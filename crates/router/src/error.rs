@@ -1,0 +1,227 @@
+//! Every error the router itself answers, mapped once to an HTTP status and the OpenAI error
+//! shape `{"error": {"message", "type", "param", "code"}}` that the `openai` SDK reads.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// An error answered by the router without a worker's response.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not what the route takes.
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong, for the client.
+        message: String,
+        /// The offending field, when one is.
+        param: Option<&'static str>,
+    },
+    /// The body is larger than `--max-payload-size`.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// No worker serves the requested model.
+    #[error("The model `{model}` does not exist. Models served: {}", served.join(", "))]
+    UnknownModel {
+        /// The model asked for.
+        model: String,
+        /// The models the fleet serves.
+        served: Vec<String>,
+    },
+    /// No route at this path.
+    #[error("no route for {method} {path}")]
+    NotFound {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+    },
+    /// The route exists but not with this method.
+    #[error("method {method} is not allowed for {path}")]
+    MethodNotAllowed {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+    },
+    /// Workers serve the model but none can take the request now.
+    #[error("no healthy worker available{}", model.as_deref().map(|m| format!(" for model `{m}`")).unwrap_or_default())]
+    NoWorker {
+        /// The model asked for, if any.
+        model: Option<String>,
+    },
+    /// The worker failed before sending a response.
+    #[error("worker {worker} failed: {reason}")]
+    BadGateway {
+        /// The worker's URL.
+        worker: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The worker sent no response headers within the request timeout.
+    #[error("worker {worker} did not answer within {}s", after.as_secs())]
+    GatewayTimeout {
+        /// The worker's URL.
+        worker: String,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// A router defect; logged, answered 500.
+    #[error("internal router error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: u16,
+}
+
+impl ApiError {
+    /// A 400 naming the field at fault.
+    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            param,
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownModel { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NoWorker { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "BadRequestError",
+            Self::PayloadTooLarge { .. } => "RequestEntityTooLargeError",
+            Self::UnknownModel { .. } | Self::NotFound { .. } => "NotFoundError",
+            Self::MethodNotAllowed { .. } => "MethodNotAllowedError",
+            Self::NoWorker { .. } => "ServiceUnavailableError",
+            Self::BadGateway { .. } => "BadGatewayError",
+            Self::GatewayTimeout { .. } => "GatewayTimeoutError",
+            Self::Internal(_) => "InternalServerError",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::BadRequest { param, .. } => *param,
+            Self::UnknownModel { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The error as the JSON body clients receive.
+    pub fn to_json(&self) -> Bytes {
+        let envelope = Envelope {
+            error: Body {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: self.status().as_u16(),
+            },
+        };
+        serde_json::to_vec(&envelope)
+            .map(Bytes::from)
+            .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, Self::Internal(_)) {
+            tracing::error!(error = %self, "internal error");
+        }
+        let mut response = (self.status(), self.to_json()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(e: &ApiError) -> serde_json::Value {
+        serde_json::from_slice(&e.to_json()).unwrap()
+    }
+
+    #[test]
+    fn errors_have_the_openai_shape() {
+        let e = ApiError::UnknownModel {
+            model: "x".into(),
+            served: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let v = json(&e);
+        assert_eq!(
+            v["error"]["message"],
+            "The model `x` does not exist. Models served: a, b"
+        );
+        assert_eq!(v["error"]["type"], "NotFoundError");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["code"], 404);
+
+        let v = json(&ApiError::NoWorker { model: None });
+        assert_eq!(v["error"]["param"], serde_json::Value::Null);
+        assert_eq!(v["error"]["code"], 503);
+    }
+
+    #[test]
+    fn each_error_has_its_status() {
+        let cases = [
+            (ApiError::bad_request("x", None), 400),
+            (ApiError::PayloadTooLarge { limit: 1 }, 413),
+            (
+                ApiError::NoWorker {
+                    model: Some("m".into()),
+                },
+                503,
+            ),
+            (
+                ApiError::BadGateway {
+                    worker: "w".into(),
+                    reason: "reset".into(),
+                },
+                502,
+            ),
+            (
+                ApiError::GatewayTimeout {
+                    worker: "w".into(),
+                    after: Duration::from_secs(1),
+                },
+                504,
+            ),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+            assert_eq!(json(&e)["error"]["code"], status);
+        }
+    }
+}

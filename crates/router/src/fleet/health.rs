@@ -1,0 +1,148 @@
+//! Start-up discovery of each worker's models, and the periodic health probe.
+//!
+//! A worker becomes healthy once it has listed its models; a failed probe round or a refused
+//! connection on the request path marks it unhealthy; the next good probe restores it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{Fleet, FleetEvent, ModelCard, Worker};
+use crate::config::Config;
+use crate::upstream::{FetchError, Upstream};
+
+#[derive(Deserialize)]
+struct ModelList {
+    data: Vec<serde_json::Value>,
+}
+
+/// Ask a worker for its `/v1/models` list.
+async fn fetch_models(
+    upstream: &Upstream,
+    worker: &Worker,
+    timeout: Duration,
+) -> Result<Vec<ModelCard>, FetchError> {
+    let uri = worker
+        .uri_for("/v1/models")
+        .map_err(|e| FetchError::Body(e.to_string()))?;
+    let body = upstream.get(uri, timeout).await?;
+    let list: ModelList = serde_json::from_slice(&body)
+        .map_err(|e| FetchError::Body(format!("not a model list: {e}")))?;
+    Ok(list
+        .data
+        .into_iter()
+        .filter_map(|raw| {
+            let id = raw.get("id")?.as_str()?.to_owned();
+            Some(ModelCard { id, raw })
+        })
+        .collect())
+}
+
+/// Fetch the models of a worker and publish them; healthy on success.
+async fn refresh(
+    fleet: &Fleet,
+    upstream: &Upstream,
+    worker: &Arc<Worker>,
+    timeout: Duration,
+) -> bool {
+    match fetch_models(upstream, worker, timeout).await {
+        Ok(models) => {
+            fleet
+                .apply(FleetEvent::Models {
+                    url: worker.url().to_owned(),
+                    models,
+                })
+                .await;
+            if !worker.set_healthy(true) {
+                tracing::info!(worker = worker.url(), "worker healthy");
+            }
+            true
+        }
+        Err(error) => {
+            tracing::debug!(worker = worker.url(), %error, "model list unavailable");
+            false
+        }
+    }
+}
+
+/// Wait, up to the start-up timeout, until every worker has listed its models. Workers still
+/// silent then stay unhealthy; the health loop keeps trying them.
+pub async fn wait_for_startup(fleet: &Fleet, upstream: &Upstream, config: &Config) {
+    let deadline = Instant::now() + config.startup_timeout;
+    let snapshot = fleet.snapshot();
+    let waits = snapshot.members().iter().map(|m| async move {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = config
+                .health
+                .timeout
+                .min(left.max(Duration::from_millis(1)));
+            if refresh(fleet, upstream, &m.worker, attempt).await {
+                return;
+            }
+            if Instant::now() + config.startup_check_interval > deadline {
+                tracing::warn!(
+                    worker = m.worker.url(),
+                    timeout = ?config.startup_timeout,
+                    "worker did not list its models in time; it stays out of rotation until it does"
+                );
+                return;
+            }
+            tokio::time::sleep(config.startup_check_interval).await;
+        }
+    });
+    join_all(waits).await;
+}
+
+/// Probe one worker: its health endpoint, then its models when it comes back.
+async fn probe(
+    fleet: &Fleet,
+    upstream: &Upstream,
+    worker: &Arc<Worker>,
+    endpoint: &str,
+    timeout: Duration,
+) {
+    let alive = match worker.uri_for(endpoint) {
+        Ok(uri) => upstream.get(uri, timeout).await,
+        Err(e) => Err(FetchError::Body(e.to_string())),
+    };
+    match alive {
+        Ok(_) if worker.is_healthy() => {}
+        Ok(_) => {
+            refresh(fleet, upstream, worker, timeout).await;
+        }
+        Err(error) => {
+            if worker.set_healthy(false) {
+                tracing::warn!(worker = worker.url(), %error, "worker failed its health probe");
+            }
+        }
+    }
+}
+
+/// Probe every worker each interval, for as long as the fleet lives.
+pub fn spawn_health_loop(fleet: Arc<Fleet>, upstream: Upstream, config: &Config) -> JoinHandle<()> {
+    let health = config.health.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(health.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let snapshot = fleet.snapshot();
+            let probes = snapshot.members().iter().map(|m| {
+                probe(
+                    &fleet,
+                    &upstream,
+                    &m.worker,
+                    &health.endpoint,
+                    health.timeout,
+                )
+            });
+            join_all(probes).await;
+        }
+    })
+}

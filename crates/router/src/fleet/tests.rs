@@ -1,0 +1,86 @@
+use super::*;
+use crate::policy::PolicyKind;
+
+fn url(s: &str) -> WorkerUrl {
+    WorkerUrl::parse("--worker-urls", s).unwrap()
+}
+
+fn card(id: &str) -> ModelCard {
+    ModelCard {
+        id: id.into(),
+        raw: serde_json::json!({ "id": id, "object": "model" }),
+    }
+}
+
+#[tokio::test]
+async fn models_route_to_the_workers_that_serve_them() {
+    let fleet = Fleet::start(
+        &[url("http://a:1"), url("http://b:2")],
+        PolicyKind::RoundRobin.build(),
+    );
+    assert_eq!(fleet.snapshot().serving(Some("m1")).map(<[_]>::len), None);
+    assert_eq!(fleet.snapshot().serving(None).map(<[_]>::len), Some(0));
+
+    fleet
+        .apply(FleetEvent::Models {
+            url: "http://a:1".into(),
+            models: vec![card("m1"), card("m2")],
+        })
+        .await;
+    fleet
+        .apply(FleetEvent::Models {
+            url: "http://b:2".into(),
+            models: vec![card("m2")],
+        })
+        .await;
+    let snap = fleet.snapshot();
+    assert_eq!(snap.serving(Some("m1")).unwrap().len(), 1);
+    assert_eq!(snap.serving(Some("m2")).unwrap().len(), 2);
+    assert_eq!(snap.serving(None).unwrap().len(), 2);
+    assert_eq!(snap.model_names(), ["m1", "m2"]);
+
+    // Only healthy workers' models are listed, each once.
+    assert!(snap.healthy_models().is_empty());
+    for m in snap.members() {
+        m.worker.set_healthy(true);
+    }
+    let ids: Vec<_> = snap
+        .healthy_models()
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    assert_eq!(ids, ["m1", "m2"]);
+}
+
+#[tokio::test]
+async fn add_and_remove_publish_new_snapshots_and_keep_live_workers() {
+    let fleet = Fleet::start(&[url("http://a:1")], PolicyKind::Random.build());
+    let before = fleet.snapshot();
+    let held = before.members()[0].worker.begin();
+
+    fleet.apply(FleetEvent::Add(url("http://b:2"))).await;
+    fleet.apply(FleetEvent::Add(url("http://b:2"))).await;
+    assert_eq!(fleet.snapshot().members().len(), 2);
+
+    fleet.apply(FleetEvent::Remove("http://a:1".into())).await;
+    let after = fleet.snapshot();
+    assert_eq!(after.members().len(), 1);
+    assert_eq!(after.members()[0].worker.url(), "http://b:2");
+    // The removed worker's in-flight request still holds it.
+    assert_eq!(held.worker().in_flight(), 1);
+    // An unchanged model list does not publish a new snapshot.
+    fleet
+        .apply(FleetEvent::Models {
+            url: "http://b:2".into(),
+            models: vec![card("m")],
+        })
+        .await;
+    let s1 = fleet.snapshot();
+    fleet
+        .apply(FleetEvent::Models {
+            url: "http://b:2".into(),
+            models: vec![card("m")],
+        })
+        .await;
+    assert!(Arc::ptr_eq(&s1, &fleet.snapshot()));
+}

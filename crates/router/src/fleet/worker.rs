@@ -1,0 +1,137 @@
+//! One worker: its identity, fixed when it joins, and its live numbers as atomics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, uri};
+
+use crate::config::WorkerUrl;
+
+/// A vLLM server the router forwards to. Shared as `Arc<Worker>`; the fleet snapshot and
+/// every in-flight request hold clones, so a worker removed mid-stream lives until it ends.
+#[derive(Debug)]
+pub struct Worker {
+    url: WorkerUrl,
+    header: HeaderValue,
+    in_flight: AtomicUsize,
+    healthy: AtomicBool,
+    served: AtomicU64,
+}
+
+impl Worker {
+    /// A new worker, not yet healthy (it becomes healthy once it has listed its models).
+    pub fn new(url: WorkerUrl) -> Self {
+        let header =
+            HeaderValue::from_str(&url.text).unwrap_or(HeaderValue::from_static("invalid"));
+        Self {
+            url,
+            header,
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(false),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    /// The worker's canonical base URL.
+    pub fn url(&self) -> &str {
+        &self.url.text
+    }
+
+    /// The base URL as a response header value (`x-vllm-router-worker`).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// Requests forwarded to this worker whose response body has not ended yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests ever forwarded to this worker.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker may receive requests.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Record a health verdict; returns the previous one.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed)
+    }
+
+    /// Count a request as in flight until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// The upstream URI for a client's path and query.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let pq = if self.url.prefix.is_empty() {
+            PathAndQuery::try_from(path_and_query)?
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.url.prefix, path_and_query))?
+        };
+        let mut parts = uri::Parts::default();
+        parts.scheme = Some(self.url.scheme.clone());
+        parts.authority = Some(self.url.authority.clone());
+        parts.path_and_query = Some(pq);
+        Ok(Uri::from_parts(parts)?)
+    }
+}
+
+/// Holds one unit of a worker's in-flight count; dropping it releases the unit. It lives
+/// inside the response body, so the count lasts until the stream ends or the client leaves.
+#[derive(Debug)]
+pub struct InFlight(Arc<Worker>);
+
+impl InFlight {
+    /// The worker this request occupies.
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(url: &str) -> Arc<Worker> {
+        Arc::new(Worker::new(WorkerUrl::parse("--worker-urls", url).unwrap()))
+    }
+
+    #[test]
+    fn in_flight_lasts_as_long_as_the_guard() {
+        let w = worker("http://127.0.0.1:9");
+        let a = w.begin();
+        let b = w.begin();
+        assert_eq!(w.in_flight(), 2);
+        drop(a);
+        assert_eq!(w.in_flight(), 1);
+        drop(b);
+        assert_eq!((w.in_flight(), w.served()), (0, 2));
+    }
+
+    #[test]
+    fn uri_keeps_the_path_prefix_and_query() {
+        let w = worker("http://10.0.0.1:8000/vllm/");
+        let uri = w.uri_for("/v1/completions?x=1").unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://10.0.0.1:8000/vllm/v1/completions?x=1"
+        );
+        let plain = worker("http://h:1").uri_for("/health").unwrap();
+        assert_eq!(plain.to_string(), "http://h:1/health");
+    }
+}

@@ -1,0 +1,30 @@
+//! vllm-router: an OpenAI-compatible load balancer for fleets of vLLM servers.
+//!
+//! One request path, bytes in and bytes out: a request is read (within the payload limit),
+//! peeked for the few fields routing needs, matched to the workers that serve its model,
+//! handed to a [`policy`], forwarded by [`proxy`], and streamed back frame by frame.
+//!
+//! - [`cli`]: the command line, compatible with vllm-project/router's flags.
+//! - [`config`]: the one validated, typed configuration every other module reads.
+//! - [`fleet`]: workers, the lock-free fleet snapshot, its single writer task, health probes.
+//! - [`policy`]: the [`policy::Policy`] trait and one file per routing policy.
+//! - [`proxy`]: peek, upstream forwarding, header rules and the in-flight tracking body.
+//! - [`error`]: every router-made error, mapped once to a status and the OpenAI error JSON.
+//! - [`server`]: the HTTP application (inference and info routes) and its run loop.
+//! - [`demo`]: the embedded default: simulated workers plus the router, on one command.
+//! - [`telemetry`]: logging set-up.
+//! - [`upstream`]: the pooled HTTP client to workers.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod fleet;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+/// The router's version, as reported by `/version` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

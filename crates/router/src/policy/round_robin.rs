@@ -1,0 +1,46 @@
+//! Round robin: each candidate in turn.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Decision, Policy, RouteRequest};
+use crate::fleet::Worker;
+
+/// Takes candidates in turn from one shared counter.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+impl Policy for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round_robin"
+    }
+
+    fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(Decision {
+            index: turn % candidates.len(),
+            reason: "next in turn",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::test_support::{with_request, workers};
+
+    #[test]
+    fn cycles_through_every_candidate() {
+        let policy = RoundRobin::default();
+        let ws = workers(3);
+        let picks: Vec<usize> =
+            with_request(|r| (0..6).map(|_| policy.pick(r, &ws).unwrap().index).collect());
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(with_request(|r| policy.pick(r, &[])), None);
+    }
+}

@@ -1,0 +1,122 @@
+//! Header rules: the request id, hop-by-hop headers, and what each side is told.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The request id header sent to workers and echoed to clients.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Names the worker that served a response, like nginx's `X-Upstream-Addr`.
+pub static X_VLLM_ROUTER_WORKER: HeaderName = HeaderName::from_static("x-vllm-router-worker");
+
+/// Longest client-given request id the router adopts; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 256;
+
+/// The first non-empty id among `names`, else a fresh one.
+pub fn request_id(headers: &HeaderMap, names: &[HeaderName]) -> HeaderValue {
+    names
+        .iter()
+        .filter_map(|n| headers.get(n))
+        .find(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
+        .cloned()
+        .unwrap_or_else(generate)
+}
+
+fn generate() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Remove hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
+}
+
+/// The headers a worker receives: the client's, less hop-by-hop ones, `Host` and framing
+/// (the upstream client sets those), with the request id.
+pub fn to_worker(client: &HeaderMap, request_id: &HeaderValue) -> HeaderMap {
+    let mut headers = client.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<HeaderName> {
+        ["x-request-id", "x-correlation-id"]
+            .map(HeaderName::from_static)
+            .to_vec()
+    }
+
+    #[test]
+    fn request_id_is_the_first_header_found_else_generated() {
+        let mut h = HeaderMap::new();
+        h.insert("x-correlation-id", HeaderValue::from_static("corr"));
+        assert_eq!(request_id(&h, &names()), "corr");
+        h.insert("x-request-id", HeaderValue::from_static("req"));
+        assert_eq!(request_id(&h, &names()), "req");
+        let fresh = request_id(&HeaderMap::new(), &names());
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, request_id(&HeaderMap::new(), &names()));
+        h.insert("x-request-id", HeaderValue::from_static(""));
+        assert_eq!(request_id(&h, &names()), "corr");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-secret-hop", "1"),
+            ("host", "router:30000"),
+            ("content-length", "12"),
+            ("authorization", "Bearer k"),
+            ("x-custom", "kept"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = to_worker(&h, &HeaderValue::from_static("id-1"));
+        let mut kept: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["authorization", "x-custom", "x-request-id"]);
+        assert_eq!(out["x-request-id"], "id-1");
+    }
+}

@@ -1,0 +1,204 @@
+//! The HTTP application: inference routes forwarded by [`crate::proxy`], the router's own info
+//! routes, and the run loop that serves them on an already-bound listener.
+
+mod info;
+mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::fleet::{self, Fleet};
+use crate::policy::Policy;
+use crate::proxy;
+use crate::upstream::Upstream;
+
+pub use metrics::serve_metrics;
+
+/// Every vLLM inference route the router forwards (all `POST`).
+pub const INFERENCE_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/rerank",
+    "/rerank",
+    "/v2/rerank",
+    "/v1/score",
+    "/score",
+    "/pooling",
+    "/classify",
+    "/tokenize",
+    "/detokenize",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/inference/v1/generate",
+];
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct App {
+    /// The validated configuration.
+    pub config: Config,
+    /// The fleet.
+    pub fleet: Arc<Fleet>,
+    /// The routing policy.
+    pub policy: Arc<dyn Policy>,
+    /// The pooled client to workers.
+    pub upstream: Upstream,
+    started: Instant,
+    health: JoinHandle<()>,
+}
+
+impl App {
+    /// Start the fleet, wait (up to the start-up timeout) for workers to list their models,
+    /// and start health probing. Must be called inside a Tokio runtime.
+    pub async fn start(config: Config) -> Arc<Self> {
+        if !config.policy.is_available() {
+            tracing::warn!(
+                policy = config.policy.name(),
+                "this policy is not available in this version; round_robin serves in its place"
+            );
+        }
+        if config.workers.is_empty() {
+            tracing::warn!("no workers given: every inference request will be answered 503");
+        }
+        let policy = config.policy.build();
+        let fleet = Arc::new(Fleet::start(&config.workers, Arc::clone(&policy)));
+        let upstream = Upstream::new(config.connect_timeout);
+        fleet::wait_for_startup(&fleet, &upstream, &config).await;
+        let health = fleet::spawn_health_loop(Arc::clone(&fleet), upstream.clone(), &config);
+        Arc::new(Self {
+            config,
+            fleet,
+            policy,
+            upstream,
+            started: Instant::now(),
+            health,
+        })
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.health.abort();
+    }
+}
+
+/// The router's HTTP routes.
+pub fn routes(app: Arc<App>) -> Router {
+    let mut router = Router::new();
+    for path in INFERENCE_ROUTES {
+        router = router.route(path, post(proxy::forward));
+    }
+    router
+        .route("/v1/models", get(info::models))
+        .route("/health", get(info::health))
+        .route("/liveness", get(info::liveness))
+        .route("/readiness", get(info::readiness))
+        .route("/version", get(info::version))
+        .route("/", get(info::about))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn not_found(request: Request) -> Response {
+    ApiError::NotFound {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+    .into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+    .into_response()
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves, then finish in-flight requests.
+pub async fn run<F>(listener: TcpListener, app: Arc<App>, shutdown: F) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, routes(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A router serving in the background: for embedding, the demo and tests.
+#[derive(Debug)]
+pub struct RouterHandle {
+    addr: SocketAddr,
+    app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RouterHandle {
+    /// Start the fleet and serve on `listener` in a background task.
+    pub async fn spawn(listener: TcpListener, config: Config) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let app = App::start(config).await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, Arc::clone(&app), async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            app,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// The address the router listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://` plus the address.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The running application (fleet, policy, configuration).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stop accepting, let in-flight requests finish, and wait for the server to end.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+impl Drop for RouterHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

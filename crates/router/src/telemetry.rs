@@ -1,0 +1,17 @@
+//! Logging: human-readable lines on stderr, filtered by `--log-level` (or `RUST_LOG`).
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogLevel;
+
+/// Install the global subscriber once; later calls are ignored.
+pub fn init(level: LogLevel) {
+    let lvl = level.as_directive();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,vllm_router={lvl},vllm_sim={lvl}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

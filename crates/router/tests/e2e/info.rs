@@ -1,0 +1,50 @@
+//! The router's own routes.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn health_readiness_liveness_version_and_about() {
+    let workers = fast_sims(2).await;
+    let router = router(&workers).await;
+    let base = router.url();
+
+    let health = get(&format!("{base}/health")).await;
+    assert_eq!(health.status, 200);
+    let h = health.json();
+    assert_eq!(
+        (h["healthy_workers"].as_u64(), h["total_workers"].as_u64()),
+        (Some(2), Some(2))
+    );
+
+    assert_eq!(get(&format!("{base}/liveness")).await.status, 200);
+    assert_eq!(get(&format!("{base}/readiness")).await.status, 200);
+    assert_eq!(
+        get(&format!("{base}/version")).await.json()["version"],
+        vllm_router::VERSION
+    );
+
+    let about = get(&format!("{base}/")).await.json();
+    assert_eq!(about["name"], "vllm-router");
+    assert_eq!(about["policy"], "round_robin");
+    let urls: Vec<&str> = about["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls, [workers[0].url(), workers[1].url()]);
+    assert_eq!(about["workers"][0]["models"][0], MODEL);
+}
+
+#[tokio::test]
+async fn a_router_without_healthy_workers_is_alive_but_not_ready() {
+    let workers = fast_sims(1).await;
+    workers[0].kill();
+    let router = router_with(&workers, |a| a.worker_startup_timeout_secs = 0).await;
+    let base = router.url();
+    assert_eq!(get(&format!("{base}/liveness")).await.status, 200);
+    assert_eq!(get(&format!("{base}/readiness")).await.status, 503);
+    let health = get(&format!("{base}/health")).await;
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["total_workers"], 1);
+}

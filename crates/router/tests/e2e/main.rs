@@ -1,0 +1,11 @@
+//! End-to-end tests: the router and simulated vLLM workers on loopback ports, real HTTP.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod errors;
+mod info;
+mod models;
+mod proxy;
+mod streaming;
