@@ -1,5 +1,7 @@
 //! Logging: human-readable lines on stderr, filtered by `--log-level` (or `RUST_LOG`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogLevel;
@@ -12,6 +14,7 @@ pub fn init(level: LogLevel) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
