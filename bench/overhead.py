@@ -1,0 +1,558 @@
+#!/usr/bin/env python3
+"""Measure what a proxy adds in front of vLLM: vllm-router vs the Python-packaged router vs nginx.
+
+One `vllm-sim` process serves two fast simulated workers. For every round, each target is
+started on a free port, warmed up, then loaded with `wrk` twice (non-streaming and streaming
+chat completions). `direct` is wrk straight at worker 1 with no proxy: the baseline the added
+latency is measured against. Rounds alternate the order of the targets so drift (thermal,
+noisy neighbours) does not favour one of them. Medians over rounds are reported.
+
+Standard library only; normally started by `bench/overhead.sh`, which builds and installs
+everything this needs and passes the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL = "sim-model"
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+WARMUP_S = 1
+MODES = ("non-stream", "stream")
+PROXIES = ("ours", "peer", "nginx")
+TARGETS = ("direct",) + PROXIES
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(argv: list[str], log_path: Path, **kw) -> subprocess.Popen:
+    """Starts `argv` in a session of its own, so that it and anything it forks stop together."""
+    out = open(log_path, "wb")
+    try:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, **kw,
+        )
+    finally:
+        out.close()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after a grace period."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Field 4 (ppid) follows the parenthesised command name, which may itself hold spaces.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+
+
+def peak_rss_kb(pid: int) -> int:
+    """VmHWM of `pid` plus that of all its descendants (nginx workers, forked helpers)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+        todo.extend(children(p))
+    return total
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def http_get(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (OSError, urllib.error.URLError):
+        return 0
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = READY_TIMEOUT_S) -> str | None:
+    """None once `GET url` answers 200; otherwise why not."""
+    deadline = time.monotonic() + timeout
+    status = 0
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return f"exited with status {proc.returncode}"
+        status = http_get(url)
+        if status == 200:
+            return None
+        time.sleep(0.1)
+    return f"no 200 from {url} within {timeout:.0f}s (last status {status or 'no answer'})"
+
+
+def start_sim(sim_bin: str, workdir: Path) -> tuple[subprocess.Popen, list[str]]:
+    argv = [sim_bin, "--port", "0", "--count", "2", "--max-tokens", "4", "--log-level", "warn"]
+    with open(workdir / "sim.log", "wb") as err:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            text=True, start_new_session=True,
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        # Drains stdout for the life of the sim so that it never blocks on a full pipe.
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    urls: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(urls) < 2:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = None
+        if line is None:
+            break
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            urls.append(m.group(1).rstrip("/"))
+    if len(urls) < 2:
+        stop(proc)
+        raise SystemExit(f"vllm-sim did not start:\n{tail(workdir / 'sim.log')}")
+    return proc, urls
+
+
+# ---------------------------------------------------------------------------------------------
+# the targets
+
+
+@dataclass
+class Paths:
+    router: str
+    sim: str
+    peer: str
+    nginx: str
+    wrk: str
+
+
+@dataclass
+class Running:
+    url: str
+    proc: subprocess.Popen | None
+    log: Path
+
+
+def start_target(name: str, paths: Paths, workers: list[str], workdir: Path) -> Running:
+    logf = workdir / f"{name}.log"
+    if name == "direct":
+        return Running(workers[0], None, logf)
+    port = free_port()
+    if name == "ours":
+        argv = [
+            paths.router, "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0",
+            "--worker-urls", *workers, "--policy", "round_robin", "--log-level", "warn",
+        ]
+    elif name == "peer":
+        argv = [
+            paths.peer, "--worker-urls", *workers, "--policy", "round_robin",
+            "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", str(free_port()),
+            "--log-level", "warning",
+        ]
+    elif name == "nginx":
+        argv = nginx_argv(paths.nginx, port, workers, workdir)
+    else:
+        raise ValueError(name)
+    return Running(f"http://127.0.0.1:{port}", start(argv, logf), logf)
+
+
+def nginx_argv(nginx: str, port: int, workers: list[str], workdir: Path) -> list[str]:
+    prefix = workdir / "nginx"
+    if prefix.exists():
+        shutil.rmtree(prefix)
+    prefix.mkdir()
+    # Started as root, nginx workers run as an unprivileged user that must reach the prefix.
+    for d in (workdir, prefix):
+        d.chmod(0o755)
+    servers = "\n".join(
+        f"        server {u.removeprefix('http://')};" for u in workers
+    )
+    conf = prefix / "nginx.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        worker_processes 1;
+        pid {prefix}/nginx.pid;
+        error_log {prefix}/error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            client_body_temp_path {prefix}/client_body;
+            proxy_temp_path {prefix}/proxy;
+            fastcgi_temp_path {prefix}/fastcgi;
+            uwsgi_temp_path {prefix}/uwsgi;
+            scgi_temp_path {prefix}/scgi;
+            upstream llm {{
+                least_conn;
+        {servers}
+                keepalive 64;
+            }}
+            server {{
+                listen 127.0.0.1:{port};
+                location / {{
+                    proxy_pass http://llm;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_buffering off;
+                }}
+            }}
+        }}
+    """))
+    return [nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"]
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+
+
+def write_lua(workdir: Path) -> dict[str, Path]:
+    scripts = {}
+    for mode in MODES:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+        if mode == "stream":
+            body["stream"] = True
+        path = workdir / f"{mode}.lua"
+        # `done` runs once at the end (no per-request Lua cost) and reports the count of
+        # non-2xx/3xx answers and socket errors in a line of its own.
+        path.write_text(textwrap.dedent(f"""\
+            wrk.method = "POST"
+            wrk.body = '{json.dumps(body, separators=(",", ":"))}'
+            wrk.headers["Content-Type"] = "application/json"
+
+            function done(summary, latency, requests)
+               local e = summary.errors
+               io.write(string.format("bench-errors status=%d connect=%d read=%d write=%d timeout=%d\\n",
+                  e.status, e.connect, e.read, e.write, e.timeout))
+            end
+        """))
+        scripts[mode] = path
+    return scripts
+
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"unparseable latency {text!r}")
+    return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = re.search(r"^Requests/sec:\s*([0-9.]+)", out, re.M)
+    p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M)
+    if not (rps and p50 and p99):
+        raise ValueError("wrk output lacks Requests/sec or the latency distribution")
+    counted = re.search(
+        r"^bench-errors status=(\d+) connect=(\d+) read=(\d+) write=(\d+) timeout=(\d+)", out, re.M
+    )
+    if counted:
+        errors = sum(int(x) for x in counted.groups())
+    else:  # the printed summary says the same, when there is anything to say
+        non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+        sock = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+        )
+        errors = (int(non2xx.group(1)) if non2xx else 0) + (
+            sum(int(x) for x in sock.groups()) if sock else 0
+        )
+    return WrkResult(float(rps.group(1)), to_ms(p50.group(1)), to_ms(p99.group(1)), errors)
+
+
+def run_wrk(wrk: str, url: str, script: Path, duration: int, connections: int) -> WrkResult:
+    argv = [
+        wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
+        url + "/v1/chat/completions",
+    ]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    if res.returncode != 0:
+        raise RuntimeError(f"wrk failed ({res.returncode}): {res.stderr.strip() or res.stdout}")
+    return parse_wrk(res.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Sample:
+    results: dict[str, WrkResult] = field(default_factory=dict)
+    rss_kb: int | None = None
+
+
+def measure(name: str, paths: Paths, workers: list[str], workdir: Path,
+            scripts: dict[str, Path], args: argparse.Namespace) -> Sample:
+    target = start_target(name, paths, workers, workdir)
+    try:
+        why = wait_ready(target.url + "/v1/models", target.proc)
+        if why:
+            raise RuntimeError(f"{name} did not become ready: {why}\n{tail(target.log)}")
+        run_wrk(paths.wrk, target.url, scripts["non-stream"], WARMUP_S, args.connections)
+        sample = Sample()
+        for mode in MODES:
+            sample.results[mode] = run_wrk(
+                paths.wrk, target.url, scripts[mode], args.duration, args.connections
+            )
+        if target.proc is not None:
+            sample.rss_kb = peak_rss_kb(target.proc.pid)
+        return sample
+    finally:
+        if target.proc is not None:
+            stop(target.proc)
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or not b else f"{a / b:.2f}x"
+
+
+def machine_line() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{os.cpu_count()} cores"]
+    if cpu:
+        parts.append(cpu)
+    parts.append(f"Linux {platform.release()}" if platform.system() == "Linux" else platform.platform())
+    return ", ".join(parts)
+
+
+def version_of(argv: list[str]) -> str:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    text = (res.stdout + res.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def report(samples: dict[str, list[Sample]], failures: dict[str, str],
+           args: argparse.Namespace, paths: Paths) -> str:
+    agg: dict[tuple[str, str], dict[str, float | None]] = {}
+    for name in TARGETS:
+        for mode in MODES:
+            rs = [s.results[mode] for s in samples[name] if mode in s.results]
+            agg[(name, mode)] = {
+                "rps": median([r.rps for r in rs]),
+                "p50": median([r.p50_ms for r in rs]),
+                "p99": median([r.p99_ms for r in rs]),
+                "errors": sum(r.errors for r in rs) if rs else None,
+            }
+    rss = {
+        name: max((s.rss_kb for s in samples[name] if s.rss_kb is not None), default=None)
+        for name in TARGETS
+    }
+
+    lines = [
+        "# Proxy overhead",
+        "",
+        f"Machine: {machine_line()}.",
+        "",
+        f"Load: `wrk -t1 -c{args.connections} -d{args.duration}s`, {args.rounds} round(s) in "
+        f"alternating order, medians over rounds. Backend: one `vllm-sim` process with two "
+        f"workers (`--max-tokens 4`, no simulated delays). Body: chat completion, "
+        f"`max_tokens: 4`, with and without `stream: true`.",
+        "",
+        f"Proxies: ours = `{version_of([paths.router, '--version'])}` (round_robin); "
+        f"peer = `vllm-router` 0.1.17 from PyPI (round_robin); "
+        f"nginx = `{version_of([paths.nginx, '-v'])}` (least_conn, keepalive 64, 1 worker). "
+        f"Load generator: `{version_of([paths.wrk, '-v'])}`.",
+        "",
+        "Added latency is the target's median minus the median of `direct` (wrk straight at one "
+        "worker); a negative value means the difference is within run-to-run noise. Peak RSS is "
+        "VmHWM of the proxy's processes (the Python process hosting the peer; nginx master and "
+        "worker), the largest over rounds. Errors are non-2xx answers plus socket errors, summed.",
+        "",
+        "| target | mode | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | peak RSS MB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in TARGETS:
+        rss_mb = "-" if name == "direct" else fmt(None if rss[name] is None else rss[name] / 1024, 1)
+        for mode in MODES:
+            a, d = agg[(name, mode)], agg[("direct", mode)]
+
+            def added(key: str) -> str:
+                if name == "direct":
+                    return "-"
+                return fmt(None if a[key] is None or d[key] is None else a[key] - d[key])
+
+            errors = "n/a" if a["errors"] is None else str(int(a["errors"]))
+            lines.append(
+                f"| {name} | {mode} | {fmt(a['rps'], 0)} | {fmt(a['p50'])} | {fmt(a['p99'])} | "
+                f"{added('p50')} | {added('p99')} | {rss_mb} | {errors} |"
+            )
+    lines += [
+        "",
+        "| ratio | non-stream | stream |",
+        "|---|---:|---:|",
+        "| throughput ours/peer (higher is better) | "
+        + " | ".join(ratio(agg[("ours", m)]["rps"], agg[("peer", m)]["rps"]) for m in MODES) + " |",
+        "| p99 ours/peer (lower is better) | "
+        + " | ".join(ratio(agg[("ours", m)]["p99"], agg[("peer", m)]["p99"]) for m in MODES) + " |",
+        "| throughput ours/nginx (higher is better) | "
+        + " | ".join(ratio(agg[("ours", m)]["rps"], agg[("nginx", m)]["rps"]) for m in MODES) + " |",
+        "",
+        f"Peak RSS ours/peer (lower is better): {ratio(rss['ours'], rss['peer'])} "
+        f"({fmt(None if rss['ours'] is None else rss['ours'] / 1024, 1)} MB vs "
+        f"{fmt(None if rss['peer'] is None else rss['peer'] / 1024, 1)} MB).",
+    ]
+    if failures:
+        lines += ["", "Failures:", ""]
+        lines += [f"- {name}: {why.splitlines()[0]}" for name, why in failures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    here = Path(__file__).resolve().parent
+    root = here.parent
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (whole seconds)")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--out", type=Path, help="also write the markdown report here")
+    ap.add_argument("--router-bin", default=str(root / "target/release/vllm-router"))
+    ap.add_argument("--sim-bin", default=str(root / "target/release/vllm-sim"))
+    ap.add_argument("--peer-bin", default=str(Path.home() / ".cache/vllm-router-bench/bin/vllm-router"))
+    ap.add_argument("--nginx", default=shutil.which("nginx") or "nginx")
+    ap.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    args = ap.parse_args()
+    if args.rounds < 1 or args.duration <= 0 or args.connections < 1:
+        ap.error("--rounds, --duration and --connections must be positive")
+    paths = Paths(args.router_bin, args.sim_bin, args.peer_bin, args.nginx, args.wrk)
+    for what, p in vars(paths).items():
+        if not (os.access(p, os.X_OK) or shutil.which(p)):
+            ap.error(f"{what}: {p} is not an executable")
+
+    samples: dict[str, list[Sample]] = {name: [] for name in TARGETS}
+    failures: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="vllm-router-bench-") as tmp:
+        workdir = Path(tmp)
+        scripts = write_lua(workdir)
+        sim, workers = start_sim(paths.sim, workdir)
+        try:
+            log(f"workers: {' '.join(workers)}")
+            for rnd in range(args.rounds):
+                order = TARGETS if rnd % 2 == 0 else tuple(reversed(TARGETS))
+                for name in order:
+                    if name in failures:
+                        continue
+                    log(f"round {rnd + 1}/{args.rounds}: {name}")
+                    try:
+                        sample = measure(name, paths, workers, workdir, scripts, args)
+                    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
+                        failures[name] = str(err)
+                        log(f"  FAILED: {err}")
+                        continue
+                    samples[name].append(sample)
+                    for mode, r in sample.results.items():
+                        log(f"  {mode:10} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+                            f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}")
+                    if sample.rss_kb is not None:
+                        log(f"  peak RSS {sample.rss_kb / 1024:.1f} MB")
+                if sim.poll() is not None:
+                    raise SystemExit(f"vllm-sim exited mid-run:\n{tail(workdir / 'sim.log')}")
+        finally:
+            stop(sim)
+
+    text = report(samples, failures, args, paths)
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
