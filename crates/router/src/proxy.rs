@@ -57,16 +57,21 @@ async fn route(
 
     let mut candidates: Vec<Arc<Worker>> = {
         let snapshot = app.fleet.snapshot();
-        let serving = snapshot
-            .serving(model)
-            .ok_or_else(|| ApiError::UnknownModel {
-                model: model.unwrap_or_default().to_owned(),
-                served: snapshot
-                    .model_names()
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
-            })?;
+        let serving = match snapshot.serving(model) {
+            Some(serving) => serving,
+            // Until some worker has listed its models, no model can be called unknown.
+            None if snapshot.serving(None).is_some_and(<[_]>::is_empty) => &[],
+            None => {
+                return Err(ApiError::UnknownModel {
+                    model: model.unwrap_or_default().to_owned(),
+                    served: snapshot
+                        .model_names()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                });
+            }
+        };
         serving.iter().filter(|w| w.is_healthy()).cloned().collect()
     };
 

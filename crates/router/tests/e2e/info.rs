@@ -47,4 +47,7 @@ async fn a_router_without_healthy_workers_is_alive_but_not_ready() {
     let health = get(&format!("{base}/health")).await;
     assert_eq!(health.status, 503);
     assert_eq!(health.json()["total_workers"], 1);
+    // No worker has listed its models yet: unavailable, not "model does not exist".
+    let r = post_json(&format!("{base}/v1/chat/completions"), chat(MODEL, false)).await;
+    r.assert_error(503);
 }
