@@ -133,6 +133,23 @@ pub struct RouterArgs {
     /// Path probed on each worker.
     #[arg(long, default_value = "/health")]
     pub health_check_endpoint: String,
+    /// Milliseconds between scrapes of each worker's `/metrics` for load (0 disables; load
+    /// is then the router's in-flight count alone).
+    #[arg(long, default_value_t = 1000)]
+    pub load_scrape_interval_ms: u64,
+    /// Headers that carry a session key, searched in order before the body's
+    /// `session_params.session_id`, `user`, `session_id` and `user_id` fields. Request ids are
+    /// never session keys.
+    #[arg(
+        long,
+        num_args = 1..,
+        value_delimiter = ',',
+        default_values_t = ["x-session-id", "x-user-id", "x-tenant-id"].map(String::from)
+    )]
+    pub session_key_headers: Vec<String>,
+    /// `consistent_hash`: no worker takes more than this factor of the mean in-flight.
+    #[arg(long, default_value_t = 1.25)]
+    pub hash_load_factor: f64,
 }
 
 /// The router's flags alone, as a parser of their own (defaults, tests).

@@ -8,7 +8,7 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme, Uri};
 
 use crate::cli::{LogLevel, RouterArgs};
-use crate::policy::PolicyKind;
+use crate::policy::{PolicyConfig, PolicyKind};
 
 /// A configuration value that cannot be used, with the flag it came from.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,12 @@ pub struct Config {
     pub workers: Vec<WorkerUrl>,
     /// The routing policy asked for.
     pub policy: PolicyKind,
+    /// Settings of the policies.
+    pub policy_config: PolicyConfig,
+    /// Interval of the load scrape of workers' `/metrics`, or `None` when disabled.
+    pub load_scrape_interval: Option<Duration>,
+    /// Headers searched, in order, for a session key.
+    pub session_key_headers: Vec<HeaderName>,
     /// How long to wait for a worker's response headers.
     pub request_timeout: Duration,
     /// Time allowed to open a TCP connection to a worker.
@@ -122,6 +128,15 @@ pub struct Config {
     pub startup_check_interval: Duration,
     /// Health probing.
     pub health: HealthConfig,
+}
+
+fn header_names(flag: &'static str, raw: &[String]) -> Result<Vec<HeaderName>, ConfigError> {
+    raw.iter()
+        .map(|h| {
+            HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
+                .map_err(|_| invalid(flag, h, "not a valid header name"))
+        })
+        .collect()
 }
 
 fn secs(flag: &'static str, value: u64, allow_zero: bool) -> Result<Duration, ConfigError> {
@@ -144,14 +159,25 @@ impl Config {
         }
         let max_payload_size = NonZeroUsize::new(args.max_payload_size)
             .ok_or_else(|| invalid("--max-payload-size", 0, "must be at least 1 byte"))?;
-        let request_id_headers = args
-            .request_id_headers
+        let request_id_headers = header_names("--request-id-headers", &args.request_id_headers)?;
+        let session_key_headers = header_names("--session-key-headers", &args.session_key_headers)?;
+        if let Some(shared) = session_key_headers
             .iter()
-            .map(|h| {
-                HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
-                    .map_err(|_| invalid("--request-id-headers", h, "not a valid header name"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .find(|h| request_id_headers.contains(h))
+        {
+            return Err(invalid(
+                "--session-key-headers",
+                shared,
+                "a request id changes with every request and cannot be a session key",
+            ));
+        }
+        if !(args.hash_load_factor >= 1.0 && args.hash_load_factor.is_finite()) {
+            return Err(invalid(
+                "--hash-load-factor",
+                args.hash_load_factor,
+                "must be at least 1.0",
+            ));
+        }
         if !args.health_check_endpoint.starts_with('/') {
             return Err(invalid(
                 "--health-check-endpoint",
@@ -166,6 +192,12 @@ impl Config {
             port: args.port,
             workers,
             policy: args.policy,
+            policy_config: PolicyConfig {
+                hash_load_factor: args.hash_load_factor,
+            },
+            load_scrape_interval: (args.load_scrape_interval_ms > 0)
+                .then(|| Duration::from_millis(args.load_scrape_interval_ms)),
+            session_key_headers,
             request_timeout: secs("--request-timeout-secs", args.request_timeout_secs, false)?,
             connect_timeout: Duration::from_secs(5),
             max_payload_size,
@@ -272,6 +304,13 @@ mod tests {
         assert!(e.contains("--policy") && e.contains("fastest"), "{e}");
         let e = parse(&["--request-id-headers", "bad header"]).unwrap_err();
         assert!(e.contains("--request-id-headers"), "{e}");
+        let e = parse(&["--session-key-headers", "x-request-id"]).unwrap_err();
+        assert!(
+            e.contains("--session-key-headers") && e.contains("request id"),
+            "{e}"
+        );
+        let e = parse(&["--hash-load-factor", "0.5"]).unwrap_err();
+        assert!(e.contains("--hash-load-factor") && e.contains("0.5"), "{e}");
         let e = parse(&["--request-timeout-secs", "0"]).unwrap_err();
         assert!(e.contains("--request-timeout-secs"), "{e}");
     }
@@ -297,6 +336,8 @@ mod tests {
             "cache_aware",
             "kv_aware",
             "sticky_least_loaded",
+            "least_load",
+            "weighted",
         ];
         for name in names {
             assert_eq!(parse(&["--policy", name]).unwrap().policy.name(), name);

@@ -5,7 +5,10 @@
 //! and tells the policy. Live per-worker numbers are atomics in [`Worker`] and never need a
 //! new snapshot.
 
+mod exposition;
 mod health;
+mod load;
+mod scrape;
 mod worker;
 
 use std::collections::HashMap;
@@ -14,7 +17,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 
+pub use exposition::EngineMetrics;
 pub use health::{spawn_health_loop, wait_for_startup};
+pub use load::{EngineLoad, EngineSample, Load};
+pub use scrape::spawn_scrape_loop;
 pub use worker::{InFlight, Worker};
 
 use crate::config::WorkerUrl;

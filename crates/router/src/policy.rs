@@ -1,9 +1,12 @@
 //! Routing policies. Each is one file implementing [`Policy`] and one [`PolicyKind`] variant;
 //! nothing else in the router knows which policy runs.
 
+mod consistent_hash;
+mod least_load;
 mod power_of_two;
 mod random;
 mod round_robin;
+mod weighted;
 
 use std::sync::Arc;
 
@@ -25,6 +28,8 @@ pub struct RouteRequest<'a> {
     pub body: &'a [u8],
     /// The request id sent to the worker.
     pub request_id: &'a str,
+    /// The session key (configured headers first, then parsed body fields), if any.
+    pub session_key: Option<&'a str>,
 }
 
 /// A policy's choice: an index into the candidates, and why.
@@ -48,6 +53,48 @@ pub trait Policy: Send + Sync + std::fmt::Debug + 'static {
     fn on_fleet_change(&self, _snapshot: &Snapshot) {}
 }
 
+/// Settings policies are built with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyConfig {
+    /// `consistent_hash`: no worker takes more than this factor of the mean in-flight.
+    pub hash_load_factor: f64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            hash_load_factor: 1.25,
+        }
+    }
+}
+
+/// The candidate with the lowest `score`; ties are broken at random so equal workers share
+/// the traffic.
+pub(crate) fn least_by(
+    candidates: &[Arc<Worker>],
+    mut score: impl FnMut(&Worker) -> f64,
+) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    let mut ties = 0u32;
+    for (i, w) in candidates.iter().enumerate() {
+        let s = score(w);
+        match best {
+            Some((_, b)) if s > b => {}
+            Some((_, b)) if s == b => {
+                ties += 1;
+                if fastrand::u32(..=ties) == 0 {
+                    best = Some((i, s));
+                }
+            }
+            _ => {
+                best = Some((i, s));
+                ties = 0;
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 /// The policies `--policy` accepts, with vllm-project/router's names.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 #[value(rename_all = "snake_case")]
@@ -56,16 +103,21 @@ pub enum PolicyKind {
     RoundRobin,
     /// A uniformly random candidate.
     Random,
-    /// The less loaded of two random candidates, by requests in flight.
+    /// The less loaded of two random candidates, by in-flight plus the engine's queue.
     PowerOfTwo,
-    /// Session affinity (arrives with the policies work; served by round robin until then).
+    /// The lowest `running * 3 + waiting` from the workers' `/metrics`.
+    LeastLoad,
+    /// nginx's metric-driven recipe: weights stepped down by KV-cache use, queueing,
+    /// preemption and batch size, then least connections over the weights.
+    Weighted,
+    /// Sessions stick to a worker on a hash ring, with bounded load.
     ConsistentHash,
     /// Prefix-cache affinity (arrives with the policies work; served by round robin until then).
     CacheAware,
     /// KV-event-driven cache affinity (arrives with the policies work; round robin until then).
     KvAware,
-    /// Sticky sessions with least-load fallback (arrives with the policies work; round robin
-    /// until then).
+    /// Sticky sessions with a least-loaded fallback: served by `consistent_hash`, which is
+    /// exactly that, with bounded load.
     StickyLeastLoaded,
 }
 
@@ -76,6 +128,8 @@ impl PolicyKind {
             Self::RoundRobin => "round_robin",
             Self::Random => "random",
             Self::PowerOfTwo => "power_of_two",
+            Self::LeastLoad => "least_load",
+            Self::Weighted => "weighted",
             Self::ConsistentHash => "consistent_hash",
             Self::CacheAware => "cache_aware",
             Self::KvAware => "kv_aware",
@@ -85,20 +139,46 @@ impl PolicyKind {
 
     /// Whether this build implements the policy itself, rather than standing in for it.
     pub fn is_available(self) -> bool {
-        matches!(self, Self::RoundRobin | Self::Random | Self::PowerOfTwo)
+        !matches!(self, Self::CacheAware | Self::KvAware)
     }
 
     /// Build the policy. One not yet available is served by round robin.
-    pub fn build(self) -> Arc<dyn Policy> {
+    pub fn build(self, config: &PolicyConfig) -> Arc<dyn Policy> {
         match self {
             Self::Random => Arc::new(random::Random),
             Self::PowerOfTwo => Arc::new(power_of_two::PowerOfTwo),
-            Self::RoundRobin
-            | Self::ConsistentHash
-            | Self::CacheAware
-            | Self::KvAware
-            | Self::StickyLeastLoaded => Arc::new(round_robin::RoundRobin::default()),
+            Self::LeastLoad => Arc::new(least_load::LeastLoad),
+            Self::Weighted => Arc::new(weighted::Weighted),
+            Self::ConsistentHash | Self::StickyLeastLoaded => Arc::new(
+                consistent_hash::ConsistentHash::new(config.hash_load_factor),
+            ),
+            Self::RoundRobin | Self::CacheAware | Self::KvAware => {
+                Arc::new(round_robin::RoundRobin::default())
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::workers;
+    use super::*;
+
+    #[test]
+    fn least_by_spreads_ties_and_prefers_the_lowest() {
+        let ws = workers(3);
+        let mut seen = [0usize; 3];
+        for _ in 0..300 {
+            seen[least_by(&ws, |_| 1.0).unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        let scores = [3.0, 1.0, 2.0];
+        assert_eq!(
+            least_by(&ws, |w| scores
+                [ws.iter().position(|x| x.id() == w.id()).unwrap()]),
+            Some(1)
+        );
+        assert_eq!(least_by(&[], |_| 0.0), None);
     }
 }
 
@@ -111,12 +191,13 @@ impl std::fmt::Display for PolicyKind {
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use http::HeaderMap;
 
     use super::RouteRequest;
     use crate::config::WorkerUrl;
-    use crate::fleet::Worker;
+    use crate::fleet::{EngineMetrics, EngineSample, Worker};
 
     pub fn workers(n: usize) -> Vec<Arc<Worker>> {
         (0..n)
@@ -129,6 +210,10 @@ pub(crate) mod test_support {
     }
 
     pub fn with_request<T>(f: impl FnOnce(&RouteRequest<'_>) -> T) -> T {
+        with_session(None, f)
+    }
+
+    pub fn with_session<T>(session_key: Option<&str>, f: impl FnOnce(&RouteRequest<'_>) -> T) -> T {
         let headers = HeaderMap::new();
         let req = RouteRequest {
             path: "/v1/completions",
@@ -136,7 +221,25 @@ pub(crate) mod test_support {
             headers: &headers,
             body: b"{}",
             request_id: "r",
+            session_key,
         };
         f(&req)
+    }
+
+    /// Publish an engine sample on `worker`, fresh for a minute.
+    pub fn engine(worker: &Worker, f: impl FnOnce(&mut EngineMetrics)) {
+        let mut metrics = EngineMetrics {
+            running: Some(0.0),
+            waiting: Some(0.0),
+            kv_usage: Some(0.0),
+            ..EngineMetrics::default()
+        };
+        f(&mut metrics);
+        worker.set_engine_sample(Some(Arc::new(EngineSample {
+            metrics,
+            preempting: false,
+            in_flight_at_scrape: u32::try_from(worker.in_flight()).unwrap(),
+            fresh_until: Instant::now() + Duration::from_secs(60),
+        })));
     }
 }

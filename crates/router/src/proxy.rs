@@ -82,6 +82,7 @@ async fn route(
         headers: &parts.headers,
         body: &body,
         request_id: request_id.to_str().unwrap_or_default(),
+        session_key: peek::session_key(&parts.headers, &app.config.session_key_headers, &peeked),
     };
     let to_worker = headers::to_worker(&parts.headers, request_id);
 

@@ -59,7 +59,7 @@ pub struct App {
     /// The pooled client to workers.
     pub upstream: Upstream,
     started: Instant,
-    health: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl App {
@@ -75,25 +75,38 @@ impl App {
         if config.workers.is_empty() {
             tracing::warn!("no workers given: every inference request will be answered 503");
         }
-        let policy = config.policy.build();
+        let policy = config.policy.build(&config.policy_config);
         let fleet = Arc::new(Fleet::start(&config.workers, Arc::clone(&policy)));
         let upstream = Upstream::new(config.connect_timeout);
         fleet::wait_for_startup(&fleet, &upstream, &config).await;
-        let health = fleet::spawn_health_loop(Arc::clone(&fleet), upstream.clone(), &config);
+        let mut background = vec![fleet::spawn_health_loop(
+            Arc::clone(&fleet),
+            upstream.clone(),
+            &config,
+        )];
+        if let Some(interval) = config.load_scrape_interval {
+            background.push(fleet::spawn_scrape_loop(
+                Arc::clone(&fleet),
+                upstream.clone(),
+                interval,
+            ));
+        }
         Arc::new(Self {
             config,
             fleet,
             policy,
             upstream,
             started: Instant::now(),
-            health,
+            background,
         })
     }
 }
 
 impl Drop for App {
     fn drop(&mut self) {
-        self.health.abort();
+        for task in &self.background {
+            task.abort();
+        }
     }
 }
 

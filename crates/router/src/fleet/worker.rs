@@ -2,10 +2,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, uri};
 
+use super::load::{EngineSample, Load};
 use crate::config::WorkerUrl;
 
 /// A vLLM server the router forwards to. Shared as `Arc<Worker>`; the fleet snapshot and
@@ -13,7 +17,9 @@ use crate::config::WorkerUrl;
 #[derive(Debug)]
 pub struct Worker {
     url: WorkerUrl,
+    id: u64,
     header: HeaderValue,
+    engine: ArcSwapOption<EngineSample>,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     served: AtomicU64,
@@ -25,8 +31,10 @@ impl Worker {
         let header =
             HeaderValue::from_str(&url.text).unwrap_or(HeaderValue::from_static("invalid"));
         Self {
+            id: xxhash_rust::xxh3::xxh3_64(url.text.as_bytes()),
             url,
             header,
+            engine: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(false),
             served: AtomicU64::new(0),
@@ -36,6 +44,27 @@ impl Worker {
     /// The worker's canonical base URL.
     pub fn url(&self) -> &str {
         &self.url.text
+    }
+
+    /// A stable 64-bit id derived from the URL: the same on every router replica.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The last engine sample from `/metrics`, fresh or not.
+    pub fn engine_sample(&self) -> Option<Arc<EngineSample>> {
+        self.engine.load_full()
+    }
+
+    /// Publish a new engine sample, or withdraw it.
+    pub fn set_engine_sample(&self, sample: Option<Arc<EngineSample>>) {
+        self.engine.store(sample);
+    }
+
+    /// The worker's load now: in-flight, refined by the engine's gauges while they are fresh.
+    pub fn load(&self, now: Instant) -> Load {
+        let in_flight = u32::try_from(self.in_flight()).unwrap_or(u32::MAX);
+        Load::new(in_flight, self.engine.load().as_deref(), now)
     }
 
     /// The base URL as a response header value (`x-vllm-router-worker`).

@@ -1,7 +1,9 @@
-//! Power of two choices: of two random candidates, the one with fewer requests in flight.
-//! In-flight lasts until a response body ends, so long streams weigh as they should.
+//! Power of two choices: of two random candidates, the one with fewer requests ahead of a new
+//! one: the router's in-flight (which lasts to the end of each stream) plus the engine's
+//! waiting queue from a fresh `/metrics` scrape.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{Decision, Policy, RouteRequest};
 use crate::fleet::Worker;
@@ -25,14 +27,14 @@ impl Policy for PowerOfTwo {
             n => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                let index = if candidates[b].in_flight() < candidates[a].in_flight() {
-                    b
-                } else {
-                    a
-                };
+                let now = Instant::now();
+                let (qa, qb) = (
+                    candidates[a].load(now).queue(),
+                    candidates[b].load(now).queue(),
+                );
                 Some(Decision {
-                    index,
-                    reason: "fewer in flight of two sampled",
+                    index: if qb < qa { b } else { a },
+                    reason: "shorter queue of two sampled",
                 })
             }
         }
@@ -42,7 +44,7 @@ impl Policy for PowerOfTwo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::test_support::{with_request, workers};
+    use crate::policy::test_support::{engine, with_request, workers};
 
     #[test]
     fn never_picks_the_busier_of_two() {
@@ -62,6 +64,19 @@ mod tests {
         with_request(|r| {
             for _ in 0..200 {
                 assert_ne!(PowerOfTwo.pick(r, &ws).unwrap().index, 2);
+            }
+        });
+    }
+
+    #[test]
+    fn the_engine_queue_counts_as_load() {
+        let ws = workers(2);
+        let _one = ws[1].begin();
+        engine(&ws[0], |m| m.waiting = Some(6.0));
+        engine(&ws[1], |m| m.waiting = Some(0.0));
+        with_request(|r| {
+            for _ in 0..50 {
+                assert_eq!(PowerOfTwo.pick(r, &ws).unwrap().index, 1);
             }
         });
     }

@@ -1,15 +1,21 @@
 //! Peek: read the few fields routing needs from a body that stays untouched.
 //!
-//! JSON bodies are scanned by a borrowing deserializer of one small struct; every other field,
-//! known or not, is skipped and forwarded byte for byte. Multipart bodies (audio routes) are
-//! scanned for their `model` form field.
+//! JSON bodies are scanned once by a borrowing deserializer of one small struct; every other
+//! field, known or not, is skipped and forwarded byte for byte. Multipart bodies (audio routes)
+//! are scanned for their `model` form field.
+//!
+//! Session keys come from parsed fields, never from a text search of the body, and are read
+//! leniently: a field of an unexpected type is no key, not an error.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::fmt;
+use std::marker::PhantomData;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::error::ApiError;
 
@@ -18,12 +24,147 @@ use crate::error::ApiError;
 pub struct Peeked<'a> {
     /// The `model` field, when present and not null.
     pub model: Option<Cow<'a, str>>,
+    /// The first session key among `session_params.session_id`, `user`, `session_id`,
+    /// `user_id` (strings or integers).
+    pub session: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct JsonFields<'a> {
     #[serde(borrow, default)]
     model: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    session_params: Option<SessionParams<'a>>,
+    #[serde(borrow, default)]
+    user: Option<Key<'a>>,
+    #[serde(borrow, default)]
+    session_id: Option<Key<'a>>,
+    #[serde(borrow, default)]
+    user_id: Option<Key<'a>>,
+}
+
+impl<'a> JsonFields<'a> {
+    fn session(self) -> Option<Cow<'a, str>> {
+        let nested = self.session_params.and_then(|p| p.0);
+        [nested, self.user, self.session_id, self.user_id]
+            .into_iter()
+            .flatten()
+            .find_map(|k| k.0.filter(|k| !k.is_empty()))
+    }
+}
+
+/// The session key from the first of `headers` present, else from the body's fields.
+pub fn session_key<'a>(
+    headers: &'a HeaderMap,
+    names: &[HeaderName],
+    peeked: &'a Peeked<'_>,
+) -> Option<&'a str> {
+    names
+        .iter()
+        .filter_map(|n| headers.get(n)?.to_str().ok())
+        .find(|v| !v.is_empty())
+        .or(peeked.session.as_deref())
+}
+
+/// A session key: a string or an integer; any other JSON value is no key.
+struct Key<'a>(Option<Cow<'a, str>>);
+
+/// `session_params`: an object whose `session_id` is a [`Key`]; anything else is no key.
+struct SessionParams<'a>(Option<Key<'a>>);
+
+struct KeyVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for KeyVisitor<'a> {
+    type Value = Key<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Key(Some(Cow::Borrowed(v))))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Key(Some(Cow::Owned(v.to_owned()))))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Key(Some(Cow::Owned(v.to_string()))))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Key(Some(Cow::Owned(v.to_string()))))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Key(None))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Key(None))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Key(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Key(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Key(None))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor(PhantomData))
+    }
+}
+
+struct ParamsVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for ParamsVisitor<'a> {
+    type Value = SessionParams<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(name) = map.next_key::<Text<'de>>()? {
+            if name.0 == "session_id" && found.is_none() {
+                found = Some(map.next_value::<Key<'a>>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(SessionParams(found))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        KeyVisitor(PhantomData)
+            .visit_seq(seq)
+            .map(|_| SessionParams(None))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(SessionParams(None))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(SessionParams(None))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(SessionParams(None))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(SessionParams(None))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(SessionParams(None))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(SessionParams(None))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for SessionParams<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ParamsVisitor(PhantomData))
+    }
 }
 
 /// A string borrowed from the body unless it holds escapes (serde borrows a `Cow` only as a
@@ -65,7 +206,7 @@ pub fn peek_json(body: &[u8]) -> Result<Peeked<'_>, ApiError> {
             ));
         }
     }
-    let fields: JsonFields<'_> = serde_json::from_slice(body).map_err(|e| {
+    let mut fields: JsonFields<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request(
                 format!("invalid field type: {e}; `model` must be a string"),
@@ -75,8 +216,10 @@ pub fn peek_json(body: &[u8]) -> Result<Peeked<'_>, ApiError> {
             ApiError::bad_request(format!("invalid JSON in request body: {e}"), None)
         }
     })?;
+    let model = fields.model.take().map(|t| t.0);
     Ok(Peeked {
-        model: fields.model.map(|t| t.0),
+        model,
+        session: fields.session(),
     })
 }
 
@@ -93,6 +236,7 @@ async fn peek_multipart<'a>(content_type: &str, body: &'a Bytes) -> Result<Peeke
             let model = field.text().await.map_err(bad)?;
             return Ok(Peeked {
                 model: Some(Cow::Owned(model)),
+                session: None,
             });
         }
     }
@@ -136,6 +280,53 @@ mod tests {
         }
         let e = peek_json(br#"{"model": 7}"#).unwrap_err();
         assert!(e.to_string().contains("model"), "{e}");
+    }
+
+    #[test]
+    fn session_key_order_headers_then_parsed_fields() {
+        let key = |body: &[u8], headers: &[(&'static str, &'static str)]| {
+            let p = peek_json(body).unwrap();
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            let names = [
+                HeaderName::from_static("x-session-id"),
+                HeaderName::from_static("x-user-id"),
+            ];
+            session_key(&h, &names, &p).map(str::to_owned)
+        };
+        let all = br#"{"user_id": 4, "session_id": "s", "user": "u", "session_params": {"session_id": "p"}}"#;
+        assert_eq!(key(all, &[]).as_deref(), Some("p"));
+        assert_eq!(
+            key(br#"{"user_id": 4, "session_id": "s", "user": "u"}"#, &[]).as_deref(),
+            Some("u")
+        );
+        assert_eq!(
+            key(br#"{"user_id": 4, "session_id": "s"}"#, &[]).as_deref(),
+            Some("s")
+        );
+        assert_eq!(key(br#"{"user_id": 4}"#, &[]).as_deref(), Some("4"));
+        assert_eq!(
+            key(all, &[("x-user-id", "hu"), ("x-session-id", "hs")]).as_deref(),
+            Some("hs")
+        );
+        assert_eq!(key(all, &[("x-user-id", "hu")]).as_deref(), Some("hu"));
+        // A prompt that mentions user: or session_id is text, not a key.
+        let prompt = br#"{"prompt": "user: alice\nsession_id: 7 \"user\": \"x\"", "messages": [{"role": "user", "content": "user: bob"}]}"#;
+        assert_eq!(key(prompt, &[]), None);
+    }
+
+    #[test]
+    fn odd_session_field_types_are_no_key_not_an_error() {
+        let body = br#"{"model": "m", "user": {"id": 1}, "session_id": [1], "user_id": 1.5, "session_params": "x"}"#;
+        let p = peek_json(body).unwrap();
+        assert_eq!((p.model.as_deref(), p.session), (Some("m"), None));
+        let body =
+            br#"{"session_params": {"other": [1, {"a": 2}], "session_id": null}, "user": true}"#;
+        assert_eq!(peek_json(body).unwrap().session, None);
+        let body = br#"{"session_params": {"session_id": "z\u00e9"}}"#;
+        assert_eq!(peek_json(body).unwrap().session.as_deref(), Some("zé"));
     }
 
     #[tokio::test]

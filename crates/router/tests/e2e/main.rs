@@ -7,5 +7,6 @@ mod support;
 mod errors;
 mod info;
 mod models;
+mod policies;
 mod proxy;
 mod streaming;

@@ -1,0 +1,64 @@
+//! Least load: the capacity-aware score of the TOML-configured router, `running * 3 +
+//! waiting` from each worker's `/metrics`, with requests sent since the scrape counted as
+//! waiting. A worker without a fresh scrape is scored by its in-flight count alone.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Decision, Policy, RouteRequest, least_by};
+use crate::fleet::Worker;
+
+/// Picks the lowest weighted occupancy.
+#[derive(Debug, Default)]
+pub struct LeastLoad;
+
+impl Policy for LeastLoad {
+    fn name(&self) -> &'static str {
+        "least_load"
+    }
+
+    fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
+        let now = Instant::now();
+        let index = least_by(candidates, |w| w.load(now).weighted_occupancy())?;
+        Some(Decision {
+            index,
+            reason: "lowest running*3 + waiting",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::test_support::{engine, with_request, workers};
+
+    fn pick(ws: &[Arc<Worker>]) -> usize {
+        with_request(|r| LeastLoad.pick(r, ws).unwrap().index)
+    }
+
+    #[test]
+    fn running_weighs_three_times_waiting() {
+        let ws = workers(3);
+        engine(&ws[0], |m| (m.running, m.waiting) = (Some(2.0), Some(0.0))); // 6
+        engine(&ws[1], |m| (m.running, m.waiting) = (Some(1.0), Some(4.0))); // 7
+        engine(&ws[2], |m| (m.running, m.waiting) = (Some(0.0), Some(5.0))); // 5
+        assert_eq!(pick(&ws), 2);
+    }
+
+    #[test]
+    fn requests_sent_since_the_scrape_count() {
+        let ws = workers(2);
+        engine(&ws[0], |m| m.running = Some(1.0));
+        engine(&ws[1], |m| m.running = Some(1.0));
+        let _sent: Vec<_> = (0..2).map(|_| ws[0].begin()).collect();
+        assert_eq!(pick(&ws), 1);
+    }
+
+    #[test]
+    fn without_a_scrape_in_flight_decides() {
+        let ws = workers(2);
+        let _busy = ws[1].begin();
+        assert_eq!(pick(&ws), 0);
+        assert_eq!(with_request(|r| LeastLoad.pick(r, &[])), None);
+    }
+}

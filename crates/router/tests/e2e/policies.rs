@@ -1,0 +1,120 @@
+//! Policies on real signals: the workers' `/metrics` scraped over HTTP, and session keys.
+
+use std::time::Duration;
+
+use serde_json::json;
+use vllm_router::policy::PolicyKind;
+use vllm_sim::SimConfig;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn least_load_avoids_a_worker_whose_engine_queue_is_deep() {
+    let one_at_a_time = || SimConfig {
+        max_num_seqs: 1,
+        itl: Duration::from_millis(100),
+        ..SimConfig::default()
+    };
+    let workers = sims([one_at_a_time(), one_at_a_time()]).await;
+    let router = router_with(&workers, |a| {
+        a.policy = PolicyKind::LeastLoad;
+        a.load_scrape_interval_ms = 50;
+    })
+    .await;
+
+    // Other clients load worker 0 directly, behind the router's back: only its /metrics shows it.
+    let body =
+        json!({"model": MODEL, "prompt": "long", "max_tokens": 100, "stream": true}).to_string();
+    let mut direct = Vec::new();
+    for _ in 0..3 {
+        direct.push(RawClient::post(workers[0].addr(), "/v1/completions", &body).await);
+    }
+    let busy = router.app().fleet.snapshot().members()[0].worker.clone();
+    eventually(Duration::from_secs(5), || {
+        let sample = busy.engine_sample()?;
+        (sample.metrics.waiting? >= 2.0).then_some(())
+    })
+    .await;
+
+    let url = format!("{}/v1/completions", router.url());
+    for _ in 0..6 {
+        let r = post_json(
+            &url,
+            json!({"model": MODEL, "prompt": "x", "max_tokens": 1}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-vllm-router-worker"),
+            workers[1].url(),
+            "sent to the queued worker"
+        );
+    }
+    drop(direct);
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_a_session_on_one_worker() {
+    let workers = fast_sims(3).await;
+    let router = router_with(&workers, |a| a.policy = PolicyKind::ConsistentHash).await;
+    let url = format!("{}/v1/chat/completions", router.url());
+
+    let session = |key: &'static str| {
+        let url = url.clone();
+        async move {
+            let headers = [("content-type", "application/json"), ("x-session-id", key)];
+            send(
+                http::Method::POST,
+                &url,
+                &headers,
+                chat(MODEL, false).to_string(),
+            )
+            .await
+        }
+    };
+    // Turns of a conversation come one after another: they all land on the session's worker.
+    let mut turns = Vec::new();
+    for _ in 0..8 {
+        turns.push(
+            session("alice")
+                .await
+                .header("x-vllm-router-worker")
+                .to_owned(),
+        );
+    }
+    assert!(turns.iter().all(|w| *w == turns[0]), "{turns:?}");
+
+    // A burst of one key at once exceeds the load bound: the overflow walks the ring.
+    let burst = futures_util::future::join_all((0..9).map(|_| session("alice"))).await;
+    let burst: std::collections::HashSet<&str> = burst
+        .iter()
+        .map(|r| r.header("x-vllm-router-worker"))
+        .collect();
+    assert!(
+        burst.len() > 1,
+        "a burst of one session was not spread: {burst:?}"
+    );
+
+    let mut by_body = Vec::new();
+    let mut spread = std::collections::HashSet::new();
+    for user in 0..30 {
+        let mut body = chat(MODEL, false);
+        body["user"] = json!(format!("user-{user}"));
+        let first = post_json(&url, body.clone())
+            .await
+            .header("x-vllm-router-worker")
+            .to_owned();
+        let again = post_json(&url, body)
+            .await
+            .header("x-vllm-router-worker")
+            .to_owned();
+        assert_eq!(first, again, "user-{user} moved");
+        spread.insert(first.clone());
+        by_body.push(first);
+    }
+    assert_eq!(
+        spread.len(),
+        3,
+        "30 sessions should reach all 3 workers: {by_body:?}"
+    );
+}
