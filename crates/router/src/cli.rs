@@ -150,6 +150,24 @@ pub struct RouterArgs {
     /// `consistent_hash`: no worker takes more than this factor of the mean in-flight.
     #[arg(long, default_value_t = 1.25)]
     pub hash_load_factor: f64,
+    /// `cache_aware`: least fraction (0..1) of a prompt some worker must hold for the cache
+    /// to count; below it the least loaded worker wins.
+    #[arg(long, default_value_t = 0.3)]
+    pub cache_threshold: f64,
+    /// `cache_aware`: load balancing overrides the cache when (max_load - min_load) exceeds
+    /// this AND max_load > min_load * --balance-rel-threshold. Load: in flight plus waiting.
+    #[arg(long, default_value_t = 64.0)]
+    pub balance_abs_threshold: f64,
+    /// `cache_aware`: see --balance-abs-threshold.
+    #[arg(long, default_value_t = 1.5)]
+    pub balance_rel_threshold: f64,
+    /// `cache_aware`: seconds between sweeps of every prefix index down to its capacity.
+    #[arg(long, default_value_t = 120)]
+    pub eviction_interval_secs: u64,
+    /// `cache_aware`: bytes of prompt text each worker's prefix index may hold (a worker's
+    /// KV capacity from its metrics lowers it further).
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    pub max_tree_size: u64,
 }
 
 /// The router's flags alone, as a parser of their own (defaults, tests).

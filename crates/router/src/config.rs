@@ -8,7 +8,8 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme, Uri};
 
 use crate::cli::{LogLevel, RouterArgs};
-use crate::policy::{PolicyConfig, PolicyKind};
+use crate::policy::{CacheAwareConfig, PolicyConfig, PolicyKind};
+use crate::prefix::BLOCK_BYTES;
 
 /// A configuration value that cannot be used, with the flag it came from.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,48 @@ pub struct Config {
     pub health: HealthConfig,
 }
 
+fn cache_aware(args: &RouterArgs) -> Result<CacheAwareConfig, ConfigError> {
+    if !(0.0..=1.0).contains(&args.cache_threshold) {
+        return Err(invalid(
+            "--cache-threshold",
+            args.cache_threshold,
+            "must be between 0 and 1",
+        ));
+    }
+    if !(args.balance_abs_threshold >= 0.0 && args.balance_abs_threshold.is_finite()) {
+        return Err(invalid(
+            "--balance-abs-threshold",
+            args.balance_abs_threshold,
+            "must be 0 or more",
+        ));
+    }
+    if !(args.balance_rel_threshold > 0.0 && args.balance_rel_threshold.is_finite()) {
+        return Err(invalid(
+            "--balance-rel-threshold",
+            args.balance_rel_threshold,
+            "must be above 0",
+        ));
+    }
+    if args.max_tree_size < BLOCK_BYTES as u64 {
+        return Err(invalid(
+            "--max-tree-size",
+            args.max_tree_size,
+            format!("must be at least {BLOCK_BYTES}"),
+        ));
+    }
+    Ok(CacheAwareConfig {
+        cache_threshold: args.cache_threshold,
+        balance_abs_threshold: args.balance_abs_threshold,
+        balance_rel_threshold: args.balance_rel_threshold,
+        eviction_interval: secs(
+            "--eviction-interval-secs",
+            args.eviction_interval_secs,
+            false,
+        )?,
+        max_tree_size: args.max_tree_size,
+    })
+}
+
 fn header_names(flag: &'static str, raw: &[String]) -> Result<Vec<HeaderName>, ConfigError> {
     raw.iter()
         .map(|h| {
@@ -185,6 +228,7 @@ impl Config {
                 "must start with /",
             ));
         }
+        let cache_aware = cache_aware(&args)?;
         let metrics_listen = (args.prometheus_port != 0)
             .then(|| (args.prometheus_host.clone(), args.prometheus_port));
         Ok(Self {
@@ -194,6 +238,7 @@ impl Config {
             policy: args.policy,
             policy_config: PolicyConfig {
                 hash_load_factor: args.hash_load_factor,
+                cache_aware,
             },
             load_scrape_interval: (args.load_scrape_interval_ms > 0)
                 .then(|| Duration::from_millis(args.load_scrape_interval_ms)),
@@ -311,6 +356,10 @@ mod tests {
         );
         let e = parse(&["--hash-load-factor", "0.5"]).unwrap_err();
         assert!(e.contains("--hash-load-factor") && e.contains("0.5"), "{e}");
+        let e = parse(&["--cache-threshold", "1.5"]).unwrap_err();
+        assert!(e.contains("--cache-threshold") && e.contains("1.5"), "{e}");
+        let e = parse(&["--max-tree-size", "3"]).unwrap_err();
+        assert!(e.contains("--max-tree-size"), "{e}");
         let e = parse(&["--request-timeout-secs", "0"]).unwrap_err();
         assert!(e.contains("--request-timeout-secs"), "{e}");
     }

@@ -8,6 +8,7 @@
 //! - [`config`]: the one validated, typed configuration every other module reads.
 //! - [`fleet`]: workers, the lock-free fleet snapshot, its single writer task, health probes.
 //! - [`policy`]: the [`policy::Policy`] trait and one file per routing policy.
+//! - [`prefix`]: prefix indexes of what each worker likely holds in its KV cache.
 //! - [`proxy`]: peek, upstream forwarding, header rules and the in-flight tracking body.
 //! - [`error`]: every router-made error, mapped once to a status and the OpenAI error JSON.
 //! - [`server`]: the HTTP application (inference and info routes) and its run loop.
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod error;
 pub mod fleet;
 pub mod policy;
+pub mod prefix;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

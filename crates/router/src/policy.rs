@@ -1,6 +1,7 @@
 //! Routing policies. Each is one file implementing [`Policy`] and one [`PolicyKind`] variant;
 //! nothing else in the router knows which policy runs.
 
+mod cache_aware;
 mod consistent_hash;
 mod least_load;
 mod power_of_two;
@@ -12,6 +13,8 @@ use std::sync::Arc;
 
 use clap::ValueEnum;
 use http::HeaderMap;
+
+pub use cache_aware::{CacheAwareConfig, Terms};
 
 use crate::fleet::{Snapshot, Worker};
 
@@ -30,6 +33,8 @@ pub struct RouteRequest<'a> {
     pub request_id: &'a str,
     /// The session key (configured headers first, then parsed body fields), if any.
     pub session_key: Option<&'a str>,
+    /// The canonical prompt, when the policy [wants it](Policy::wants_prompt).
+    pub prompt: Option<&'a str>,
 }
 
 /// A policy's choice: an index into the candidates, and why.
@@ -49,6 +54,11 @@ pub trait Policy: Send + Sync + std::fmt::Debug + 'static {
     /// Choose among `candidates` (healthy, serving the model, not yet tried; never empty).
     fn pick(&self, req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision>;
 
+    /// Whether `pick` reads [`RouteRequest::prompt`] (assembling it costs a copy of the text).
+    fn wants_prompt(&self) -> bool {
+        false
+    }
+
     /// The fleet changed: rebuild any per-membership structure here, not per request.
     fn on_fleet_change(&self, _snapshot: &Snapshot) {}
 }
@@ -58,12 +68,15 @@ pub trait Policy: Send + Sync + std::fmt::Debug + 'static {
 pub struct PolicyConfig {
     /// `consistent_hash`: no worker takes more than this factor of the mean in-flight.
     pub hash_load_factor: f64,
+    /// `cache_aware` settings.
+    pub cache_aware: CacheAwareConfig,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             hash_load_factor: 1.25,
+            cache_aware: CacheAwareConfig::default(),
         }
     }
 }
@@ -112,7 +125,8 @@ pub enum PolicyKind {
     Weighted,
     /// Sessions stick to a worker on a hash ring, with bounded load.
     ConsistentHash,
-    /// Prefix-cache affinity (arrives with the policies work; served by round robin until then).
+    /// Prefix-cache affinity from an index of what the router sent each worker, weighed
+    /// against load.
     CacheAware,
     /// KV-event-driven cache affinity (arrives with the policies work; round robin until then).
     KvAware,
@@ -139,7 +153,7 @@ impl PolicyKind {
 
     /// Whether this build implements the policy itself, rather than standing in for it.
     pub fn is_available(self) -> bool {
-        !matches!(self, Self::CacheAware | Self::KvAware)
+        !matches!(self, Self::KvAware)
     }
 
     /// Build the policy. One not yet available is served by round robin.
@@ -152,9 +166,8 @@ impl PolicyKind {
             Self::ConsistentHash | Self::StickyLeastLoaded => Arc::new(
                 consistent_hash::ConsistentHash::new(config.hash_load_factor),
             ),
-            Self::RoundRobin | Self::CacheAware | Self::KvAware => {
-                Arc::new(round_robin::RoundRobin::default())
-            }
+            Self::CacheAware => Arc::new(cache_aware::CacheAware::new(config.cache_aware)),
+            Self::RoundRobin | Self::KvAware => Arc::new(round_robin::RoundRobin::default()),
         }
     }
 }
@@ -222,6 +235,7 @@ pub(crate) mod test_support {
             body: b"{}",
             request_id: "r",
             session_key,
+            prompt: None,
         };
         f(&req)
     }

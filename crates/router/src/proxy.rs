@@ -52,7 +52,8 @@ async fn route(
     request_id: &HeaderValue,
 ) -> Result<Response, ApiError> {
     let body = read_body(&parts.headers, body, app.config.max_payload_size.get()).await?;
-    let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body).await?;
+    let want_prompt = app.policy.wants_prompt();
+    let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await?;
     let model = peeked.model.as_deref();
 
     let mut candidates: Vec<Arc<Worker>> = {
@@ -83,6 +84,7 @@ async fn route(
         body: &body,
         request_id: request_id.to_str().unwrap_or_default(),
         session_key: peek::session_key(&parts.headers, &app.config.session_key_headers, &peeked),
+        prompt: peeked.prompt.as_deref(),
     };
     let to_worker = headers::to_worker(&parts.headers, request_id);
 

@@ -17,6 +17,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+mod prompt;
+
 use crate::error::ApiError;
 
 /// The fields the router routes on.
@@ -27,29 +29,68 @@ pub struct Peeked<'a> {
     /// The first session key among `session_params.session_id`, `user`, `session_id`,
     /// `user_id` (strings or integers).
     pub session: Option<Cow<'a, str>>,
+    /// The canonical prompt (chat roles and texts, or the completion prompt), when asked for.
+    pub prompt: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
+/// The top-level fields peeked, filled by [`TopLevel`].
+#[derive(Default)]
 struct JsonFields<'a> {
-    #[serde(borrow, default)]
-    model: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    session_params: Option<SessionParams<'a>>,
-    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    session_params: Option<Key<'a>>,
     user: Option<Key<'a>>,
-    #[serde(borrow, default)]
     session_id: Option<Key<'a>>,
-    #[serde(borrow, default)]
     user_id: Option<Key<'a>>,
+    prompt: Option<Cow<'a, str>>,
 }
 
 impl<'a> JsonFields<'a> {
-    fn session(self) -> Option<Cow<'a, str>> {
-        let nested = self.session_params.and_then(|p| p.0);
-        [nested, self.user, self.session_id, self.user_id]
-            .into_iter()
-            .flatten()
-            .find_map(|k| k.0.filter(|k| !k.is_empty()))
+    fn session(&mut self) -> Option<Cow<'a, str>> {
+        [
+            self.session_params.take(),
+            self.user.take(),
+            self.session_id.take(),
+            self.user_id.take(),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|k| k.0.filter(|k| !k.is_empty()))
+    }
+}
+
+/// Visits the body's top-level object once, reading the fields routing needs and skipping
+/// the rest; the prompt is only assembled when a policy asked for it.
+struct TopLevel<'a> {
+    want_prompt: bool,
+    _body: PhantomData<&'a ()>,
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for TopLevel<'a> {
+    type Value = JsonFields<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut f = JsonFields::default();
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match key.0.as_ref() {
+                "model" => f.model = map.next_value::<Option<Text<'a>>>()?.map(|t| t.0),
+                "session_params" => f.session_params = map.next_value::<SessionParams<'a>>()?.0,
+                "user" => f.user = Some(map.next_value()?),
+                "session_id" => f.session_id = Some(map.next_value()?),
+                "user_id" => f.user_id = Some(map.next_value()?),
+                "messages" if self.want_prompt => f.prompt = map.next_value::<prompt::Chat>()?.0,
+                "prompt" if self.want_prompt => {
+                    f.prompt = map.next_value::<prompt::Completion<'a>>()?.0
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(f)
     }
 }
 
@@ -172,10 +213,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for SessionParams<'a> {
 #[derive(Deserialize)]
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
-/// Peek at a request body according to its content type.
+/// Peek at a request body according to its content type; `want_prompt` also assembles the
+/// canonical prompt for prefix-aware policies.
 pub async fn peek<'a>(
     content_type: Option<&HeaderValue>,
     body: &'a Bytes,
+    want_prompt: bool,
 ) -> Result<Peeked<'a>, ApiError> {
     let ct = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
     if ct
@@ -185,12 +228,12 @@ pub async fn peek<'a>(
     {
         peek_multipart(ct, body).await
     } else {
-        peek_json(body)
+        peek_json(body, want_prompt)
     }
 }
 
 /// Peek at a JSON object body.
-pub fn peek_json(body: &[u8]) -> Result<Peeked<'_>, ApiError> {
+pub fn peek_json(body: &[u8], want_prompt: bool) -> Result<Peeked<'_>, ApiError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         None => {
@@ -206,20 +249,28 @@ pub fn peek_json(body: &[u8]) -> Result<Peeked<'_>, ApiError> {
             ));
         }
     }
-    let mut fields: JsonFields<'_> = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::bad_request(
-                format!("invalid field type: {e}; `model` must be a string"),
-                Some("model"),
-            )
-        } else {
-            ApiError::bad_request(format!("invalid JSON in request body: {e}"), None)
-        }
-    })?;
-    let model = fields.model.take().map(|t| t.0);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let visitor = TopLevel {
+        want_prompt,
+        _body: PhantomData,
+    };
+    let mut fields = de
+        .deserialize_map(visitor)
+        .and_then(|f| de.end().map(|()| f))
+        .map_err(|e| {
+            if e.is_data() {
+                ApiError::bad_request(
+                    format!("invalid field type: {e}; `model` must be a string"),
+                    Some("model"),
+                )
+            } else {
+                ApiError::bad_request(format!("invalid JSON in request body: {e}"), None)
+            }
+        })?;
     Ok(Peeked {
-        model,
+        model: fields.model.take(),
         session: fields.session(),
+        prompt: fields.prompt.take(),
     })
 }
 
@@ -236,7 +287,7 @@ async fn peek_multipart<'a>(content_type: &str, body: &'a Bytes) -> Result<Peeke
             let model = field.text().await.map_err(bad)?;
             return Ok(Peeked {
                 model: Some(Cow::Owned(model)),
-                session: None,
+                ..Peeked::default()
             });
         }
     }
@@ -250,17 +301,20 @@ mod tests {
     #[test]
     fn model_is_borrowed_and_everything_else_ignored() {
         let body = br#"{"messages":[{"role":"alien","content":"x"}],"tools":[{"x":1}],"model":"m","weird":{"a":[1,2]}}"#;
-        let p = peek_json(body).unwrap();
+        let p = peek_json(body, false).unwrap();
         assert_eq!(p.model.as_deref(), Some("m"));
         assert!(matches!(p.model, Some(Cow::Borrowed(_))));
     }
 
     #[test]
     fn missing_or_null_model_is_none() {
-        assert_eq!(peek_json(b"{}").unwrap().model, None);
-        assert_eq!(peek_json(br#" {"model":null}"#).unwrap().model, None);
+        assert_eq!(peek_json(b"{}", false).unwrap().model, None);
+        assert_eq!(peek_json(br#" {"model":null}"#, false).unwrap().model, None);
         assert_eq!(
-            peek_json(br#"{"model":"a\"b"}"#).unwrap().model.as_deref(),
+            peek_json(br#"{"model":"a\"b"}"#, false)
+                .unwrap()
+                .model
+                .as_deref(),
             Some("a\"b")
         );
     }
@@ -275,17 +329,17 @@ mod tests {
             b"{\"model\":\"m\"} x",
             b"not json",
         ] {
-            let e = peek_json(body).unwrap_err();
+            let e = peek_json(body, false).unwrap_err();
             assert_eq!(e.status(), 400, "{:?}", String::from_utf8_lossy(body));
         }
-        let e = peek_json(br#"{"model": 7}"#).unwrap_err();
+        let e = peek_json(br#"{"model": 7}"#, false).unwrap_err();
         assert!(e.to_string().contains("model"), "{e}");
     }
 
     #[test]
     fn session_key_order_headers_then_parsed_fields() {
         let key = |body: &[u8], headers: &[(&'static str, &'static str)]| {
-            let p = peek_json(body).unwrap();
+            let p = peek_json(body, false).unwrap();
             let mut h = HeaderMap::new();
             for (k, v) in headers {
                 h.insert(*k, HeaderValue::from_static(v));
@@ -320,13 +374,63 @@ mod tests {
     #[test]
     fn odd_session_field_types_are_no_key_not_an_error() {
         let body = br#"{"model": "m", "user": {"id": 1}, "session_id": [1], "user_id": 1.5, "session_params": "x"}"#;
-        let p = peek_json(body).unwrap();
+        let p = peek_json(body, false).unwrap();
         assert_eq!((p.model.as_deref(), p.session), (Some("m"), None));
         let body =
             br#"{"session_params": {"other": [1, {"a": 2}], "session_id": null}, "user": true}"#;
-        assert_eq!(peek_json(body).unwrap().session, None);
+        assert_eq!(peek_json(body, false).unwrap().session, None);
         let body = br#"{"session_params": {"session_id": "z\u00e9"}}"#;
-        assert_eq!(peek_json(body).unwrap().session.as_deref(), Some("zé"));
+        assert_eq!(
+            peek_json(body, false).unwrap().session.as_deref(),
+            Some("zé")
+        );
+    }
+
+    fn prompt(body: &str) -> Option<String> {
+        peek_json(body.as_bytes(), true)
+            .unwrap()
+            .prompt
+            .map(Cow::into_owned)
+    }
+
+    #[test]
+    fn the_canonical_prompt_only_when_asked() {
+        let chat = r#"{"messages": [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": " there"}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}], "model": "m"}"#;
+        assert_eq!(
+            prompt(chat).as_deref(),
+            Some("<|system|>\nBe brief.\n<|user|>\nHi there\n<|assistant|>\n\n")
+        );
+        assert_eq!(peek_json(chat.as_bytes(), false).unwrap().prompt, None);
+        assert_eq!(
+            peek_json(chat.as_bytes(), true).unwrap().model.as_deref(),
+            Some("m")
+        );
+    }
+
+    #[test]
+    fn completion_prompts_of_every_shape() {
+        assert_eq!(
+            prompt(r#"{"prompt": "Once upon"}"#).as_deref(),
+            Some("Once upon")
+        );
+        assert_eq!(
+            prompt(r#"{"prompt": ["first", "second"]}"#).as_deref(),
+            Some("first")
+        );
+        assert_eq!(
+            prompt(r#"{"prompt": [101, 7, 42]}"#).as_deref(),
+            Some("101 7 42")
+        );
+        assert_eq!(
+            prompt(r#"{"prompt": [[5, 6], [7]]}"#).as_deref(),
+            Some("5 6")
+        );
+        assert_eq!(prompt(r#"{"prompt": {"odd": true}}"#), None);
+        assert_eq!(prompt(r#"{"messages": "not a list"}"#), None);
+        let borrowed = peek_json(br#"{"prompt": "plain"}"#, true).unwrap();
+        assert!(matches!(borrowed.prompt, Some(Cow::Borrowed("plain"))));
     }
 
     #[tokio::test]
@@ -337,9 +441,12 @@ Content-Type: audio/wav\r\n\r\nRIFF....\r\n--XyZ\r\nContent-Disposition: form-da
 whisper\r\n--XyZ--\r\n",
         );
         let ct = HeaderValue::from_static("multipart/form-data; boundary=XyZ");
-        let p = peek(Some(&ct), &body).await.unwrap();
+        let p = peek(Some(&ct), &body, false).await.unwrap();
         assert_eq!(p.model.as_deref(), Some("whisper"));
         let bad = HeaderValue::from_static("multipart/form-data");
-        assert_eq!(peek(Some(&bad), &body).await.unwrap_err().status(), 400);
+        assert_eq!(
+            peek(Some(&bad), &body, false).await.unwrap_err().status(),
+            400
+        );
     }
 }

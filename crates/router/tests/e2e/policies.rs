@@ -118,3 +118,39 @@ async fn consistent_hash_keeps_a_session_on_one_worker() {
         "30 sessions should reach all 3 workers: {by_body:?}"
     );
 }
+
+#[tokio::test]
+async fn cache_aware_returns_each_conversation_to_the_worker_holding_its_prefix() {
+    let workers = fast_sims(4).await;
+    let router = router_with(&workers, |a| a.policy = PolicyKind::CacheAware).await;
+    let url = format!("{}/v1/chat/completions", router.url());
+    for group in 0..4 {
+        let system = format!("You are the assistant of team {group}. ").repeat(60);
+        let mut messages = vec![json!({"role": "system", "content": system})];
+        let mut home = String::new();
+        for turn in 0..4 {
+            messages.push(
+                json!({"role": "user", "content": format!("Question {turn} from team {group}?")}),
+            );
+            let r = post_json(
+                &url,
+                json!({"model": MODEL, "messages": messages, "max_tokens": 4}),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+            let worker = r.header("x-vllm-router-worker").to_owned();
+            let v = r.json();
+            if turn == 0 {
+                home = worker;
+            } else {
+                assert_eq!(worker, home, "team {group} turn {turn} left its worker");
+                let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap();
+                assert!(cached > 300, "turn {turn}: only {cached} cached tokens");
+            }
+            let reply = v["choices"][0]["message"]["content"].clone();
+            messages.push(json!({"role": "assistant", "content": reply}));
+        }
+    }
+}
