@@ -46,6 +46,41 @@ pub struct Decision {
     pub reason: &'static str,
 }
 
+/// How a policy sees the candidates, for `/debug/route`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Explanation {
+    /// The choice the policy would make now (for randomised policies, one draw).
+    pub decision: Option<Decision>,
+    /// Each candidate's score, lower is better, when the policy scores.
+    pub scores: Option<Vec<f64>>,
+    /// Prompt blocks each candidate is predicted to hold, for prefix-aware policies.
+    pub matched_blocks: Option<Vec<usize>>,
+    /// Blocks in the request's prompt, for prefix-aware policies.
+    pub prompt_blocks: Option<usize>,
+}
+
+impl Explanation {
+    /// Score every candidate and choose the lowest, as [`least_by`] would.
+    pub(crate) fn least(
+        candidates: &[Arc<Worker>],
+        score: impl Fn(&Worker) -> f64,
+        reason: &'static str,
+    ) -> Self {
+        let scores: Vec<f64> = candidates.iter().map(|w| score(w)).collect();
+        let mut i = 0;
+        let decision = least_by(candidates, |_| {
+            i += 1;
+            scores[i - 1]
+        })
+        .map(|index| Decision { index, reason });
+        Self {
+            decision,
+            scores: Some(scores),
+            ..Self::default()
+        }
+    }
+}
+
 /// A routing policy. `pick` runs on the request path: it never blocks and never awaits.
 pub trait Policy: Send + Sync + std::fmt::Debug + 'static {
     /// The policy's name, as given to `--policy`.
@@ -53,6 +88,14 @@ pub trait Policy: Send + Sync + std::fmt::Debug + 'static {
 
     /// Choose among `candidates` (healthy, serving the model, not yet tried; never empty).
     fn pick(&self, req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision>;
+
+    /// Explain the choice without making it: no counters advance, nothing is learned.
+    fn explain(&self, req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
+        Explanation {
+            decision: self.pick(req, candidates),
+            ..Explanation::default()
+        }
+    }
 
     /// Whether `pick` reads [`RouteRequest::prompt`] (assembling it costs a copy of the text).
     fn wants_prompt(&self) -> bool {

@@ -55,37 +55,10 @@ async fn route(
     let want_prompt = app.policy.wants_prompt();
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await?;
     let model = peeked.model.as_deref();
-
-    let mut candidates: Vec<Arc<Worker>> = {
-        let snapshot = app.fleet.snapshot();
-        let serving = match snapshot.serving(model) {
-            Some(serving) => serving,
-            // Until some worker has listed its models, no model can be called unknown.
-            None if snapshot.serving(None).is_some_and(<[_]>::is_empty) => &[],
-            None => {
-                return Err(ApiError::UnknownModel {
-                    model: model.unwrap_or_default().to_owned(),
-                    served: snapshot
-                        .model_names()
-                        .into_iter()
-                        .map(str::to_owned)
-                        .collect(),
-                });
-            }
-        };
-        serving.iter().filter(|w| w.is_healthy()).cloned().collect()
-    };
-
+    let mut candidates = candidates(app, model)?;
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let route_req = RouteRequest {
-        path: parts.uri.path(),
-        model,
-        headers: &parts.headers,
-        body: &body,
-        request_id: request_id.to_str().unwrap_or_default(),
-        session_key: peek::session_key(&parts.headers, &app.config.session_key_headers, &peeked),
-        prompt: peeked.prompt.as_deref(),
-    };
+    let id = request_id.to_str().unwrap_or_default();
+    let route_req = route_request(app, parts.uri.path(), &parts.headers, &body, &peeked, id);
     let to_worker = headers::to_worker(&parts.headers, request_id);
 
     loop {
@@ -148,9 +121,54 @@ async fn route(
     }
 }
 
+/// The healthy workers serving `model`: 404 when no worker serves it, an empty list (so a
+/// 503) while no worker has listed its models yet.
+pub(crate) fn candidates(app: &App, model: Option<&str>) -> Result<Vec<Arc<Worker>>, ApiError> {
+    let snapshot = app.fleet.snapshot();
+    let serving = match snapshot.serving(model) {
+        Some(serving) => serving,
+        None if snapshot.serving(None).is_some_and(<[_]>::is_empty) => &[],
+        None => {
+            return Err(ApiError::UnknownModel {
+                model: model.unwrap_or_default().to_owned(),
+                served: snapshot
+                    .model_names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            });
+        }
+    };
+    Ok(serving.iter().filter(|w| w.is_healthy()).cloned().collect())
+}
+
+/// What the policy sees of a peeked request.
+pub(crate) fn route_request<'a>(
+    app: &App,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    peeked: &'a peek::Peeked<'_>,
+    request_id: &'a str,
+) -> RouteRequest<'a> {
+    RouteRequest {
+        path,
+        model: peeked.model.as_deref(),
+        headers,
+        body,
+        request_id,
+        session_key: peek::session_key(headers, &app.config.session_key_headers, peeked),
+        prompt: peeked.prompt.as_deref(),
+    }
+}
+
 /// Read the whole body, refusing it as soon as it is known to exceed `limit`: from
 /// `Content-Length` before reading, else when the bytes read cross the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

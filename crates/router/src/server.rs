@@ -1,6 +1,7 @@
 //! The HTTP application: inference routes forwarded by [`crate::proxy`], the router's own info
 //! routes, and the run loop that serves them on an already-bound listener.
 
+mod debug;
 mod info;
 mod metrics;
 
@@ -123,6 +124,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/readiness", get(info::readiness))
         .route("/version", get(info::version))
         .route("/", get(info::about))
+        .route("/debug/route", post(debug::explain))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

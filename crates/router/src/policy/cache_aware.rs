@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{Decision, Policy, RouteRequest, least_by};
+use super::{Decision, Explanation, Policy, RouteRequest, least_by};
 use crate::fleet::{Load, Snapshot, Worker};
 use crate::prefix::{BLOCK_BYTES, PrefixIndex, chain_hashes};
 
@@ -228,6 +228,17 @@ impl Policy for CacheAware {
         self.learn(&candidates[decision.index], &chain);
         self.sweep_if_due(candidates);
         Some(decision)
+    }
+
+    fn explain(&self, req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
+        let chain = chain_hashes(req.prompt.unwrap_or_default().as_bytes());
+        let terms = self.terms(&chain, candidates, Instant::now());
+        Explanation {
+            decision: self.choose(&chain, candidates),
+            scores: Some(terms.iter().map(|t| t.cost).collect()),
+            matched_blocks: Some(terms.iter().map(|t| t.matched_blocks).collect()),
+            prompt_blocks: Some(chain.len()),
+        }
     }
 
     fn on_fleet_change(&self, snapshot: &Snapshot) {

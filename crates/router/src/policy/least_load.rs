@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Decision, Policy, RouteRequest, least_by};
+use super::{Decision, Explanation, Policy, RouteRequest, least_by};
 use crate::fleet::Worker;
+
+const REASON: &str = "lowest running*3 + waiting";
 
 /// Picks the lowest weighted occupancy.
 #[derive(Debug, Default)]
@@ -22,8 +24,13 @@ impl Policy for LeastLoad {
         let index = least_by(candidates, |w| w.load(now).weighted_occupancy())?;
         Some(Decision {
             index,
-            reason: "lowest running*3 + waiting",
+            reason: REASON,
         })
+    }
+
+    fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
+        let now = Instant::now();
+        Explanation::least(candidates, |w| w.load(now).weighted_occupancy(), REASON)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Decision, Policy, RouteRequest};
+use super::{Decision, Explanation, Policy, RouteRequest};
 use crate::fleet::Worker;
 
 /// Samples two distinct candidates and keeps the less loaded.
@@ -37,6 +37,15 @@ impl Policy for PowerOfTwo {
                     reason: "shorter queue of two sampled",
                 })
             }
+        }
+    }
+
+    fn explain(&self, req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
+        let now = Instant::now();
+        Explanation {
+            decision: self.pick(req, candidates),
+            scores: Some(candidates.iter().map(|w| w.load(now).queue()).collect()),
+            ..Explanation::default()
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Decision, Policy, RouteRequest};
+use super::{Decision, Explanation, Policy, RouteRequest};
 use crate::fleet::Worker;
 
 /// Takes candidates in turn from one shared counter.
@@ -26,6 +26,17 @@ impl Policy for RoundRobin {
             index: turn % candidates.len(),
             reason: "next in turn",
         })
+    }
+
+    fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
+        let turn = self.next.load(Ordering::Relaxed);
+        Explanation {
+            decision: (!candidates.is_empty()).then(|| Decision {
+                index: turn % candidates.len(),
+                reason: "next in turn",
+            }),
+            ..Explanation::default()
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Decision, Policy, RouteRequest, least_by};
+use super::{Decision, Explanation, Policy, RouteRequest, least_by};
 use crate::fleet::{Load, Worker};
 
 const STEPS: [f64; 4] = [100.0, 60.0, 30.0, 10.0];
@@ -29,6 +29,14 @@ pub fn weight(load: &Load) -> f64 {
     STEPS[(base + penalties).min(STEPS.len() - 1)]
 }
 
+const REASON: &str = "least connections per metric weight";
+
+/// In-flight (counting the new request) per unit of weight.
+fn score(worker: &Worker, now: Instant) -> f64 {
+    let load = worker.load(now);
+    f64::from(load.in_flight + 1) / weight(&load)
+}
+
 /// Least in-flight per weight.
 #[derive(Debug, Default)]
 pub struct Weighted;
@@ -40,14 +48,16 @@ impl Policy for Weighted {
 
     fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
         let now = Instant::now();
-        let index = least_by(candidates, |w| {
-            let load = w.load(now);
-            f64::from(load.in_flight + 1) / weight(&load)
-        })?;
+        let index = least_by(candidates, |w| score(w, now))?;
         Some(Decision {
             index,
-            reason: "least connections per metric weight",
+            reason: REASON,
         })
+    }
+
+    fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
+        let now = Instant::now();
+        Explanation::least(candidates, |w| score(w, now), REASON)
     }
 }
 

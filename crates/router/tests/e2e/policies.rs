@@ -154,3 +154,64 @@ async fn cache_aware_returns_each_conversation_to_the_worker_holding_its_prefix(
         }
     }
 }
+
+#[tokio::test]
+async fn debug_route_explains_without_forwarding_or_learning() {
+    let workers = fast_sims(3).await;
+    let router = router_with(&workers, |a| a.policy = PolicyKind::CacheAware).await;
+    let system = "Shared instructions for the whole team. ".repeat(40);
+    let turn = |n: usize| {
+        json!({"model": MODEL, "max_tokens": 2, "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": format!("question number {n}")},
+        ]})
+    };
+    let served = post_json(&format!("{}/v1/chat/completions", router.url()), turn(1)).await;
+    let home = served.header("x-vllm-router-worker").to_owned();
+    let forwarded: usize = workers.iter().map(|w| w.records().len()).sum();
+
+    let debug = format!("{}/debug/route?path=/v1/chat/completions", router.url());
+    let first = post_json(&debug, turn(2)).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let v = first.json();
+    assert_eq!(v["policy"], "cache_aware");
+    assert_eq!(v["choice"]["url"], home.as_str());
+    assert_eq!(v["choice"]["reason"], "lowest prefill + queue cost");
+    let rows = v["candidates"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let held: Vec<u64> = rows
+        .iter()
+        .map(|r| r["matched_prefix_blocks"].as_u64().unwrap())
+        .collect();
+    let home_row = rows.iter().find(|r| r["url"] == home.as_str()).unwrap();
+    assert!(
+        home_row["matched_prefix_blocks"].as_u64().unwrap() > 10,
+        "{v}"
+    );
+    assert_eq!(held.iter().filter(|&&b| b > 0).count(), 1, "{v}");
+    assert!(rows.iter().all(|r| r["score"].is_number()));
+
+    // Nothing was forwarded, and explaining again sees the same index (nothing learned).
+    assert_eq!(
+        workers.iter().map(|w| w.records().len()).sum::<usize>(),
+        forwarded
+    );
+    assert_eq!(
+        post_json(&debug, turn(2)).await.json()["candidates"],
+        v["candidates"]
+    );
+
+    let bad = post_json(
+        &format!("{}/debug/route?path=/v1/nope", router.url()),
+        turn(2),
+    )
+    .await;
+    bad.assert_error(400);
+    let unknown = post_json(&debug, json!({"model": "nope", "messages": []})).await;
+    unknown.assert_error(404);
+}
