@@ -53,7 +53,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(members: Vec<Member>) -> Self {
+    /// A snapshot of these members (the fleet's writer builds them; tests and benches too).
+    pub fn new(members: Vec<Member>) -> Self {
         let mut by_model: HashMap<String, Vec<Arc<Worker>>> = HashMap::new();
         let mut listed = Vec::new();
         for m in &members {
@@ -152,7 +153,7 @@ impl Fleet {
                 models: None,
             })
             .collect();
-        let first = Arc::new(Snapshot::build(members.clone()));
+        let first = Arc::new(Snapshot::new(members.clone()));
         policy.on_fleet_change(&first);
         let current = Arc::new(ArcSwap::new(first));
         let (events, rx) = mpsc::unbounded_channel();
@@ -184,7 +185,7 @@ async fn writer(
     while let Some((event, done)) = rx.recv().await {
         let changed = apply(&mut members, event);
         if changed {
-            let next = Arc::new(Snapshot::build(members.clone()));
+            let next = Arc::new(Snapshot::new(members.clone()));
             policy.on_fleet_change(&next);
             current.store(next);
         }
