@@ -38,12 +38,26 @@ pub struct RouteRequest<'a> {
 }
 
 /// A policy's choice: an index into the candidates, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     /// Index into the candidate slice given to [`Policy::pick`].
     pub index: usize,
-    /// A short reason, for logs and explanations.
+    /// A short reason, for logs, metrics and explanations.
     pub reason: &'static str,
+    /// The fraction of the prompt the policy predicts the worker holds in its prefix cache,
+    /// checked against the `cached_tokens` the worker reports.
+    pub predicted_hit: Option<f64>,
+}
+
+impl Decision {
+    /// Candidate `index`, chosen for `reason`, with no cache prediction.
+    pub const fn new(index: usize, reason: &'static str) -> Self {
+        Self {
+            index,
+            reason,
+            predicted_hit: None,
+        }
+    }
 }
 
 /// How a policy sees the candidates, for `/debug/route`.
@@ -72,7 +86,7 @@ impl Explanation {
             i += 1;
             scores[i - 1]
         })
-        .map(|index| Decision { index, reason });
+        .map(|index| Decision::new(index, reason));
         Self {
             decision,
             scores: Some(scores),

@@ -8,6 +8,7 @@
 pub mod headers;
 pub mod peek;
 mod tracked;
+mod usage;
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -70,6 +71,7 @@ async fn route(
             .pick(&route_req, &candidates)
             .ok_or_else(no_worker)?;
         let worker = candidates.swap_remove(decision.index);
+        app.metrics.decided(app.policy.name(), decision.reason);
         tracing::debug!(
             request_id = route_req.request_id,
             worker = worker.url(),
@@ -96,7 +98,10 @@ async fn route(
                     headers::X_VLLM_ROUTER_WORKER.clone(),
                     worker.header_value().clone(),
                 );
-                let body = Body::new(TrackedBody::new(upstream_body, guard));
+                let usage = decision
+                    .predicted_hit
+                    .map(|p| usage::UsageWatch::new(p, Arc::clone(&app.metrics)));
+                let body = Body::new(TrackedBody::new(upstream_body, guard).watching(usage));
                 return Ok(Response::from_parts(head, body));
             }
             Ok(Err(error)) if error.is_connect() => {

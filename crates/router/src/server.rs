@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::fleet::{self, Fleet};
 use crate::policy::Policy;
 use crate::proxy;
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
 pub use metrics::serve_metrics;
@@ -59,6 +60,8 @@ pub struct App {
     pub policy: Arc<dyn Policy>,
     /// The pooled client to workers.
     pub upstream: Upstream,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
     started: Instant,
     background: Vec<JoinHandle<()>>,
 }
@@ -97,6 +100,7 @@ impl App {
             fleet,
             policy,
             upstream,
+            metrics: Metrics::new(),
             started: Instant::now(),
             background,
         })

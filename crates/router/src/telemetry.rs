@@ -1,4 +1,7 @@
-//! Logging: human-readable lines on stderr, filtered by `--log-level` (or `RUST_LOG`).
+//! Logging (human-readable lines on stderr, filtered by `--log-level` or `RUST_LOG`) and the
+//! metrics registry.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

@@ -135,13 +135,28 @@ impl CacheAware {
             .collect()
     }
 
-    /// Choose for `chain` without learning from the choice.
+    /// Choose for `chain` without learning from the choice; the decision carries the
+    /// fraction of the prompt the chosen worker is predicted to hold.
     pub fn choose(&self, chain: &[u64], candidates: &[Arc<Worker>]) -> Option<Decision> {
         if candidates.is_empty() {
             return None;
         }
-        let now = Instant::now();
-        let terms = self.terms(chain, candidates, now);
+        let terms = self.terms(chain, candidates, Instant::now());
+        let decision = self.decide(chain, candidates, &terms)?;
+        let predicted_hit = (!chain.is_empty())
+            .then(|| terms[decision.index].matched_blocks as f64 / chain.len() as f64);
+        Some(Decision {
+            predicted_hit,
+            ..decision
+        })
+    }
+
+    fn decide(
+        &self,
+        chain: &[u64],
+        candidates: &[Arc<Worker>],
+        terms: &[Terms],
+    ) -> Option<Decision> {
         let queues: Vec<f64> = terms.iter().map(|t| t.load.queue()).collect();
         let (min, max) = queues
             .iter()
@@ -152,7 +167,7 @@ impl CacheAware {
                 i += 1;
                 queues[i - 1]
             })
-            .map(|index| Decision { index, reason })
+            .map(|index| Decision::new(index, reason))
         };
         if max - min > self.config.balance_abs_threshold
             && max > min * self.config.balance_rel_threshold
@@ -170,10 +185,7 @@ impl CacheAware {
             i += 1;
             terms[i - 1].cost
         })?;
-        Some(Decision {
-            index,
-            reason: "lowest prefill + queue cost",
-        })
+        Some(Decision::new(index, "lowest prefill + queue cost"))
     }
 
     /// Learn that `worker` now holds `chain`.

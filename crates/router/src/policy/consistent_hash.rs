@@ -62,10 +62,7 @@ impl Policy for ConsistentHash {
         let Some(key) = req.session_key else {
             let now = Instant::now();
             let index = least_by(candidates, |w| w.load(now).queue())?;
-            return Some(Decision {
-                index,
-                reason: "no session key: least loaded",
-            });
+            return Some(Decision::new(index, "no session key: least loaded"));
         };
         let total: usize = candidates.iter().map(|w| w.in_flight()).sum();
         let bound = (self.factor * (total + 1) as f64 / candidates.len() as f64).ceil() as usize;
@@ -86,16 +83,13 @@ impl Policy for ConsistentHash {
                 } else {
                     "session home full or away: next on ring"
                 };
-                return Some(Decision { index, reason });
+                return Some(Decision::new(index, reason));
             }
             home = false;
         }
         // Candidates missing from the ring (a snapshot not yet seen): stay correct, if not sticky.
         let index = least_by(candidates, |w| w.in_flight() as f64)?;
-        Some(Decision {
-            index,
-            reason: "not on ring: least in flight",
-        })
+        Some(Decision::new(index, "not on ring: least in flight"))
     }
 
     fn on_fleet_change(&self, snapshot: &Snapshot) {

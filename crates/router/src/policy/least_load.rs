@@ -22,10 +22,7 @@ impl Policy for LeastLoad {
     fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
         let now = Instant::now();
         let index = least_by(candidates, |w| w.load(now).weighted_occupancy())?;
-        Some(Decision {
-            index,
-            reason: REASON,
-        })
+        Some(Decision::new(index, REASON))
     }
 
     fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {

@@ -20,10 +20,7 @@ impl Policy for PowerOfTwo {
     fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
         match candidates.len() {
             0 => None,
-            1 => Some(Decision {
-                index: 0,
-                reason: "only candidate",
-            }),
+            1 => Some(Decision::new(0, "only candidate")),
             n => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
@@ -32,10 +29,8 @@ impl Policy for PowerOfTwo {
                     candidates[a].load(now).queue(),
                     candidates[b].load(now).queue(),
                 );
-                Some(Decision {
-                    index: if qb < qa { b } else { a },
-                    reason: "shorter queue of two sampled",
-                })
+                let index = if qb < qa { b } else { a };
+                Some(Decision::new(index, "shorter queue of two sampled"))
             }
         }
     }

@@ -18,10 +18,7 @@ impl Policy for Random {
         if candidates.is_empty() {
             return None;
         }
-        Some(Decision {
-            index: fastrand::usize(..candidates.len()),
-            reason: "random",
-        })
+        Some(Decision::new(fastrand::usize(..candidates.len()), "random"))
     }
 }
 

@@ -22,19 +22,14 @@ impl Policy for RoundRobin {
             return None;
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(Decision {
-            index: turn % candidates.len(),
-            reason: "next in turn",
-        })
+        Some(Decision::new(turn % candidates.len(), "next in turn"))
     }
 
     fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
         let turn = self.next.load(Ordering::Relaxed);
         Explanation {
-            decision: (!candidates.is_empty()).then(|| Decision {
-                index: turn % candidates.len(),
-                reason: "next in turn",
-            }),
+            decision: (!candidates.is_empty())
+                .then(|| Decision::new(turn % candidates.len(), "next in turn")),
             ..Explanation::default()
         }
     }

@@ -49,10 +49,7 @@ impl Policy for Weighted {
     fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
         let now = Instant::now();
         let index = least_by(candidates, |w| score(w, now))?;
-        Some(Decision {
-            index,
-            reason: REASON,
-        })
+        Some(Decision::new(index, REASON))
     }
 
     fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {

@@ -1,5 +1,6 @@
 //! A response body that holds the worker's in-flight guard until the body ends or is dropped
-//! (the client left). Frames pass through as they arrive; nothing is buffered or scanned.
+//! (the client left). Frames pass through as they arrive, unchanged and unbuffered; when a
+//! policy made a prefix-cache prediction, a [`UsageWatch`] reads them on the way.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -7,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::usage::UsageWatch;
 use crate::fleet::InFlight;
 
 pin_project! {
@@ -15,6 +17,7 @@ pin_project! {
         #[pin]
         inner: B,
         guard: Option<InFlight>,
+        usage: Option<UsageWatch>,
     }
 }
 
@@ -24,11 +27,22 @@ impl<B> TrackedBody<B> {
         Self {
             inner,
             guard: Some(guard),
+            usage: None,
         }
+    }
+
+    /// Also read the worker's reported usage on the way through.
+    pub fn watching(mut self, usage: Option<UsageWatch>) -> Self {
+        self.usage = usage;
+        self
     }
 }
 
-impl<B: Body> Body for TrackedBody<B> {
+impl<B> Body for TrackedBody<B>
+where
+    B: Body,
+    B::Data: AsRef<[u8]>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -36,10 +50,27 @@ impl<B: Body> Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let ended = match &frame {
+            Some(Ok(f)) => {
+                if let (Some(watch), Some(data)) = (this.usage.as_mut(), f.data_ref()) {
+                    watch.observe(data.as_ref());
+                }
+                // A body of known length ends with its last frame: hyper polls no further.
+                this.inner.is_end_stream()
+            }
+            None => true,
+            Some(Err(_)) => {
+                this.usage.take();
+                true
+            }
+        };
+        if ended {
             this.guard.take();
+            if let Some(watch) = this.usage.take() {
+                watch.finish();
+            }
         }
         Poll::Ready(frame)
     }

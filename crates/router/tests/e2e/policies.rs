@@ -153,6 +153,16 @@ async fn cache_aware_returns_each_conversation_to_the_worker_holding_its_prefix(
             messages.push(json!({"role": "assistant", "content": reply}));
         }
     }
+    // Every answer's reported usage was checked against the prediction.
+    let metrics = router.app().metrics.render(&router.app().fleet.snapshot());
+    assert!(
+        metrics.contains("vllm_router_prefix_prediction_error_count 16"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"vllm_router_routing_decisions_total{policy="cache_aware""#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
