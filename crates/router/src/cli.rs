@@ -42,7 +42,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
     /// Routing policy.
-    #[arg(long, value_enum, default_value_t = PolicyKind::RoundRobin)]
+    #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
     pub policy: PolicyKind,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
@@ -91,9 +91,9 @@ pub struct RouterArgs {
     /// Worker base URLs (`http://host:port`), space- or comma-separated.
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "URL")]
     pub worker_urls: Vec<String>,
-    /// Routing policy. Every name vllm-project/router accepts is accepted; the ones this
-    /// version does not implement yet are served by `round_robin`, with a warning at start.
-    #[arg(long, value_enum, default_value_t = PolicyKind::RoundRobin)]
+    /// Routing policy. Every name vllm-project/router accepts is accepted; `kv_aware`, not
+    /// implemented yet, is served by `round_robin` with a warning at start.
+    #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
     pub policy: PolicyKind,
     /// Seconds to wait for a worker's response headers before answering 504.
     #[arg(long, default_value_t = 1800)]

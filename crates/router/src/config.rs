@@ -308,6 +308,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.host, "127.0.0.1");
         assert_eq!(c.port, 30000);
+        assert_eq!(c.policy, PolicyKind::CacheAware);
         assert_eq!(c.max_payload_size.get(), 64 * 1024 * 1024);
         assert_eq!(c.metrics_listen, Some(("127.0.0.1".into(), 29000)));
         let ids: Vec<_> = c.request_id_headers.iter().map(|h| h.as_str()).collect();

@@ -30,8 +30,16 @@ pub struct EngineLoad {
     pub kv_usage: Option<f64>,
     /// The engine preempted requests since the previous scrape: it is overloaded.
     pub preempting: bool,
-    /// Requests the router sent since the scrape, which its gauges cannot show yet.
-    pub sent_since: u32,
+    /// The router's net change of in-flight requests to this worker since the scrape
+    /// (sent minus finished), which the gauges cannot show yet.
+    pub in_flight_change: i64,
+}
+
+impl EngineLoad {
+    /// The running batch now: as scraped, moved by the router's in-flight change since.
+    pub fn running_now(&self) -> f64 {
+        (self.running + self.in_flight_change as f64).max(0.0)
+    }
 }
 
 /// A worker's load at one instant.
@@ -52,7 +60,7 @@ impl Load {
                 waiting: s.metrics.waiting?,
                 kv_usage: s.metrics.kv_usage,
                 preempting: s.preempting,
-                sent_since: in_flight.saturating_sub(s.in_flight_at_scrape),
+                in_flight_change: i64::from(in_flight) - i64::from(s.in_flight_at_scrape),
             })
         });
         Self { in_flight, engine }
@@ -64,10 +72,11 @@ impl Load {
     }
 
     /// The TOML router's score before dividing by capacity: `running * 3 + waiting`, with
-    /// requests sent since the scrape counted as waiting; in-flight alone without a scrape.
+    /// the router's in-flight change since the scrape applied to `running` (so a burst sent
+    /// between scrapes counts at once, in full); in-flight alone without a scrape.
     pub fn weighted_occupancy(&self) -> f64 {
         match self.engine {
-            Some(e) => e.running * 3.0 + e.waiting + f64::from(e.sent_since),
+            Some(e) => e.running_now() * 3.0 + e.waiting,
             None => f64::from(self.in_flight),
         }
     }
@@ -97,7 +106,14 @@ mod tests {
         let s = sample(2.0, 5.0, 3, Duration::from_secs(5));
         let load = Load::new(4, Some(&s), Instant::now());
         assert_eq!(load.queue(), 9.0);
-        assert_eq!(load.weighted_occupancy(), 2.0 * 3.0 + 5.0 + 1.0);
+        assert_eq!(load.weighted_occupancy(), (2.0 + 1.0) * 3.0 + 5.0);
+        // Requests that finished since the scrape lower the estimate, never below zero.
+        let drained = Load::new(
+            0,
+            Some(&sample(2.0, 5.0, 3, Duration::from_secs(5))),
+            Instant::now(),
+        );
+        assert_eq!(drained.weighted_occupancy(), 5.0);
     }
 
     #[test]

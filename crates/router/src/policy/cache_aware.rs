@@ -4,7 +4,7 @@
 //!
 //! The cost model, in blocks of prompt text: a worker's cost is the blocks it would have to
 //! prefill (`prompt blocks − matched blocks`) plus its pressure times the mean prompt size
-//! (`blocks per prompt × (engine waiting + requests sent since its scrape + in-flight / 4)`):
+//! (`blocks per prompt × (engine waiting + net requests sent since its scrape + in-flight / 4)`):
 //! a request queued ahead delays this one about as much as prefilling an average prompt,
 //! while one already running delays it a quarter of that. The lowest cost wins. Two guards
 //! keep vllm-project/router's meaning of its flags:
@@ -123,7 +123,7 @@ impl CacheAware {
                 let load = w.load(now);
                 let queued = load
                     .engine
-                    .map_or(0.0, |e| e.waiting + f64::from(e.sent_since));
+                    .map_or(0.0, |e| e.waiting + e.in_flight_change.max(0) as f64);
                 let pressure = queued + f64::from(load.in_flight) / 4.0;
                 let cost = (chain.len() - matched_blocks) as f64 + mean_blocks * pressure;
                 Terms {

@@ -1,6 +1,7 @@
 //! Least load: the capacity-aware score of the TOML-configured router, `running * 3 +
-//! waiting` from each worker's `/metrics`, with requests sent since the scrape counted as
-//! waiting. A worker without a fresh scrape is scored by its in-flight count alone.
+//! waiting` from each worker's `/metrics`, with the router's net in-flight change since the
+//! scrape applied to `running`, so requests sent between scrapes weigh at once and in full.
+//! A worker without a fresh scrape is scored by its in-flight count alone.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -72,7 +72,7 @@ mod tests {
                 waiting,
                 kv_usage: Some(kv),
                 preempting,
-                sent_since: 0,
+                in_flight_change: 0,
             }),
         }
     }

@@ -79,7 +79,7 @@ async fn explanation(
                     "waiting": e.waiting,
                     "kv_cache_usage": e.kv_usage,
                     "preempting": e.preempting,
-                    "sent_since_scrape": e.sent_since,
+                    "in_flight_change_since_scrape": e.in_flight_change,
                 })),
                 "score": explained.scores.as_ref().and_then(|s| s.get(i)),
                 "matched_prefix_blocks": explained.matched_blocks.as_ref().and_then(|m| m.get(i)),

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use vllm_router::cli::RouterArgs;
 use vllm_router::config::Config;
+use vllm_router::policy::PolicyKind;
 use vllm_router::server::RouterHandle;
 use vllm_sim::{SimConfig, SimServer};
 
@@ -48,6 +49,8 @@ pub async fn router_with(
 ) -> RouterHandle {
     let mut args = RouterArgs {
         worker_urls: workers.iter().map(SimServer::url).collect(),
+        // Most tests reason about rotation; policy tests choose their own.
+        policy: PolicyKind::RoundRobin,
         prometheus_port: 0,
         worker_startup_timeout_secs: 5,
         health_check_interval_secs: 1,
