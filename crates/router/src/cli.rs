@@ -91,6 +91,10 @@ pub struct RouterArgs {
     /// Worker base URLs (`http://host:port`), space- or comma-separated.
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "URL")]
     pub worker_urls: Vec<String>,
+    /// Requests a worker serves at once, as `URL=N` (the TOML router's
+    /// `max_concurrent_requests`); `least_load` divides a worker's load by it.
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "URL=N")]
+    pub worker_capacity: Vec<String>,
     /// Routing policy. Every name vllm-project/router accepts is accepted; `kv_aware`, not
     /// implemented yet, is served by `round_robin` with a warning at start.
     #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]

@@ -1,7 +1,7 @@
 //! One validated, typed configuration. Raw flags become durations, non-zero sizes, header
 //! names and parsed worker URLs here; every error names the flag and the value at fault.
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -83,6 +83,25 @@ impl WorkerUrl {
     }
 }
 
+/// A worker as configured: where it is and, when known, how many requests it serves at once
+/// (the TOML router's `max_concurrent_requests`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// Its base URL.
+    pub url: WorkerUrl,
+    /// Requests it serves at once, when known.
+    pub capacity: Option<NonZeroU32>,
+}
+
+impl From<WorkerUrl> for WorkerSpec {
+    fn from(url: WorkerUrl) -> Self {
+        Self {
+            url,
+            capacity: None,
+        }
+    }
+}
+
 /// How the router probes worker health.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
@@ -102,7 +121,7 @@ pub struct Config {
     /// Port to listen on.
     pub port: u16,
     /// Workers given at start.
-    pub workers: Vec<WorkerUrl>,
+    pub workers: Vec<WorkerSpec>,
     /// The routing policy asked for.
     pub policy: PolicyKind,
     /// Settings of the policies.
@@ -129,6 +148,28 @@ pub struct Config {
     pub startup_check_interval: Duration,
     /// Health probing.
     pub health: HealthConfig,
+}
+
+/// Attach `URL=N` capacities to the listed workers.
+fn with_capacities(urls: Vec<WorkerUrl>, raw: &[String]) -> Result<Vec<WorkerSpec>, ConfigError> {
+    const FLAG: &str = "--worker-capacity";
+    let mut specs: Vec<WorkerSpec> = urls.into_iter().map(WorkerSpec::from).collect();
+    for entry in raw {
+        let (url, n) = entry
+            .rsplit_once('=')
+            .ok_or_else(|| invalid(FLAG, entry, "expected URL=N, as in http://gpu1:8000=8"))?;
+        let url = WorkerUrl::parse(FLAG, url)?;
+        let n: NonZeroU32 = n
+            .trim()
+            .parse()
+            .map_err(|_| invalid(FLAG, entry, "N must be a whole number of at least 1"))?;
+        let spec = specs
+            .iter_mut()
+            .find(|s| s.url == url)
+            .ok_or_else(|| invalid(FLAG, entry, "the URL is not among --worker-urls"))?;
+        spec.capacity = Some(n);
+    }
+    Ok(specs)
 }
 
 fn cache_aware(args: &RouterArgs) -> Result<CacheAwareConfig, ConfigError> {
@@ -200,6 +241,7 @@ impl Config {
             }
             workers.push(url);
         }
+        let workers = with_capacities(workers, &args.worker_capacity)?;
         let max_payload_size = NonZeroUsize::new(args.max_payload_size)
             .ok_or_else(|| invalid("--max-payload-size", 0, "must be at least 1 byte"))?;
         let request_id_headers = header_names("--request-id-headers", &args.request_id_headers)?;
@@ -326,9 +368,55 @@ mod tests {
     #[test]
     fn worker_urls_space_or_comma_separated() {
         let c = parse(&["--worker-urls", "http://a:1,http://b:2/", "http://c:3/v"]).unwrap();
-        let urls: Vec<_> = c.workers.iter().map(|w| w.text.as_str()).collect();
+        let urls: Vec<_> = c.workers.iter().map(|w| w.url.text.as_str()).collect();
         assert_eq!(urls, ["http://a:1", "http://b:2", "http://c:3/v"]);
-        assert_eq!(c.workers[2].prefix, "/v");
+        assert_eq!(c.workers[2].url.prefix, "/v");
+        assert!(c.workers.iter().all(|w| w.capacity.is_none()));
+    }
+
+    #[test]
+    fn worker_capacities_attach_to_listed_workers() {
+        let c = parse(&[
+            "--worker-urls",
+            "http://a:1",
+            "http://b:2",
+            "--worker-capacity",
+            "http://b:2/=8",
+        ])
+        .unwrap();
+        let caps: Vec<_> = c
+            .workers
+            .iter()
+            .map(|w| w.capacity.map(NonZeroU32::get))
+            .collect();
+        assert_eq!(caps, [None, Some(8)]);
+        let e = parse(&[
+            "--worker-urls",
+            "http://a:1",
+            "--worker-capacity",
+            "http://z:9=2",
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("--worker-capacity") && e.contains("not among"),
+            "{e}"
+        );
+        let e = parse(&[
+            "--worker-urls",
+            "http://a:1",
+            "--worker-capacity",
+            "http://a:1=0",
+        ])
+        .unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = parse(&[
+            "--worker-urls",
+            "http://a:1",
+            "--worker-capacity",
+            "http://a:1",
+        ])
+        .unwrap_err();
+        assert!(e.contains("URL=N"), "{e}");
     }
 
     #[test]

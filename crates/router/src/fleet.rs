@@ -23,7 +23,7 @@ pub use load::{EngineLoad, EngineSample, Load};
 pub use scrape::spawn_scrape_loop;
 pub use worker::{InFlight, Worker};
 
-use crate::config::WorkerUrl;
+use crate::config::WorkerSpec;
 use crate::policy::Policy;
 
 /// One entry of a worker's `/v1/models` list, kept as the worker sent it.
@@ -121,7 +121,7 @@ impl Snapshot {
 #[derive(Debug)]
 pub enum FleetEvent {
     /// A worker joins (ignored when its URL is already present).
-    Add(WorkerUrl),
+    Add(WorkerSpec),
     /// The worker with this URL leaves; requests in flight to it finish.
     Remove(String),
     /// The worker with this URL lists these models.
@@ -145,7 +145,7 @@ pub struct Fleet {
 impl Fleet {
     /// Start the writer task with these workers (not yet healthy, models unknown). The policy
     /// hears of every published snapshot. Must be called inside a Tokio runtime.
-    pub fn start(workers: &[WorkerUrl], policy: Arc<dyn Policy>) -> Self {
+    pub fn start(workers: &[WorkerSpec], policy: Arc<dyn Policy>) -> Self {
         let members: Vec<Member> = workers
             .iter()
             .map(|url| Member {
@@ -197,13 +197,13 @@ async fn writer(
 
 fn apply(members: &mut Vec<Member>, event: FleetEvent) -> bool {
     match event {
-        FleetEvent::Add(url) => {
-            if members.iter().any(|m| m.worker.url() == url.text) {
+        FleetEvent::Add(spec) => {
+            if members.iter().any(|m| m.worker.url() == spec.url.text) {
                 return false;
             }
-            tracing::info!(worker = %url.text, "worker added");
+            tracing::info!(worker = %spec.url.text, "worker added");
             members.push(Member {
-                worker: Arc::new(Worker::new(url)),
+                worker: Arc::new(Worker::new(spec)),
                 models: None,
             });
             true

@@ -1,8 +1,9 @@
 use super::*;
+use crate::config::WorkerUrl;
 use crate::policy::PolicyKind;
 
-fn url(s: &str) -> WorkerUrl {
-    WorkerUrl::parse("--worker-urls", s).unwrap()
+fn url(s: &str) -> WorkerSpec {
+    WorkerUrl::parse("--worker-urls", s).unwrap().into()
 }
 
 fn card(id: &str) -> ModelCard {

@@ -1,5 +1,6 @@
 //! One worker: its identity, fixed when it joins, and its live numbers as atomics.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -10,13 +11,14 @@ use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, uri};
 
 use super::load::{EngineSample, Load};
-use crate::config::WorkerUrl;
+use crate::config::{WorkerSpec, WorkerUrl};
 
 /// A vLLM server the router forwards to. Shared as `Arc<Worker>`; the fleet snapshot and
 /// every in-flight request hold clones, so a worker removed mid-stream lives until it ends.
 #[derive(Debug)]
 pub struct Worker {
     url: WorkerUrl,
+    capacity: Option<NonZeroU32>,
     id: u64,
     header: HeaderValue,
     engine: ArcSwapOption<EngineSample>,
@@ -27,12 +29,14 @@ pub struct Worker {
 
 impl Worker {
     /// A new worker, not yet healthy (it becomes healthy once it has listed its models).
-    pub fn new(url: WorkerUrl) -> Self {
+    pub fn new(spec: impl Into<WorkerSpec>) -> Self {
+        let WorkerSpec { url, capacity } = spec.into();
         let header =
             HeaderValue::from_str(&url.text).unwrap_or(HeaderValue::from_static("invalid"));
         Self {
             id: xxhash_rust::xxh3::xxh3_64(url.text.as_bytes()),
             url,
+            capacity,
             header,
             engine: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
@@ -44,6 +48,11 @@ impl Worker {
     /// The worker's canonical base URL.
     pub fn url(&self) -> &str {
         &self.url.text
+    }
+
+    /// Requests the worker serves at once, when configured.
+    pub fn capacity(&self) -> Option<NonZeroU32> {
+        self.capacity
     }
 
     /// A stable 64-bit id derived from the URL: the same on every router replica.

@@ -1,7 +1,8 @@
 //! Least load: the capacity-aware score of the TOML-configured router, `running * 3 +
 //! waiting` from each worker's `/metrics`, with the router's net in-flight change since the
 //! scrape applied to `running`, so requests sent between scrapes weigh at once and in full.
-//! A worker without a fresh scrape is scored by its in-flight count alone.
+//! A worker without a fresh scrape is scored by its in-flight count alone. Either is divided
+//! by the worker's capacity (`--worker-capacity`) when it has one.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +10,12 @@ use std::time::Instant;
 use super::{Decision, Explanation, Policy, RouteRequest, least_by};
 use crate::fleet::Worker;
 
-const REASON: &str = "lowest running*3 + waiting";
+const REASON: &str = "lowest (running*3 + waiting) / capacity";
+
+fn score(worker: &Worker, now: Instant) -> f64 {
+    let capacity = worker.capacity().map_or(1.0, |c| f64::from(c.get()));
+    worker.load(now).weighted_occupancy() / capacity
+}
 
 /// Picks the lowest weighted occupancy.
 #[derive(Debug, Default)]
@@ -22,13 +28,13 @@ impl Policy for LeastLoad {
 
     fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
         let now = Instant::now();
-        let index = least_by(candidates, |w| w.load(now).weighted_occupancy())?;
+        let index = least_by(candidates, |w| score(w, now))?;
         Some(Decision::new(index, REASON))
     }
 
     fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
         let now = Instant::now();
-        Explanation::least(candidates, |w| w.load(now).weighted_occupancy(), REASON)
+        Explanation::least(candidates, |w| score(w, now), REASON)
     }
 }
 
@@ -56,6 +62,22 @@ mod tests {
         engine(&ws[0], |m| m.running = Some(1.0));
         engine(&ws[1], |m| m.running = Some(1.0));
         let _sent: Vec<_> = (0..2).map(|_| ws[0].begin()).collect();
+        assert_eq!(pick(&ws), 1);
+    }
+
+    #[test]
+    fn load_is_divided_by_capacity() {
+        use crate::config::{WorkerSpec, WorkerUrl};
+        let spec = |url: &str, cap: u32| WorkerSpec {
+            url: WorkerUrl::parse("--worker-urls", url).unwrap(),
+            capacity: std::num::NonZeroU32::new(cap),
+        };
+        let ws = vec![
+            Arc::new(Worker::new(spec("http://a:1", 2))),
+            Arc::new(Worker::new(spec("http://b:1", 8))),
+        ];
+        engine(&ws[0], |m| m.running = Some(1.0)); // 3 / 2
+        engine(&ws[1], |m| m.running = Some(3.0)); // 9 / 8
         assert_eq!(pick(&ws), 1);
     }
 

@@ -73,6 +73,7 @@ async fn explanation(
             let load = w.load(now);
             json!({
                 "url": w.url(),
+                "capacity": w.capacity(),
                 "in_flight": load.in_flight,
                 "engine": load.engine.map(|e| json!({
                     "running": e.running,

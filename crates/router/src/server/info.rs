@@ -80,6 +80,7 @@ pub async fn about(State(app): State<Arc<App>>) -> Response {
                 "url": m.worker.url(),
                 "healthy": m.worker.is_healthy(),
                 "in_flight": m.worker.in_flight(),
+                "capacity": m.worker.capacity(),
                 "requests_total": m.worker.served(),
                 "models": models,
             })
