@@ -34,55 +34,21 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procs import free_port, http_get, log, start, stop, tail, wait_ready
+
 MODEL = "sim-model"
-READY_TIMEOUT_S = 60.0
-STOP_GRACE_S = 5.0
 WARMUP_S = 1
 MODES = ("non-stream", "stream")
 PROXIES = ("ours", "peer", "nginx")
 TARGETS = ("direct",) + PROXIES
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 # ---------------------------------------------------------------------------------------------
 # processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def start(argv: list[str], log_path: Path, **kw) -> subprocess.Popen:
-    """Starts `argv` in a session of its own, so that it and anything it forks stop together."""
-    out = open(log_path, "wb")
-    try:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, **kw,
-        )
-    finally:
-        out.close()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL after a grace period."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def children(pid: int) -> list[int]:
@@ -118,36 +84,7 @@ def peak_rss_kb(pid: int) -> int:
     return total
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
-
-def http_get(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            resp.read()
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except (OSError, urllib.error.URLError):
-        return 0
-
-
-def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = READY_TIMEOUT_S) -> str | None:
-    """None once `GET url` answers 200; otherwise why not."""
-    deadline = time.monotonic() + timeout
-    status = 0
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return f"exited with status {proc.returncode}"
-        status = http_get(url)
-        if status == 200:
-            return None
-        time.sleep(0.1)
-    return f"no 200 from {url} within {timeout:.0f}s (last status {status or 'no answer'})"
 
 
 def start_sim(sim_bin: str, workdir: Path) -> tuple[subprocess.Popen, list[str]]:
