@@ -252,7 +252,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                   f"{args.slow_worker_factor:g}x slower",
             fleet=FleetSpec(args.workers, timings, args.slow_num_blocks, args.block_size,
                             args.max_num_seqs, slow_factor=args.slow_worker_factor),
-            bench_flags=["--workload", "random", "--users", str(args.users),
+            bench_flags=["--workload", "random", "--users", str(args.slow_users),
                          "--prompt-words", str(args.prompt_words)] + common,
             ours=split(args.slow_ours_policies), peer=split(args.slow_peer_policies),
             notes=[f"Worker 0's TTFT, prefill and inter-token latency are "
@@ -535,15 +535,17 @@ def main() -> int:
     g.add_argument("--max-num-seqs", type=int, default=8)
     g.add_argument("--num-blocks", type=int, default=0,
                    help="cache scenario: blocks per worker (default: from the working set)")
-    g.add_argument("--cache-fleet-factor", type=float, default=1.5,
+    g.add_argument("--cache-fleet-factor", type=float, default=1.0,
                    help="cache scenario: the fleet's total cache as a multiple of the working set")
     g.add_argument("--slow-num-blocks", type=int, default=4096)
     g.add_argument("--slow-worker-factor", type=float, default=2.0)
     g = ap.add_argument_group("workload")
-    g.add_argument("--duration-secs", type=float, default=40.0)
-    g.add_argument("--warmup-secs", type=float, default=0.0)
-    g.add_argument("--users", type=int, default=16)
-    g.add_argument("--groups", type=int, default=8)
+    g.add_argument("--duration-secs", type=float, default=20.0)
+    g.add_argument("--warmup-secs", type=float, default=8.0)
+    g.add_argument("--users", type=int, default=24, help="cache scenario: concurrent users")
+    g.add_argument("--slow-users", type=int, default=40,
+                   help="slow scenario: concurrent users (more than the fleet's batch slots)")
+    g.add_argument("--groups", type=int, default=2)
     g.add_argument("--turns", type=int, default=6)
     g.add_argument("--system-prompt-words", type=int, default=600)
     g.add_argument("--user-words", type=int, default=40)
