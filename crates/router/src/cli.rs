@@ -99,9 +99,49 @@ pub struct RouterArgs {
     /// implemented yet, is served by `round_robin` with a warning at start.
     #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
     pub policy: PolicyKind,
-    /// Seconds to wait for a worker's response headers before answering 504.
+    /// Seconds a whole request may take, retries and streaming included: past it a pending
+    /// request is answered 504 and a stream ends with an error event.
     #[arg(long, default_value_t = 1800)]
     pub request_timeout_secs: u64,
+    /// Seconds to open a connection to a worker (a failure is retried on another worker).
+    #[arg(long, default_value_t = 5)]
+    pub connect_timeout_secs: u64,
+    /// Seconds to a worker's response headers (long prompts prefill before the first byte);
+    /// past it the attempt fails and may be retried elsewhere.
+    #[arg(long, default_value_t = 300)]
+    pub first_byte_timeout_secs: u64,
+    /// Seconds a response may go without a byte once it started; past it a stream ends with
+    /// an error event. Never retried.
+    #[arg(long, default_value_t = 120)]
+    pub stream_idle_timeout_secs: u64,
+    /// Retries of one request on other workers (connect failures, resets before the
+    /// response, 502/503/504 and any of --retry-on-status).
+    #[arg(long, default_value_t = 3)]
+    pub retry_max_retries: u32,
+    /// First backoff before a retry, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub retry_initial_backoff_ms: u64,
+    /// Longest backoff (and longest Retry-After honoured), in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub retry_max_backoff_ms: u64,
+    /// Backoff growth per retry.
+    #[arg(long, default_value_t = 2.0)]
+    pub retry_backoff_multiplier: f64,
+    /// Random spread of each backoff, as a fraction of it (0..1).
+    #[arg(long, default_value_t = 0.2)]
+    pub retry_jitter_factor: f64,
+    /// Extra statuses that are retried on another worker (e.g. 408 429).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub retry_on_status: Vec<u16>,
+    /// Retries allowed, as a fraction of requests (a sick fleet is not hammered)...
+    #[arg(long, default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+    /// ...plus this many retries per second whatever the traffic.
+    #[arg(long, default_value_t = 5.0)]
+    pub retry_budget_min_per_sec: f64,
+    /// Never retry.
+    #[arg(long)]
+    pub disable_retries: bool,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_payload_size: usize,
@@ -131,6 +171,13 @@ pub struct RouterArgs {
     /// Seconds between health probes of every worker.
     #[arg(long, default_value_t = 10)]
     pub health_check_interval_secs: u64,
+    /// Consecutive failures (probes, or connect errors, resets and 5xx on live traffic) that
+    /// take a worker out of rotation.
+    #[arg(long, default_value_t = 3)]
+    pub health_failure_threshold: u32,
+    /// Consecutive good probes that bring it back.
+    #[arg(long, default_value_t = 2)]
+    pub health_success_threshold: u32,
     /// Seconds a health probe may take before it counts as failed.
     #[arg(long, default_value_t = 5)]
     pub health_check_timeout_secs: u64,

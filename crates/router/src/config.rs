@@ -102,6 +102,40 @@ impl From<WorkerUrl> for WorkerSpec {
     }
 }
 
+/// When and how a failed attempt is retried on another worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Retries of one request (0 disables).
+    pub max_retries: u32,
+    /// First backoff.
+    pub initial_backoff: Duration,
+    /// Longest backoff, and longest `Retry-After` honoured.
+    pub max_backoff: Duration,
+    /// Backoff growth per retry.
+    pub multiplier: f64,
+    /// Random spread of each backoff, as a fraction of it.
+    pub jitter: f64,
+    /// Statuses retried besides 502, 503 and 504.
+    pub extra_statuses: Vec<u16>,
+    /// Retries allowed as a fraction of requests...
+    pub budget_ratio: f64,
+    /// ...plus this many per second.
+    pub budget_min_per_sec: f64,
+}
+
+/// How long each stage of a request may take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// Opening a connection.
+    pub connect: Duration,
+    /// Until a worker's response headers.
+    pub first_byte: Duration,
+    /// Between two frames of a response.
+    pub stream_idle: Duration,
+    /// The whole request.
+    pub total: Duration,
+}
+
 /// How the router probes worker health.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
@@ -111,6 +145,10 @@ pub struct HealthConfig {
     pub timeout: Duration,
     /// Path probed, starting with `/`.
     pub endpoint: String,
+    /// Consecutive failures that take a worker out of rotation.
+    pub failure_threshold: u32,
+    /// Consecutive good probes that bring it back.
+    pub success_threshold: u32,
 }
 
 /// The router's whole configuration, validated.
@@ -130,10 +168,10 @@ pub struct Config {
     pub load_scrape_interval: Option<Duration>,
     /// Headers searched, in order, for a session key.
     pub session_key_headers: Vec<HeaderName>,
-    /// How long to wait for a worker's response headers.
-    pub request_timeout: Duration,
-    /// Time allowed to open a TCP connection to a worker.
-    pub connect_timeout: Duration,
+    /// How long each stage of a request may take.
+    pub timeouts: Timeouts,
+    /// Retries.
+    pub retry: RetryConfig,
     /// Largest request body accepted.
     pub max_payload_size: NonZeroUsize,
     /// Headers searched, in order, for a client-given request id.
@@ -170,6 +208,76 @@ fn with_capacities(urls: Vec<WorkerUrl>, raw: &[String]) -> Result<Vec<WorkerSpe
         spec.capacity = Some(n);
     }
     Ok(specs)
+}
+
+fn at_least_one(flag: &'static str, value: u32) -> Result<u32, ConfigError> {
+    if value == 0 {
+        return Err(invalid(flag, value, "must be at least 1"));
+    }
+    Ok(value)
+}
+
+fn retry(args: &RouterArgs) -> Result<RetryConfig, ConfigError> {
+    if !(args.retry_backoff_multiplier >= 1.0 && args.retry_backoff_multiplier.is_finite()) {
+        return Err(invalid(
+            "--retry-backoff-multiplier",
+            args.retry_backoff_multiplier,
+            "must be at least 1",
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.retry_jitter_factor) {
+        return Err(invalid(
+            "--retry-jitter-factor",
+            args.retry_jitter_factor,
+            "must be between 0 and 1",
+        ));
+    }
+    if !(args.retry_budget_ratio >= 0.0 && args.retry_budget_ratio.is_finite()) {
+        return Err(invalid(
+            "--retry-budget-ratio",
+            args.retry_budget_ratio,
+            "must be 0 or more",
+        ));
+    }
+    if !(args.retry_budget_min_per_sec >= 0.0 && args.retry_budget_min_per_sec.is_finite()) {
+        return Err(invalid(
+            "--retry-budget-min-per-sec",
+            args.retry_budget_min_per_sec,
+            "must be 0 or more",
+        ));
+    }
+    if let Some(bad) = args
+        .retry_on_status
+        .iter()
+        .find(|s| !(400..=599).contains(*s))
+    {
+        return Err(invalid(
+            "--retry-on-status",
+            bad,
+            "must be an error status (400-599)",
+        ));
+    }
+    if args.retry_max_backoff_ms < args.retry_initial_backoff_ms {
+        return Err(invalid(
+            "--retry-max-backoff-ms",
+            args.retry_max_backoff_ms,
+            "must be at least --retry-initial-backoff-ms",
+        ));
+    }
+    Ok(RetryConfig {
+        max_retries: if args.disable_retries {
+            0
+        } else {
+            args.retry_max_retries
+        },
+        initial_backoff: Duration::from_millis(args.retry_initial_backoff_ms),
+        max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
+        multiplier: args.retry_backoff_multiplier,
+        jitter: args.retry_jitter_factor,
+        extra_statuses: args.retry_on_status.clone(),
+        budget_ratio: args.retry_budget_ratio,
+        budget_min_per_sec: args.retry_budget_min_per_sec,
+    })
 }
 
 fn cache_aware(args: &RouterArgs) -> Result<CacheAwareConfig, ConfigError> {
@@ -271,6 +379,7 @@ impl Config {
             ));
         }
         let cache_aware = cache_aware(&args)?;
+        let retry = retry(&args)?;
         let metrics_listen = (args.prometheus_port != 0)
             .then(|| (args.prometheus_host.clone(), args.prometheus_port));
         Ok(Self {
@@ -285,8 +394,21 @@ impl Config {
             load_scrape_interval: (args.load_scrape_interval_ms > 0)
                 .then(|| Duration::from_millis(args.load_scrape_interval_ms)),
             session_key_headers,
-            request_timeout: secs("--request-timeout-secs", args.request_timeout_secs, false)?,
-            connect_timeout: Duration::from_secs(5),
+            timeouts: Timeouts {
+                connect: secs("--connect-timeout-secs", args.connect_timeout_secs, false)?,
+                first_byte: secs(
+                    "--first-byte-timeout-secs",
+                    args.first_byte_timeout_secs,
+                    false,
+                )?,
+                stream_idle: secs(
+                    "--stream-idle-timeout-secs",
+                    args.stream_idle_timeout_secs,
+                    false,
+                )?,
+                total: secs("--request-timeout-secs", args.request_timeout_secs, false)?,
+            },
+            retry,
             max_payload_size,
             request_id_headers,
             metrics_listen,
@@ -313,6 +435,14 @@ impl Config {
                     false,
                 )?,
                 endpoint: args.health_check_endpoint,
+                failure_threshold: at_least_one(
+                    "--health-failure-threshold",
+                    args.health_failure_threshold,
+                )?,
+                success_threshold: at_least_one(
+                    "--health-success-threshold",
+                    args.health_success_threshold,
+                )?,
             },
         })
     }
@@ -449,6 +579,11 @@ mod tests {
         assert!(e.contains("--cache-threshold") && e.contains("1.5"), "{e}");
         let e = parse(&["--max-tree-size", "3"]).unwrap_err();
         assert!(e.contains("--max-tree-size"), "{e}");
+        let e = parse(&["--retry-on-status", "200"]).unwrap_err();
+        assert!(e.contains("--retry-on-status") && e.contains("200"), "{e}");
+        let e = parse(&["--health-failure-threshold", "0"]).unwrap_err();
+        assert!(e.contains("--health-failure-threshold"), "{e}");
+        assert_eq!(parse(&["--disable-retries"]).unwrap().retry.max_retries, 0);
         let e = parse(&["--request-timeout-secs", "0"]).unwrap_err();
         assert!(e.contains("--request-timeout-secs"), "{e}");
     }

@@ -2,11 +2,15 @@
 //! model, let the policy pick, forward, and stream the answer back through a [`TrackedBody`].
 //!
 //! A worker that refuses the connection was sent nothing, so the request moves on to another
-//! candidate and the worker leaves rotation until its next good health probe. Anything that
-//! fails after the request was sent is answered to the client, never retried here.
+//! candidate and the worker leaves rotation until its probes succeed. A reset before the
+//! response, a first-byte timeout or a 502/503/504 (plus `--retry-on-status`) is retried on a
+//! different worker after a backoff, within `--retry-max-retries` and the retry budget. Once
+//! the response is on its way to the client nothing is retried: a stream that breaks or
+//! stalls ends with an error event.
 
 pub mod headers;
 pub mod peek;
+mod retry;
 mod tracked;
 mod usage;
 
@@ -21,8 +25,12 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-pub use tracked::TrackedBody;
+pub use retry::RetryBudget;
+pub use tracked::{StreamLimits, TrackedBody};
 
+use tokio::time::Instant;
+
+use self::retry::{backoff, retryable_status};
 use crate::error::ApiError;
 use crate::fleet::Worker;
 use crate::policy::RouteRequest;
@@ -62,14 +70,19 @@ async fn route(
     let route_req = route_request(app, parts.uri.path(), &parts.headers, &body, &peeked, id);
     let to_worker = headers::to_worker(&parts.headers, request_id);
 
+    app.retry_budget.deposit();
+    let started = Instant::now();
+    let deadline = started + app.config.timeouts.total;
+    let threshold = app.config.health.failure_threshold;
+    let retry = &app.config.retry;
+    let mut retries = 0u32;
+    let mut last_failure: Option<ApiError> = None;
     loop {
-        let no_worker = || ApiError::NoWorker {
-            model: model.map(str::to_owned),
+        let Some(decision) = app.policy.pick(&route_req, &candidates) else {
+            return Err(last_failure.unwrap_or(ApiError::NoWorker {
+                model: model.map(str::to_owned),
+            }));
         };
-        let decision = app
-            .policy
-            .pick(&route_req, &candidates)
-            .ok_or_else(no_worker)?;
         let worker = candidates.swap_remove(decision.index);
         app.metrics.decided(app.policy.name(), decision.reason);
         tracing::debug!(
@@ -88,42 +101,124 @@ async fn route(
         *upstream_req.headers_mut() = to_worker.clone();
 
         let guard = worker.begin();
-        let sent =
-            tokio::time::timeout(app.config.request_timeout, app.upstream.send(upstream_req)).await;
-        match sent {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let first_byte = app.config.timeouts.first_byte.min(left);
+        let sent = tokio::time::timeout(first_byte, app.upstream.send(upstream_req)).await;
+        let url = worker.url().to_owned();
+        let (failure, cause, retry_after) = match sent {
             Ok(Ok(response)) => {
-                let (mut head, upstream_body) = response.into_parts();
-                headers::strip_hop_by_hop(&mut head.headers);
-                head.headers.insert(
-                    headers::X_VLLM_ROUTER_WORKER.clone(),
-                    worker.header_value().clone(),
-                );
-                let usage = decision
-                    .predicted_hit
-                    .map(|p| usage::UsageWatch::new(p, Arc::clone(&app.metrics)));
-                let body = Body::new(TrackedBody::new(upstream_body, guard).watching(usage));
-                return Ok(Response::from_parts(head, body));
+                let status = response.status();
+                let can_retry = retryable_status(retry, status)
+                    && retries < retry.max_retries
+                    && !candidates.is_empty()
+                    && app.retry_budget.try_spend();
+                if status.is_server_error() {
+                    worker.record_failure(threshold);
+                } else {
+                    worker.record_success();
+                }
+                if !can_retry {
+                    return Ok(respond(app, response, guard, &worker, decision, deadline));
+                }
+                let failure = ApiError::BadGateway {
+                    worker: url,
+                    reason: format!("answered {status}"),
+                };
+                (failure, "status", Some(response.headers().clone()))
             }
             Ok(Err(error)) if error.is_connect() => {
-                if worker.set_healthy(false) {
-                    tracing::warn!(worker = worker.url(), error = %cause(&error), "worker unreachable; out of rotation until its next good probe");
+                // Nothing was sent: moving on is always safe, and spends no retry.
+                if worker.eject() {
+                    tracing::warn!(worker = %url, error = %cause(&error), "worker unreachable; out of rotation until its probes succeed");
                 }
+                app.metrics.retried("connect");
+                last_failure = Some(ApiError::NoWorker {
+                    model: model.map(str::to_owned),
+                });
                 continue;
             }
             Ok(Err(error)) => {
-                return Err(ApiError::BadGateway {
-                    worker: worker.url().to_owned(),
+                worker.record_failure(threshold);
+                let failure = ApiError::BadGateway {
+                    worker: url,
                     reason: cause(&error),
-                });
+                };
+                (failure, "reset", None)
             }
             Err(_) => {
-                return Err(ApiError::GatewayTimeout {
-                    worker: worker.url().to_owned(),
-                    after: app.config.request_timeout,
-                });
+                worker.record_failure(threshold);
+                let stage = if first_byte < app.config.timeouts.first_byte {
+                    "total"
+                } else {
+                    "first_byte"
+                };
+                app.metrics.timed_out(stage);
+                let failure = ApiError::GatewayTimeout {
+                    worker: url,
+                    after: first_byte,
+                };
+                (failure, "first_byte_timeout", None)
             }
+        };
+        drop(guard);
+        let may_retry = cause == "status"
+            || (retries < retry.max_retries
+                && !candidates.is_empty()
+                && app.retry_budget.try_spend());
+        let wait = backoff(retry, retries + 1, retry_after.as_ref());
+        if !may_retry || Instant::now() + wait >= deadline {
+            return Err(failure);
         }
+        retries += 1;
+        app.metrics.retried(cause);
+        tracing::debug!(
+            request_id = route_req.request_id,
+            cause,
+            retries,
+            ?wait,
+            "retrying on another worker"
+        );
+        last_failure = Some(failure);
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// The worker's response, streamed back through a [`TrackedBody`] that holds its in-flight
+/// count, watches its usage when the policy predicted a cache hit, and ends a broken or stalled
+/// stream with an error event.
+fn respond(
+    app: &App,
+    response: http::Response<hyper::body::Incoming>,
+    guard: crate::fleet::InFlight,
+    worker: &Worker,
+    decision: crate::policy::Decision,
+    deadline: Instant,
+) -> Response {
+    let (mut head, upstream_body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut head.headers);
+    head.headers.insert(
+        headers::X_VLLM_ROUTER_WORKER.clone(),
+        worker.header_value().clone(),
+    );
+    let sse = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let usage = decision
+        .predicted_hit
+        .map(|p| usage::UsageWatch::new(p, Arc::clone(&app.metrics)));
+    let limits = tracked::StreamLimits {
+        sse,
+        idle: app.config.timeouts.stream_idle,
+        deadline,
+        failure_threshold: app.config.health.failure_threshold,
+        metrics: Arc::clone(&app.metrics),
+    };
+    let body = TrackedBody::new(upstream_body, guard)
+        .watching(usage)
+        .limited(limits);
+    Response::from_parts(head, Body::new(body))
 }
 
 /// The healthy workers serving `model`: 404 when no worker serves it, an empty list (so a

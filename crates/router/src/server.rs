@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::fleet::{self, Fleet};
 use crate::policy::Policy;
 use crate::proxy;
+use crate::proxy::RetryBudget;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -62,6 +63,8 @@ pub struct App {
     pub upstream: Upstream,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Retries left to spend, shared by all requests.
+    pub retry_budget: RetryBudget,
     started: Instant,
     background: Vec<JoinHandle<()>>,
 }
@@ -81,7 +84,9 @@ impl App {
         }
         let policy = config.policy.build(&config.policy_config);
         let fleet = Arc::new(Fleet::start(&config.workers, Arc::clone(&policy)));
-        let upstream = Upstream::new(config.connect_timeout);
+        let upstream = Upstream::new(config.timeouts.connect);
+        let retry_budget =
+            RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
         fleet::wait_for_startup(&fleet, &upstream, &config).await;
         let mut background = vec![fleet::spawn_health_loop(
             Arc::clone(&fleet),
@@ -101,6 +106,7 @@ impl App {
             policy,
             upstream,
             metrics: Metrics::new(),
+            retry_budget,
             started: Instant::now(),
             background,
         })

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Fleet, FleetEvent, ModelCard, Worker};
-use crate::config::Config;
+use crate::config::{Config, HealthConfig};
 use crate::upstream::{FetchError, Upstream};
 
 #[derive(Deserialize)]
@@ -98,26 +98,25 @@ pub async fn wait_for_startup(fleet: &Fleet, upstream: &Upstream, config: &Confi
     join_all(waits).await;
 }
 
-/// Probe one worker: its health endpoint, then its models when it comes back.
-async fn probe(
-    fleet: &Fleet,
-    upstream: &Upstream,
-    worker: &Arc<Worker>,
-    endpoint: &str,
-    timeout: Duration,
-) {
-    let alive = match worker.uri_for(endpoint) {
-        Ok(uri) => upstream.get(uri, timeout).await,
+/// Probe one worker: its health endpoint, then, once enough probes in a row succeeded, its
+/// models, which brings it back.
+async fn probe(fleet: &Fleet, upstream: &Upstream, worker: &Arc<Worker>, health: &HealthConfig) {
+    let alive = match worker.uri_for(&health.endpoint) {
+        Ok(uri) => upstream.get(uri, health.timeout).await,
         Err(e) => Err(FetchError::Body(e.to_string())),
     };
     match alive {
+        // A good probe does not clear failures seen on live traffic: a worker whose /health
+        // is fine but whose answers are 5xx must still leave rotation.
         Ok(_) if worker.is_healthy() => {}
         Ok(_) => {
-            refresh(fleet, upstream, worker, timeout).await;
+            if worker.record_good_probe(health.success_threshold) {
+                refresh(fleet, upstream, worker, health.timeout).await;
+            }
         }
         Err(error) => {
-            if worker.set_healthy(false) {
-                tracing::warn!(worker = worker.url(), %error, "worker failed its health probe");
+            if worker.record_failure(health.failure_threshold) {
+                tracing::warn!(worker = worker.url(), %error, "worker failed its health probes; out of rotation");
             }
         }
     }
@@ -133,15 +132,10 @@ pub fn spawn_health_loop(fleet: Arc<Fleet>, upstream: Upstream, config: &Config)
         loop {
             tick.tick().await;
             let snapshot = fleet.snapshot();
-            let probes = snapshot.members().iter().map(|m| {
-                probe(
-                    &fleet,
-                    &upstream,
-                    &m.worker,
-                    &health.endpoint,
-                    health.timeout,
-                )
-            });
+            let probes = snapshot
+                .members()
+                .iter()
+                .map(|m| probe(&fleet, &upstream, &m.worker, &health));
             join_all(probes).await;
         }
     })

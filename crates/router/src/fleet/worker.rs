@@ -2,7 +2,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -25,6 +25,8 @@ pub struct Worker {
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     served: AtomicU64,
+    failures: AtomicU32,
+    good_probes: AtomicU32,
 }
 
 impl Worker {
@@ -42,6 +44,8 @@ impl Worker {
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(false),
             served: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            good_probes: AtomicU32::new(0),
         }
     }
 
@@ -99,6 +103,40 @@ impl Worker {
     /// Record a health verdict; returns the previous one.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         self.healthy.swap(healthy, Ordering::Relaxed)
+    }
+
+    /// Record a failure (a failed probe, or a reset, 5xx or timeout on live traffic); the
+    /// `threshold`-th in a row takes the worker out of rotation. True when this one did.
+    pub fn record_failure(&self, threshold: u32) -> bool {
+        self.good_probes.store(0, Ordering::Relaxed);
+        let consecutive = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        consecutive >= threshold && self.set_healthy(false)
+    }
+
+    /// Take the worker out of rotation at once (it refused a connection). True when it was in.
+    pub fn eject(&self) -> bool {
+        self.good_probes.store(0, Ordering::Relaxed);
+        self.set_healthy(false)
+    }
+
+    /// Record a request the worker answered (any status it chose, 4xx included).
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Record a good health probe; true once `threshold` in a row say an unhealthy worker
+    /// may return.
+    pub fn record_good_probe(&self, threshold: u32) -> bool {
+        self.failures.store(0, Ordering::Relaxed);
+        self.good_probes
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+            >= threshold
     }
 
     /// Count a request as in flight until the returned guard drops.
@@ -159,6 +197,25 @@ mod tests {
         assert_eq!(w.in_flight(), 1);
         drop(b);
         assert_eq!((w.in_flight(), w.served()), (0, 2));
+    }
+
+    #[test]
+    fn failures_eject_at_the_threshold_and_good_probes_restore() {
+        let w = worker("http://127.0.0.1:9");
+        w.set_healthy(true);
+        assert!(!w.record_failure(3));
+        assert!(!w.record_failure(3));
+        w.record_success();
+        assert!(!w.record_failure(3), "a success resets the count");
+        assert!(!w.record_failure(3));
+        assert!(w.record_failure(3), "third in a row ejects");
+        assert!(!w.is_healthy());
+        assert!(!w.record_good_probe(2));
+        assert!(w.record_good_probe(2));
+        assert!(
+            !w.record_failure(3) && !w.record_good_probe(2),
+            "a failure restarts the count"
+        );
     }
 
     #[test]

@@ -1,15 +1,51 @@
 //! A response body that holds the worker's in-flight guard until the body ends or is dropped
 //! (the client left). Frames pass through as they arrive, unchanged and unbuffered; when a
 //! policy made a prefix-cache prediction, a [`UsageWatch`] reads them on the way.
+//!
+//! Once the response began nothing is retried. If the worker breaks the body, stays silent
+//! longer than the idle timeout, or the request outlives its total timeout, a server-sent
+//! event stream ends with one `data: {"error": ...}` event in the OpenAI shape and no
+//! `[DONE]`, so clients raise instead of keeping a silently truncated answer; any other body
+//! is aborted, which the client sees as a broken response.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
 use super::usage::UsageWatch;
+use crate::error::ApiError;
 use crate::fleet::InFlight;
+use crate::telemetry::metrics::Metrics;
+
+/// Errors a tracked body ends with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a response may stall or last, and what to tell whom when it does.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// The response is a server-sent event stream (it gets an error event).
+    pub sse: bool,
+    /// Longest silence between two frames.
+    pub idle: Duration,
+    /// When the whole request must be over.
+    pub deadline: Instant,
+    /// Consecutive failures that take the worker out of rotation.
+    pub failure_threshold: u32,
+    /// Where breaks and timeouts are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+struct Timers {
+    limits: StreamLimits,
+    idle: Pin<Box<Sleep>>,
+    total: Pin<Box<Sleep>>,
+}
 
 pin_project! {
     /// Wraps a worker's response body; releases the in-flight count at its end.
@@ -18,6 +54,8 @@ pin_project! {
         inner: B,
         guard: Option<InFlight>,
         usage: Option<UsageWatch>,
+        timers: Option<Box<Timers>>,
+        done: bool,
     }
 }
 
@@ -28,6 +66,8 @@ impl<B> TrackedBody<B> {
             inner,
             guard: Some(guard),
             usage: None,
+            timers: None,
+            done: false,
         }
     }
 
@@ -36,47 +76,136 @@ impl<B> TrackedBody<B> {
         self.usage = usage;
         self
     }
+
+    /// Enforce the idle and total timeouts, and end broken streams with an error event.
+    pub fn limited(mut self, limits: StreamLimits) -> Self {
+        let idle = Box::pin(tokio::time::sleep(limits.idle));
+        let total = Box::pin(tokio::time::sleep_until(limits.deadline));
+        self.timers = Some(Box::new(Timers {
+            limits,
+            idle,
+            total,
+        }));
+        self
+    }
+}
+
+/// Why a response was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Upstream,
+    Idle,
+    Total,
+}
+
+impl Cut {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Idle => "stream_idle",
+            Self::Total => "total",
+        }
+    }
 }
 
 impl<B> Body for TrackedBody<B>
 where
     B: Body,
-    B::Data: AsRef<[u8]>,
+    B::Data: AsRef<[u8]> + Into<Bytes>,
+    B::Error: Into<BoxError>,
 {
-    type Data = B::Data;
-    type Error = B::Error;
+    type Data = Bytes;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        let ended = match &frame {
-            Some(Ok(f)) => {
-                if let (Some(watch), Some(data)) = (this.usage.as_mut(), f.data_ref()) {
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let cut = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(watch), Some(data)) = (this.usage.as_mut(), frame.data_ref()) {
                     watch.observe(data.as_ref());
                 }
+                if let Some(t) = this.timers.as_mut() {
+                    t.idle.as_mut().reset(Instant::now() + t.limits.idle);
+                }
                 // A body of known length ends with its last frame: hyper polls no further.
-                this.inner.is_end_stream()
+                if this.inner.is_end_stream() {
+                    finish(this.guard, this.usage);
+                }
+                return Poll::Ready(Some(Ok(frame.map_data(Into::into))));
             }
-            None => true,
-            Some(Err(_)) => {
-                this.usage.take();
-                true
+            Poll::Ready(None) => {
+                finish(this.guard, this.usage);
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(error))) => (Cut::Upstream, Some(error.into())),
+            Poll::Pending => {
+                let Some(t) = this.timers.as_mut() else {
+                    return Poll::Pending;
+                };
+                if t.total.as_mut().poll(cx).is_ready() {
+                    (Cut::Total, None)
+                } else if t.idle.as_mut().poll(cx).is_ready() {
+                    (Cut::Idle, None)
+                } else {
+                    return Poll::Pending;
+                }
             }
         };
-        if ended {
-            this.guard.take();
-            if let Some(watch) = this.usage.take() {
-                watch.finish();
-            }
+        let (cut, source) = cut;
+        *this.done = true;
+        this.usage.take();
+        let guard = this.guard.take();
+        let Some(t) = this.timers.as_ref() else {
+            return Poll::Ready(Some(Err(
+                source.unwrap_or_else(|| "response cut short".into())
+            )));
+        };
+        let limits = &t.limits;
+        limits.metrics.stream_failed(cut.label());
+        if cut != Cut::Upstream {
+            limits.metrics.timed_out(cut.label());
         }
-        Poll::Ready(frame)
+        let worker = guard
+            .as_ref()
+            .map_or_else(String::new, |g| g.worker().url().to_owned());
+        if let Some(g) = &guard {
+            g.worker().record_failure(limits.failure_threshold);
+        }
+        let error = match cut {
+            Cut::Upstream => ApiError::BadGateway {
+                worker,
+                reason: source
+                    .as_ref()
+                    .map_or_else(|| "stream broken".to_owned(), |e| e.to_string()),
+            },
+            Cut::Idle => ApiError::GatewayTimeout {
+                worker,
+                after: limits.idle,
+            },
+            Cut::Total => ApiError::GatewayTimeout {
+                worker,
+                after: Duration::ZERO,
+            },
+        };
+        tracing::warn!(cut = cut.label(), %error, "response cut short after it began");
+        if limits.sse {
+            let mut event = Vec::with_capacity(256);
+            event.extend_from_slice(b"data: ");
+            event.extend_from_slice(&error.to_json());
+            event.extend_from_slice(b"\n\n");
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
+        }
+        Poll::Ready(Some(Err(source.unwrap_or_else(|| Box::new(error)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -84,53 +213,13 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, StreamBody};
-
-    use super::*;
-    use crate::config::WorkerUrl;
-    use crate::fleet::Worker;
-
-    fn worker() -> Arc<Worker> {
-        Arc::new(Worker::new(
-            WorkerUrl::parse("--worker-urls", "http://w:1").unwrap(),
-        ))
-    }
-
-    #[tokio::test]
-    async fn releases_at_end_of_stream_not_before() {
-        let w = worker();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
-        let stream = tokio_stream_from(rx);
-        let mut body = TrackedBody::new(StreamBody::new(stream), w.begin());
-        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
-            .await
-            .unwrap();
-        let first = body.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), "data: 1\n\n");
-        assert_eq!(w.in_flight(), 1, "still streaming");
-        drop(tx);
-        assert!(body.frame().await.is_none());
-        assert_eq!(w.in_flight(), 0, "released at end");
-    }
-
-    #[tokio::test]
-    async fn releases_when_the_client_drops_the_body() {
-        let w = worker();
-        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
-        let body = TrackedBody::new(StreamBody::new(tokio_stream_from(rx)), w.begin());
-        assert_eq!(w.in_flight(), 1);
-        drop(body);
-        assert_eq!(w.in_flight(), 0);
-    }
-
-    fn tokio_stream_from<T: Send + 'static>(
-        mut rx: tokio::sync::mpsc::Receiver<T>,
-    ) -> impl futures_util::Stream<Item = T> {
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// The body ended cleanly. (Whether the worker did well was judged from its status.)
+fn finish(guard: &mut Option<InFlight>, usage: &mut Option<UsageWatch>) {
+    guard.take();
+    if let Some(watch) = usage.take() {
+        watch.finish();
     }
 }
+
+#[cfg(test)]
+mod tests;

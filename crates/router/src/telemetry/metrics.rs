@@ -24,6 +24,13 @@ pub struct DecisionLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming why something happened (a retry, a timeout, a stream error).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Cause {
+    /// The cause.
+    pub cause: &'static str,
+}
+
 /// Labels of a per-worker series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
@@ -40,6 +47,9 @@ const ERROR_BUCKETS: [f64; 11] = [
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    retries: Family<Cause, Counter>,
+    timeouts: Family<Cause, Counter>,
+    stream_errors: Family<Cause, Counter>,
     prefix_error: Histogram,
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
@@ -55,6 +65,24 @@ impl Default for Metrics {
             "routing_decisions",
             "Routing decisions by policy and the reason it gave",
             decisions.clone(),
+        );
+        let retries = Family::<Cause, Counter>::default();
+        registry.register(
+            "retries",
+            "Requests retried on another worker, by what failed",
+            retries.clone(),
+        );
+        let timeouts = Family::<Cause, Counter>::default();
+        registry.register(
+            "timeouts",
+            "Timeouts that fired, by stage (connect, first_byte, stream_idle, total)",
+            timeouts.clone(),
+        );
+        let stream_errors = Family::<Cause, Counter>::default();
+        registry.register(
+            "stream_errors",
+            "Responses cut short after they began, by cause; streams end with an error event",
+            stream_errors.clone(),
         );
         let prefix_error = Histogram::new(ERROR_BUCKETS);
         registry.register(
@@ -83,6 +111,9 @@ impl Default for Metrics {
         Self {
             registry,
             decisions,
+            retries,
+            timeouts,
+            stream_errors,
             prefix_error,
             worker_healthy,
             worker_in_flight,
@@ -103,6 +134,21 @@ impl Metrics {
         self.decisions
             .get_or_create(&DecisionLabels { policy, reason })
             .inc();
+    }
+
+    /// Count a retry and what made it necessary.
+    pub fn retried(&self, cause: &'static str) {
+        self.retries.get_or_create(&Cause { cause }).inc();
+    }
+
+    /// Count a timeout at `stage`.
+    pub fn timed_out(&self, stage: &'static str) {
+        self.timeouts.get_or_create(&Cause { cause: stage }).inc();
+    }
+
+    /// Count a response cut short after it began.
+    pub fn stream_failed(&self, cause: &'static str) {
+        self.stream_errors.get_or_create(&Cause { cause }).inc();
     }
 
     /// Record how far a predicted prefix-cache hit fraction was from the reported one.

@@ -9,4 +9,5 @@ mod info;
 mod models;
 mod policies;
 mod proxy;
+mod resilience;
 mod streaming;

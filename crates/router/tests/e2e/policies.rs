@@ -211,10 +211,14 @@ async fn debug_route_explains_without_forwarding_or_learning() {
         workers.iter().map(|w| w.records().len()).sum::<usize>(),
         forwarded
     );
-    assert_eq!(
-        post_json(&debug, turn(2)).await.json()["candidates"],
-        v["candidates"]
-    );
+    let again = post_json(&debug, turn(2)).await.json();
+    let overlap = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        let rows = v["candidates"].as_array().unwrap();
+        rows.iter()
+            .map(|r| r["matched_prefix_blocks"].clone())
+            .collect()
+    };
+    assert_eq!(overlap(&again), overlap(&v));
 
     let bad = post_json(
         &format!("{}/debug/route?path=/v1/nope", router.url()),

@@ -1,0 +1,158 @@
+//! Retry rules: which failures are retried, how long to back off, and the budget that keeps a
+//! sick fleet from being hammered by retries (a share of the requests, plus a small floor).
+//! Only failures before any response byte reached the client are ever retried.
+
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode, header};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::config::RetryConfig;
+
+/// Whether `status` from a worker is retried on another one.
+pub fn retryable_status(config: &RetryConfig, status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504) || config.extra_statuses.contains(&status.as_u16())
+}
+
+/// The backoff before retry number `retry` (1-based), with jitter, or the worker's
+/// `Retry-After` when it asked for longer; never more than the maximum.
+pub fn backoff(config: &RetryConfig, retry: u32, headers: Option<&HeaderMap>) -> Duration {
+    let base = config.initial_backoff.as_secs_f64()
+        * config.multiplier.powi(retry.saturating_sub(1) as i32);
+    let spread = base * config.jitter * (2.0 * fastrand::f64() - 1.0);
+    let mut wait = Duration::from_secs_f64((base + spread).max(0.0));
+    if let Some(asked) = headers.and_then(retry_after) {
+        wait = wait.max(asked);
+    }
+    wait.min(config.max_backoff)
+}
+
+/// `Retry-After` in seconds (the date form is not honoured).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// Retries allowed: every request deposits `ratio` of a retry, and `min_per_sec` more accrue
+/// each second; a retry spends one. The balance is capped so a quiet spell cannot save up a
+/// storm.
+#[derive(Debug)]
+pub struct RetryBudget {
+    ratio: f64,
+    min_per_sec: f64,
+    cap: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RetryBudget {
+    /// A budget of `ratio` retries per request plus `min_per_sec`.
+    pub fn new(ratio: f64, min_per_sec: f64) -> Self {
+        let cap = (10.0 * min_per_sec).max(10.0);
+        Self {
+            ratio,
+            min_per_sec,
+            cap,
+            state: Mutex::new((cap, Instant::now())),
+        }
+    }
+
+    /// A request arrived.
+    pub fn deposit(&self) {
+        let mut s = self.state.lock();
+        s.0 = (s.0 + self.ratio).min(self.cap);
+    }
+
+    /// Spend one retry if the budget allows.
+    pub fn try_spend(&self) -> bool {
+        let now = Instant::now();
+        let mut s = self.state.lock();
+        let accrued = now.saturating_duration_since(s.1).as_secs_f64() * self.min_per_sec;
+        s.0 = (s.0 + accrued).min(self.cap);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RetryConfig {
+        RetryConfig {
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            multiplier: 2.0,
+            jitter: 0.2,
+            extra_statuses: vec![429],
+            budget_ratio: 0.2,
+            budget_min_per_sec: 1.0,
+        }
+    }
+
+    #[test]
+    fn statuses_retried() {
+        let c = config();
+        for s in [502, 503, 504, 429] {
+            assert!(
+                retryable_status(&c, StatusCode::from_u16(s).unwrap()),
+                "{s}"
+            );
+        }
+        for s in [400, 404, 413, 422, 500, 200] {
+            assert!(
+                !retryable_status(&c, StatusCode::from_u16(s).unwrap()),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_honours_retry_after_up_to_the_cap() {
+        let c = config();
+        for retry in 1..=4 {
+            let expected = 0.1 * 2f64.powi(retry - 1);
+            let got = backoff(&c, retry as u32, None).as_secs_f64();
+            assert!(
+                got >= expected * 0.8 - 1e-9 && got <= (expected * 1.2).min(2.0) + 1e-9,
+                "{retry}: {got}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, "1".parse().unwrap());
+        assert_eq!(backoff(&c, 1, Some(&h)), Duration::from_secs(1));
+        h.insert(header::RETRY_AFTER, "60".parse().unwrap());
+        assert_eq!(backoff(&c, 1, Some(&h)), Duration::from_secs(2), "capped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_bounds_retries_to_a_share_of_traffic() {
+        let budget = RetryBudget::new(0.2, 1.0);
+        // The initial balance (its cap, 10) is spent first.
+        assert_eq!((0..100).filter(|_| budget.try_spend()).count(), 10);
+        // Then every request earns a fifth of a retry: 100 requests, 20 retries.
+        let earned = (0..100)
+            .filter(|_| {
+                budget.deposit();
+                budget.try_spend()
+            })
+            .count();
+        assert_eq!(earned, 20);
+        // And a second of time one more.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(budget.try_spend());
+        assert!(!budget.try_spend());
+    }
+}

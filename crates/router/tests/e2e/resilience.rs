@@ -1,0 +1,189 @@
+//! Faults turned into nothing the client notices where that is safe, and a clear error where
+//! it is not.
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::json;
+use vllm_sim::SimConfig;
+
+use crate::support::*;
+
+fn slow(itl_ms: u64) -> SimConfig {
+    SimConfig {
+        itl: Duration::from_millis(itl_ms),
+        ..SimConfig::default()
+    }
+}
+
+fn metrics_of(router: &vllm_router::server::RouterHandle) -> String {
+    router.app().metrics.render(&router.app().fleet.snapshot())
+}
+
+#[tokio::test]
+async fn a_503_is_retried_on_each_other_worker_then_passed_through() {
+    let workers = fast_sims(3).await;
+    let router = router(&workers).await;
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/completions", router.url()),
+        &[
+            ("content-type", "application/json"),
+            ("x-return-error", "503"),
+        ],
+        json!({"model": MODEL, "prompt": "x", "max_tokens": 1}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 503, "the last worker's answer, verbatim");
+    let attempts: Vec<usize> = workers.iter().map(|w| w.records().len()).collect();
+    assert_eq!(
+        attempts,
+        [1, 1, 1],
+        "one attempt on each worker, never the same twice"
+    );
+    assert!(metrics_of(&router).contains(r#"vllm_router_retries_total{cause="status"} 2"#));
+}
+
+#[tokio::test]
+async fn a_client_error_is_neither_retried_nor_held_against_the_worker() {
+    let workers = fast_sims(2).await;
+    let router = router(&workers).await;
+    for _ in 0..6 {
+        let r = send(
+            Method::POST,
+            &format!("{}/v1/completions", router.url()),
+            &[
+                ("content-type", "application/json"),
+                ("x-return-error", "400"),
+            ],
+            json!({"model": MODEL, "prompt": "x"}).to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 400);
+    }
+    let attempts: usize = workers.iter().map(|w| w.records().len()).sum();
+    assert_eq!(attempts, 6, "no retries");
+    let snapshot = router.app().fleet.snapshot();
+    assert!(
+        snapshot.members().iter().all(|m| m.worker.is_healthy()),
+        "a 400 never ejects"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_worker_times_out_and_the_request_is_answered_by_another() {
+    let hung = SimConfig {
+        hang: true,
+        ..SimConfig::default()
+    };
+    let workers = sims([hung, SimConfig::default()]).await;
+    let router = router_with(&workers, |a| a.first_byte_timeout_secs = 1).await;
+    let started = Instant::now();
+    for _ in 0..2 {
+        let r = post_json(
+            &format!("{}/v1/chat/completions", router.url()),
+            chat(MODEL, false),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-vllm-router-worker"), workers[1].url());
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // Round robin sent both requests to the hung worker first; each attempt was abandoned
+    // (the worker saw it cancelled) and counted.
+    eventually(Duration::from_secs(1), || {
+        let cancelled = workers[0]
+            .records()
+            .iter()
+            .filter(|r| r.cancelled_at.is_some())
+            .count();
+        (cancelled == 2).then_some(())
+    })
+    .await;
+    let m = metrics_of(&router);
+    assert!(
+        m.contains(r#"vllm_router_timeouts_total{cause="first_byte"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"vllm_router_retries_total{cause="first_byte_timeout"} 2"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_answering_5xx_leaves_rotation_after_the_threshold() {
+    let failing = SimConfig {
+        error_rate: 1.0,
+        ..SimConfig::default()
+    };
+    let workers = sims([failing, SimConfig::default()]).await;
+    let router = router(&workers).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let r = post_json(
+            &format!("{}/v1/completions", router.url()),
+            json!({"model": MODEL, "prompt": "x"}),
+        )
+        .await;
+        statuses.push(r.status.as_u16());
+    }
+    // A 500 is not retried (the request may have run), but three in a row eject the worker.
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 500).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(statuses[6..].iter().all(|&s| s == 200), "{statuses:?}");
+    assert!(
+        !router.app().fleet.snapshot().members()[0]
+            .worker
+            .is_healthy()
+    );
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_event() {
+    let workers = sims([slow(200)]).await;
+    let router = router(&workers).await;
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 50, "stream": true}).to_string();
+    let mut client = RawClient::post(router.addr(), "/v1/completions", &body).await;
+    client.read_until("data: ", 1).await;
+    workers[0].kill();
+    client.read_until("data: {\"error\"", 1).await;
+    let text = String::from_utf8_lossy(&client.received).into_owned();
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(text.contains("\"code\":502"), "{text}");
+    let worker = router.app().fleet.snapshot().members()[0].worker.clone();
+    eventually(Duration::from_secs(1), || {
+        (worker.in_flight() == 0).then_some(())
+    })
+    .await;
+    assert!(metrics_of(&router).contains(r#"vllm_router_stream_errors_total{cause="upstream"} 1"#));
+}
+
+#[tokio::test]
+async fn a_stalled_stream_ends_with_an_error_event_at_the_idle_timeout() {
+    let workers = sims([slow(3000)]).await;
+    let router = router_with(&workers, |a| a.stream_idle_timeout_secs = 1).await;
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": true}).to_string();
+    let mut client = RawClient::post(router.addr(), "/v1/completions", &body).await;
+    client.read_until("data: ", 1).await;
+    let stalled = Instant::now();
+    client.read_until("data: {\"error\"", 1).await;
+    let after = stalled.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(2500),
+        "{after:?}"
+    );
+    let text = String::from_utf8_lossy(&client.received).into_owned();
+    assert!(
+        text.contains("\"code\":504") && !text.contains("[DONE]"),
+        "{text}"
+    );
+    // The router dropped the worker's request, so the engine can free its KV cache.
+    eventually(Duration::from_secs(1), || {
+        workers[0].records().iter().find_map(|r| r.cancelled_at)
+    })
+    .await;
+}
