@@ -4,6 +4,7 @@
 //! peeked for the few fields routing needs, matched to the workers that serve its model,
 //! handed to a [`policy`], forwarded by [`proxy`], and streamed back frame by frame.
 //!
+//! - [`admission`]: the concurrency limit, bounded FIFO queue and rate limit in front of it all.
 //! - [`cli`]: the command line, compatible with vllm-project/router's flags.
 //! - [`config`]: the one validated, typed configuration every other module reads.
 //! - [`fleet`]: workers, the lock-free fleet snapshot, its single writer task, health probes.
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: logging set-up.
 //! - [`upstream`]: the pooled HTTP client to workers.
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod demo;
