@@ -142,6 +142,18 @@ pub struct RouterArgs {
     /// Never retry.
     #[arg(long)]
     pub disable_retries: bool,
+    /// Requests served at once, counted until the end of each stream (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrent_requests: usize,
+    /// Requests that may wait for a slot when all are taken; the rest get 429.
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: usize,
+    /// Seconds a request may wait for a slot before it gets 429.
+    #[arg(long, default_value_t = 30)]
+    pub queue_timeout_secs: u64,
+    /// Requests admitted per second, sustained (a token bucket); over it, 429.
+    #[arg(long)]
+    pub rate_limit_tokens_per_second: Option<f64>,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_payload_size: usize,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::HeaderName;
 use http::uri::{Authority, Scheme, Uri};
 
+use crate::admission::AdmissionConfig;
 use crate::cli::{LogLevel, RouterArgs};
 use crate::policy::{CacheAwareConfig, PolicyConfig, PolicyKind};
 use crate::prefix::BLOCK_BYTES;
@@ -172,6 +173,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Retries.
     pub retry: RetryConfig,
+    /// Admission control.
+    pub admission: AdmissionConfig,
     /// Largest request body accepted.
     pub max_payload_size: NonZeroUsize,
     /// Headers searched, in order, for a client-given request id.
@@ -380,6 +383,21 @@ impl Config {
         }
         let cache_aware = cache_aware(&args)?;
         let retry = retry(&args)?;
+        if let Some(rate) = args.rate_limit_tokens_per_second {
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(invalid(
+                    "--rate-limit-tokens-per-second",
+                    rate,
+                    "must be above 0",
+                ));
+            }
+        }
+        let admission = AdmissionConfig {
+            max_concurrent: NonZeroUsize::new(args.max_concurrent_requests),
+            queue_size: args.queue_size,
+            queue_timeout: secs("--queue-timeout-secs", args.queue_timeout_secs, true)?,
+            rate_limit_per_sec: args.rate_limit_tokens_per_second,
+        };
         let metrics_listen = (args.prometheus_port != 0)
             .then(|| (args.prometheus_host.clone(), args.prometheus_port));
         Ok(Self {
@@ -409,6 +427,7 @@ impl Config {
                 total: secs("--request-timeout-secs", args.request_timeout_secs, false)?,
             },
             retry,
+            admission,
             max_payload_size,
             request_id_headers,
             metrics_listen,
@@ -579,6 +598,8 @@ mod tests {
         assert!(e.contains("--cache-threshold") && e.contains("1.5"), "{e}");
         let e = parse(&["--max-tree-size", "3"]).unwrap_err();
         assert!(e.contains("--max-tree-size"), "{e}");
+        let e = parse(&["--rate-limit-tokens-per-second", "0"]).unwrap_err();
+        assert!(e.contains("--rate-limit-tokens-per-second"), "{e}");
         let e = parse(&["--retry-on-status", "200"]).unwrap_err();
         assert!(e.contains("--retry-on-status") && e.contains("200"), "{e}");
         let e = parse(&["--health-failure-threshold", "0"]).unwrap_err();

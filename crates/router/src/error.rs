@@ -71,6 +71,14 @@ pub enum ApiError {
         /// The timeout that elapsed.
         after: Duration,
     },
+    /// Admission control refused the request (over capacity or rate).
+    #[error("the router is at capacity: {reason}; retry after {}s", retry_after.as_secs())]
+    Overloaded {
+        /// Why.
+        reason: String,
+        /// When trying again makes sense.
+        retry_after: Duration,
+    },
     /// A router defect; logged, answered 500.
     #[error("internal router error: {0}")]
     Internal(String),
@@ -109,6 +117,7 @@ impl ApiError {
             Self::NoWorker { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,6 +131,7 @@ impl ApiError {
             Self::NoWorker { .. } => "ServiceUnavailableError",
             Self::BadGateway { .. } => "BadGatewayError",
             Self::GatewayTimeout { .. } => "GatewayTimeoutError",
+            Self::Overloaded { .. } => "RateLimitError",
             Self::Internal(_) => "InternalServerError",
         }
     }
@@ -156,10 +166,17 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "internal error");
         }
         let mut response = (self.status(), self.to_json()).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::Overloaded { retry_after, .. } = &self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
         response
     }
 }

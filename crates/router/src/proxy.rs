@@ -31,6 +31,7 @@ pub use tracked::{StreamLimits, TrackedBody};
 use tokio::time::Instant;
 
 use self::retry::{backoff, retryable_status};
+use crate::admission::Refused;
 use crate::error::ApiError;
 use crate::fleet::Worker;
 use crate::policy::RouteRequest;
@@ -60,6 +61,19 @@ async fn route(
     body: Body,
     request_id: &HeaderValue,
 ) -> Result<Response, ApiError> {
+    // Admission first: a request refused or still queued has not cost a body read, and a
+    // client that leaves while queued drops out of the queue here.
+    let slot = app.admission.admit().await.map_err(|refused| {
+        app.metrics.refused(match refused {
+            Refused::QueueFull { .. } => "queue_full",
+            Refused::QueueTimeout { .. } => "queue_timeout",
+            Refused::RateLimited { .. } => "rate_limited",
+        });
+        ApiError::Overloaded {
+            reason: refused.to_string(),
+            retry_after: refused.retry_after(),
+        }
+    })?;
     let body = read_body(&parts.headers, body, app.config.max_payload_size.get()).await?;
     let want_prompt = app.policy.wants_prompt();
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await?;
@@ -118,7 +132,13 @@ async fn route(
                     worker.record_success();
                 }
                 if !can_retry {
-                    return Ok(respond(app, response, guard, &worker, decision, deadline));
+                    let held = Held {
+                        guard,
+                        slot,
+                        decision,
+                        deadline,
+                    };
+                    return Ok(respond(app, response, &worker, held));
                 }
                 let failure = ApiError::BadGateway {
                     worker: url,
@@ -186,14 +206,26 @@ async fn route(
 /// The worker's response, streamed back through a [`TrackedBody`] that holds its in-flight
 /// count, watches its usage when the policy predicted a cache hit, and ends a broken or stalled
 /// stream with an error event.
+/// What a response keeps until its body ends.
+struct Held {
+    guard: crate::fleet::InFlight,
+    slot: crate::admission::Permit,
+    decision: crate::policy::Decision,
+    deadline: Instant,
+}
+
 fn respond(
     app: &App,
     response: http::Response<hyper::body::Incoming>,
-    guard: crate::fleet::InFlight,
     worker: &Worker,
-    decision: crate::policy::Decision,
-    deadline: Instant,
+    held: Held,
 ) -> Response {
+    let Held {
+        guard,
+        slot,
+        decision,
+        deadline,
+    } = held;
     let (mut head, upstream_body) = response.into_parts();
     headers::strip_hop_by_hop(&mut head.headers);
     head.headers.insert(
@@ -216,6 +248,7 @@ fn respond(
         metrics: Arc::clone(&app.metrics),
     };
     let body = TrackedBody::new(upstream_body, guard)
+        .holding(slot)
         .watching(usage)
         .limited(limits);
     Response::from_parts(head, Body::new(body))

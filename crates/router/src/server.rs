@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::{self, Fleet};
@@ -65,6 +66,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Retries left to spend, shared by all requests.
     pub retry_budget: RetryBudget,
+    /// Admission control: concurrency limit, queue, rate limit.
+    pub admission: Admission,
     started: Instant,
     background: Vec<JoinHandle<()>>,
 }
@@ -85,6 +88,7 @@ impl App {
         let policy = config.policy.build(&config.policy_config);
         let fleet = Arc::new(Fleet::start(&config.workers, Arc::clone(&policy)));
         let upstream = Upstream::new(config.timeouts.connect);
+        let admission = Admission::new(config.admission.clone());
         let retry_budget =
             RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
         fleet::wait_for_startup(&fleet, &upstream, &config).await;
@@ -107,6 +111,7 @@ impl App {
             upstream,
             metrics: Metrics::new(),
             retry_budget,
+            admission,
             started: Instant::now(),
             background,
         })

@@ -19,6 +19,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::usage::UsageWatch;
+use crate::admission::Permit;
 use crate::error::ApiError;
 use crate::fleet::InFlight;
 use crate::telemetry::metrics::Metrics;
@@ -53,6 +54,7 @@ pin_project! {
         #[pin]
         inner: B,
         guard: Option<InFlight>,
+        slot: Option<Permit>,
         usage: Option<UsageWatch>,
         timers: Option<Box<Timers>>,
         done: bool,
@@ -65,10 +67,17 @@ impl<B> TrackedBody<B> {
         Self {
             inner,
             guard: Some(guard),
+            slot: None,
             usage: None,
             timers: None,
             done: false,
         }
+    }
+
+    /// Hold an admission slot until the body ends.
+    pub fn holding(mut self, slot: Permit) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// Also read the worker's reported usage on the way through.
@@ -135,11 +144,13 @@ where
                 }
                 // A body of known length ends with its last frame: hyper polls no further.
                 if this.inner.is_end_stream() {
+                    this.slot.take();
                     finish(this.guard, this.usage);
                 }
                 return Poll::Ready(Some(Ok(frame.map_data(Into::into))));
             }
             Poll::Ready(None) => {
+                this.slot.take();
                 finish(this.guard, this.usage);
                 return Poll::Ready(None);
             }
@@ -159,6 +170,7 @@ where
         };
         let (cut, source) = cut;
         *this.done = true;
+        this.slot.take();
         this.usage.take();
         let guard = this.guard.take();
         let Some(t) = this.timers.as_ref() else {

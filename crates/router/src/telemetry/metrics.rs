@@ -50,6 +50,7 @@ pub struct Metrics {
     retries: Family<Cause, Counter>,
     timeouts: Family<Cause, Counter>,
     stream_errors: Family<Cause, Counter>,
+    refusals: Family<Cause, Counter>,
     prefix_error: Histogram,
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
@@ -84,6 +85,12 @@ impl Default for Metrics {
             "Responses cut short after they began, by cause; streams end with an error event",
             stream_errors.clone(),
         );
+        let refusals = Family::<Cause, Counter>::default();
+        registry.register(
+            "admission_refusals",
+            "Requests refused by admission control, by cause (queue_full, queue_timeout, rate_limited)",
+            refusals.clone(),
+        );
         let prefix_error = Histogram::new(ERROR_BUCKETS);
         registry.register(
             "prefix_prediction_error",
@@ -114,6 +121,7 @@ impl Default for Metrics {
             retries,
             timeouts,
             stream_errors,
+            refusals,
             prefix_error,
             worker_healthy,
             worker_in_flight,
@@ -149,6 +157,11 @@ impl Metrics {
     /// Count a response cut short after it began.
     pub fn stream_failed(&self, cause: &'static str) {
         self.stream_errors.get_or_create(&Cause { cause }).inc();
+    }
+
+    /// Count a request refused by admission control.
+    pub fn refused(&self, cause: &'static str) {
+        self.refusals.get_or_create(&Cause { cause }).inc();
     }
 
     /// Record how far a predicted prefix-cache hit fraction was from the reported one.

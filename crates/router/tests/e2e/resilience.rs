@@ -187,3 +187,106 @@ async fn a_stalled_stream_ends_with_an_error_event_at_the_idle_timeout() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn over_capacity_is_a_429_with_retry_after_while_a_stream_holds_the_slot() {
+    let workers = sims([slow(200)]).await;
+    let router = router_with(&workers, |a| {
+        a.max_concurrent_requests = 1;
+        a.queue_size = 0;
+    })
+    .await;
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 20, "stream": true}).to_string();
+    let mut holder = RawClient::post(router.addr(), "/v1/completions", &body).await;
+    holder.read_until("data: ", 1).await;
+
+    let r = post_json(
+        &format!("{}/v1/completions", router.url()),
+        json!({"model": MODEL, "prompt": "y"}),
+    )
+    .await;
+    let v = r.assert_error(429);
+    assert_eq!(v["error"]["type"], "RateLimitError");
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(
+        workers[0].records().len(),
+        1,
+        "the refused request never reached the worker"
+    );
+    let m = metrics_of(&router);
+    assert!(
+        m.contains(r#"vllm_router_admission_refusals_total{cause="queue_full"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_queued_request_is_served_when_the_slot_frees_at_the_end_of_the_stream() {
+    let workers = sims([slow(100)]).await;
+    let router = router_with(&workers, |a| {
+        a.max_concurrent_requests = 1;
+        a.queue_size = 4;
+    })
+    .await;
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 6, "stream": true}).to_string();
+    let mut holder = RawClient::post(router.addr(), "/v1/completions", &body).await;
+    holder.read_until("data: ", 1).await;
+    let queued_at = Instant::now();
+    let r = post_json(
+        &format!("{}/v1/completions", router.url()),
+        json!({"model": MODEL, "prompt": "y", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // It waited for the stream's remaining five tokens, 100 ms apart.
+    assert!(
+        queued_at.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        queued_at.elapsed()
+    );
+    holder.read_until("data: [DONE]", 1).await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_the_queue_is_never_forwarded() {
+    let workers = sims([slow(100)]).await;
+    let router = router_with(&workers, |a| {
+        a.max_concurrent_requests = 1;
+        a.queue_size = 4;
+    })
+    .await;
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 8, "stream": true}).to_string();
+    let mut holder = RawClient::post(router.addr(), "/v1/completions", &body).await;
+    holder.read_until("data: ", 1).await;
+
+    let leaver = RawClient::post(
+        router.addr(),
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "z"}).to_string(),
+    )
+    .await;
+    let admission = &router.app().admission;
+    eventually(Duration::from_secs(2), || {
+        (admission.queued() == 1).then_some(())
+    })
+    .await;
+    drop(leaver);
+    eventually(Duration::from_secs(2), || {
+        (admission.queued() == 0).then_some(())
+    })
+    .await;
+
+    holder.read_until("data: [DONE]", 1).await;
+    let after = post_json(
+        &format!("{}/v1/completions", router.url()),
+        json!({"model": MODEL, "prompt": "w", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(after.status, 200);
+    let prompts: Vec<usize> = workers[0].records().iter().map(|r| r.body_len).collect();
+    assert_eq!(
+        prompts.len(),
+        2,
+        "only the holder and the later request reached the worker: {prompts:?}"
+    );
+}
