@@ -142,6 +142,21 @@ pub struct RouterArgs {
     /// Never retry.
     #[arg(long)]
     pub disable_retries: bool,
+    /// Consecutive failed requests that open a worker's circuit breaker.
+    #[arg(long, default_value_t = 5)]
+    pub cb_failure_threshold: u32,
+    /// Successful trial requests that close it again.
+    #[arg(long, default_value_t = 2)]
+    pub cb_success_threshold: u32,
+    /// Seconds an open breaker waits before letting trial requests through (half-open).
+    #[arg(long, default_value_t = 30)]
+    pub cb_timeout_duration_secs: u64,
+    /// Trial requests a half-open breaker lets through at once.
+    #[arg(long, default_value_t = 1)]
+    pub cb_half_open_max_requests: u32,
+    /// Never open circuit breakers.
+    #[arg(long)]
+    pub disable_circuit_breaker: bool,
     /// Requests served at once, counted until the end of each stream (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_concurrent_requests: usize,

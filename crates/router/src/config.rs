@@ -124,6 +124,21 @@ pub struct RetryConfig {
     pub budget_min_per_sec: f64,
 }
 
+/// Per-worker circuit breakers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Whether breakers open at all.
+    pub enabled: bool,
+    /// Consecutive failed requests that open a breaker.
+    pub failure_threshold: u32,
+    /// Successful trial requests that close it.
+    pub success_threshold: u32,
+    /// Time an open breaker waits before trial requests (half-open).
+    pub open_for: Duration,
+    /// Trial requests let through at once while half-open.
+    pub half_open_max: u32,
+}
+
 /// How long each stage of a request may take.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
@@ -175,6 +190,8 @@ pub struct Config {
     pub retry: RetryConfig,
     /// Admission control.
     pub admission: AdmissionConfig,
+    /// Circuit breakers.
+    pub breaker: BreakerConfig,
     /// Largest request body accepted.
     pub max_payload_size: NonZeroUsize,
     /// Headers searched, in order, for a client-given request id.
@@ -428,6 +445,26 @@ impl Config {
             },
             retry,
             admission,
+            breaker: BreakerConfig {
+                enabled: !args.disable_circuit_breaker,
+                failure_threshold: at_least_one(
+                    "--cb-failure-threshold",
+                    args.cb_failure_threshold,
+                )?,
+                success_threshold: at_least_one(
+                    "--cb-success-threshold",
+                    args.cb_success_threshold,
+                )?,
+                open_for: secs(
+                    "--cb-timeout-duration-secs",
+                    args.cb_timeout_duration_secs,
+                    false,
+                )?,
+                half_open_max: at_least_one(
+                    "--cb-half-open-max-requests",
+                    args.cb_half_open_max_requests,
+                )?,
+            },
             max_payload_size,
             request_id_headers,
             metrics_listen,
