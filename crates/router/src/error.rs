@@ -71,6 +71,9 @@ pub enum ApiError {
         /// The timeout that elapsed.
         after: Duration,
     },
+    /// The router is shutting down and could not finish this response in time.
+    #[error("the router is shutting down")]
+    ShuttingDown,
     /// Admission control refused the request (over capacity or rate).
     #[error("the router is at capacity: {reason}; retry after {}s", retry_after.as_secs())]
     Overloaded {
@@ -114,7 +117,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownModel { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoWorker { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoWorker { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -128,7 +131,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "RequestEntityTooLargeError",
             Self::UnknownModel { .. } | Self::NotFound { .. } => "NotFoundError",
             Self::MethodNotAllowed { .. } => "MethodNotAllowedError",
-            Self::NoWorker { .. } => "ServiceUnavailableError",
+            Self::NoWorker { .. } | Self::ShuttingDown => "ServiceUnavailableError",
             Self::BadGateway { .. } => "BadGatewayError",
             Self::GatewayTimeout { .. } => "GatewayTimeoutError",
             Self::Overloaded { .. } => "RateLimitError",

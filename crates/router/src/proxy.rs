@@ -246,6 +246,7 @@ fn respond(
         deadline,
         failure_threshold: app.config.health.failure_threshold,
         metrics: Arc::clone(&app.metrics),
+        drain: Some(app.drain_signal()),
     };
     let body = TrackedBody::new(upstream_body, guard)
         .holding(slot)

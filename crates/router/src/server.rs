@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admission::Admission;
@@ -68,6 +68,8 @@ pub struct App {
     pub retry_budget: RetryBudget,
     /// Admission control: concurrency limit, queue, rate limit.
     pub admission: Admission,
+    /// Turns true when a shutdown's drain deadline passed: open responses end now.
+    drain: watch::Sender<bool>,
     started: Instant,
     background: Vec<JoinHandle<()>>,
 }
@@ -112,9 +114,23 @@ impl App {
             metrics: Metrics::new(),
             retry_budget,
             admission,
+            drain: watch::Sender::new(false),
             started: Instant::now(),
             background,
         })
+    }
+}
+
+impl App {
+    /// Every response still open ends now: streams with an error event, other bodies aborted.
+    /// The serving loop calls this when a shutdown's drain deadline passes.
+    pub fn end_streams(&self) {
+        self.drain.send_replace(true);
+    }
+
+    /// A receiver that turns true when [`App::end_streams`] is called.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
     }
 }
 

@@ -8,6 +8,7 @@
 //! `[DONE]`, so clients raise instead of keeping a silently truncated answer; any other body
 //! is aborted, which the client sees as a broken response.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::usage::UsageWatch;
@@ -40,12 +42,29 @@ pub struct StreamLimits {
     pub failure_threshold: u32,
     /// Where breaks and timeouts are counted.
     pub metrics: Arc<Metrics>,
+    /// Turns true when the router's shutdown deadline passed.
+    pub drain: Option<watch::Receiver<bool>>,
+}
+
+type Waiting = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// Resolves once `drain` turns true (never, if its sender is gone).
+fn drained(drain: Option<watch::Receiver<bool>>) -> Waiting {
+    Box::pin(async move {
+        let Some(mut rx) = drain else {
+            return std::future::pending().await;
+        };
+        if rx.wait_for(|ended| *ended).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
 }
 
 struct Timers {
     limits: StreamLimits,
     idle: Pin<Box<Sleep>>,
     total: Pin<Box<Sleep>>,
+    drain: Waiting,
 }
 
 pin_project! {
@@ -90,10 +109,12 @@ impl<B> TrackedBody<B> {
     pub fn limited(mut self, limits: StreamLimits) -> Self {
         let idle = Box::pin(tokio::time::sleep(limits.idle));
         let total = Box::pin(tokio::time::sleep_until(limits.deadline));
+        let drain = drained(limits.drain.clone());
         self.timers = Some(Box::new(Timers {
             limits,
             idle,
             total,
+            drain,
         }));
         self
     }
@@ -105,6 +126,7 @@ enum Cut {
     Upstream,
     Idle,
     Total,
+    Shutdown,
 }
 
 impl Cut {
@@ -113,6 +135,7 @@ impl Cut {
             Self::Upstream => "upstream",
             Self::Idle => "stream_idle",
             Self::Total => "total",
+            Self::Shutdown => "shutdown",
         }
     }
 }
@@ -159,7 +182,9 @@ where
                 let Some(t) = this.timers.as_mut() else {
                     return Poll::Pending;
                 };
-                if t.total.as_mut().poll(cx).is_ready() {
+                if t.drain.as_mut().poll(cx).is_ready() {
+                    (Cut::Shutdown, None)
+                } else if t.total.as_mut().poll(cx).is_ready() {
                     (Cut::Total, None)
                 } else if t.idle.as_mut().poll(cx).is_ready() {
                     (Cut::Idle, None)
@@ -180,13 +205,13 @@ where
         };
         let limits = &t.limits;
         limits.metrics.stream_failed(cut.label());
-        if cut != Cut::Upstream {
+        if matches!(cut, Cut::Idle | Cut::Total) {
             limits.metrics.timed_out(cut.label());
         }
         let worker = guard
             .as_ref()
             .map_or_else(String::new, |g| g.worker().url().to_owned());
-        if let Some(g) = &guard {
+        if let (Some(g), false) = (&guard, cut == Cut::Shutdown) {
             g.worker().record_failure(limits.failure_threshold);
         }
         let error = match cut {
@@ -204,6 +229,7 @@ where
                 worker,
                 after: Duration::ZERO,
             },
+            Cut::Shutdown => ApiError::ShuttingDown,
         };
         tracing::warn!(cut = cut.label(), %error, "response cut short after it began");
         if limits.sse {

@@ -30,6 +30,7 @@ fn limits(sse: bool, metrics: &Arc<Metrics>) -> StreamLimits {
         deadline: Instant::now() + Duration::from_secs(60),
         failure_threshold: 1,
         metrics: Arc::clone(metrics),
+        drain: None,
     }
 }
 
@@ -159,4 +160,28 @@ async fn a_broken_stream_ends_with_an_error_event_and_a_broken_body_with_an_erro
         }
         assert_eq!(w.in_flight(), 0);
     }
+}
+
+#[tokio::test]
+async fn a_stream_open_at_the_shutdown_deadline_ends_with_an_error_event() {
+    let w = worker();
+    let metrics = Metrics::new();
+    let (tx, rx) = mpsc::channel::<Item>(4);
+    let (drain, signal) = watch::channel(false);
+    let mut l = limits(true, &metrics);
+    l.drain = Some(signal);
+    let mut body = TrackedBody::new(stream(rx), w.begin()).limited(l);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))))
+        .await
+        .unwrap();
+    body.frame().await.unwrap().unwrap();
+    drain.send_replace(true);
+    let event = data(body.frame().await.unwrap().unwrap());
+    assert!(
+        event.contains("shutting down") && event.contains("\"code\":503"),
+        "{event}"
+    );
+    assert!(body.frame().await.is_none());
+    assert!(w.is_healthy(), "a shutdown is not the worker's fault");
+    drop(tx);
 }
