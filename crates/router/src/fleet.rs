@@ -5,6 +5,7 @@
 //! and tells the policy. Live per-worker numbers are atomics in [`Worker`] and never need a
 //! new snapshot.
 
+mod breaker;
 mod exposition;
 mod health;
 mod load;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 
+pub use breaker::{Breaker, BreakerState, Ticket};
 pub use exposition::EngineMetrics;
 pub use health::{spawn_health_loop, wait_for_startup};
 pub use load::{EngineLoad, EngineSample, Load};

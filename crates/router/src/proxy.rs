@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use self::retry::{backoff, retryable_status};
 use crate::admission::Refused;
 use crate::error::ApiError;
-use crate::fleet::Worker;
+use crate::fleet::{Ticket, Worker};
 use crate::policy::RouteRequest;
 use crate::server::App;
 use crate::upstream::UpstreamBody;
@@ -98,6 +98,11 @@ async fn route(
             }));
         };
         let worker = candidates.swap_remove(decision.index);
+        let breaker = &app.config.breaker;
+        let Some(ticket) = Ticket::take(&worker, breaker, Instant::now()) else {
+            // Its half-open breaker has no trial place left: another worker, no retry spent.
+            continue;
+        };
         app.metrics.decided(app.policy.name(), decision.reason);
         tracing::debug!(
             request_id = route_req.request_id,
@@ -128,8 +133,10 @@ async fn route(
                     && app.retry_budget.try_spend();
                 if status.is_server_error() {
                     worker.record_failure(threshold);
+                    ticket.failure(breaker, Instant::now());
                 } else {
                     worker.record_success();
+                    ticket.success(breaker);
                 }
                 if !can_retry {
                     let held = Held {
@@ -148,6 +155,7 @@ async fn route(
             }
             Ok(Err(error)) if error.is_connect() => {
                 // Nothing was sent: moving on is always safe, and spends no retry.
+                ticket.failure(breaker, Instant::now());
                 if worker.eject() {
                     tracing::warn!(worker = %url, error = %cause(&error), "worker unreachable; out of rotation until its probes succeed");
                 }
@@ -159,6 +167,7 @@ async fn route(
             }
             Ok(Err(error)) => {
                 worker.record_failure(threshold);
+                ticket.failure(breaker, Instant::now());
                 let failure = ApiError::BadGateway {
                     worker: url,
                     reason: cause(&error),
@@ -167,6 +176,7 @@ async fn route(
             }
             Err(_) => {
                 worker.record_failure(threshold);
+                ticket.failure(breaker, Instant::now());
                 let stage = if first_byte < app.config.timeouts.first_byte {
                     "total"
                 } else {
@@ -273,7 +283,13 @@ pub(crate) fn candidates(app: &App, model: Option<&str>) -> Result<Vec<Arc<Worke
             });
         }
     };
-    Ok(serving.iter().filter(|w| w.is_healthy()).cloned().collect())
+    let now = Instant::now();
+    let breaker = &app.config.breaker;
+    Ok(serving
+        .iter()
+        .filter(|w| w.is_healthy() && w.breaker().admits(breaker, now))
+        .cloned()
+        .collect())
 }
 
 /// What the policy sees of a peeked request.

@@ -10,6 +10,7 @@ use arc_swap::ArcSwapOption;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, uri};
 
+use super::breaker::Breaker;
 use super::load::{EngineSample, Load};
 use crate::config::{WorkerSpec, WorkerUrl};
 
@@ -27,6 +28,7 @@ pub struct Worker {
     served: AtomicU64,
     failures: AtomicU32,
     good_probes: AtomicU32,
+    breaker: Breaker,
 }
 
 impl Worker {
@@ -46,12 +48,18 @@ impl Worker {
             served: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             good_probes: AtomicU32::new(0),
+            breaker: Breaker::default(),
         }
     }
 
     /// The worker's canonical base URL.
     pub fn url(&self) -> &str {
         &self.url.text
+    }
+
+    /// The worker's circuit breaker.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// Requests the worker serves at once, when configured.

@@ -55,6 +55,7 @@ pub struct Metrics {
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
     worker_requests: Family<WorkerLabels, Counter>,
+    worker_breaker: Family<WorkerLabels, Gauge>,
     render: Mutex<()>,
 }
 
@@ -115,6 +116,12 @@ impl Default for Metrics {
             "Requests forwarded to the worker",
             worker_requests.clone(),
         );
+        let worker_breaker = Family::<WorkerLabels, Gauge>::default();
+        registry.register(
+            "worker_breaker_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            worker_breaker.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -126,6 +133,7 @@ impl Default for Metrics {
             worker_healthy,
             worker_in_flight,
             worker_requests,
+            worker_breaker,
             render: Mutex::new(()),
         }
     }
@@ -174,6 +182,7 @@ impl Metrics {
         let _one_at_a_time = self.render.lock();
         self.worker_healthy.clear();
         self.worker_in_flight.clear();
+        self.worker_breaker.clear();
         for m in snapshot.members() {
             let labels = WorkerLabels {
                 worker: m.worker.url().to_owned(),
@@ -184,6 +193,9 @@ impl Metrics {
             self.worker_in_flight
                 .get_or_create(&labels)
                 .set(i64::try_from(m.worker.in_flight()).unwrap_or(i64::MAX));
+            self.worker_breaker
+                .get_or_create(&labels)
+                .set(m.worker.breaker().recorded_state().code());
             let requests = self.worker_requests.get_or_create(&labels);
             requests.inc_by(m.worker.served().saturating_sub(requests.get()));
         }

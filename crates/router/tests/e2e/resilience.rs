@@ -290,3 +290,58 @@ async fn a_client_that_leaves_the_queue_is_never_forwarded() {
         "only the holder and the later request reached the worker: {prompts:?}"
     );
 }
+
+#[tokio::test]
+async fn a_circuit_breaker_opens_lets_one_trial_through_and_closes_on_recovery() {
+    let failing = SimConfig {
+        error_rate: 1.0,
+        ..SimConfig::default()
+    };
+    let workers = sims([failing, SimConfig::default()]).await;
+    let router = router_with(&workers, |a| {
+        a.health_failure_threshold = 100;
+        a.cb_failure_threshold = 2;
+        a.cb_success_threshold = 1;
+        a.cb_timeout_duration_secs = 1;
+    })
+    .await;
+    let url = format!("{}/v1/completions", router.url());
+    let batch = |n: usize| {
+        let url = url.clone();
+        async move {
+            let mut failed = 0;
+            for _ in 0..n {
+                let r = post_json(
+                    &url,
+                    json!({"model": MODEL, "prompt": "x", "max_tokens": 1}),
+                )
+                .await;
+                failed += usize::from(r.status == 500);
+            }
+            failed
+        }
+    };
+    assert_eq!(
+        batch(8).await,
+        2,
+        "two failures open the breaker; the rest go to the other worker"
+    );
+    assert!(metrics_of(&router).contains(r#"vllm_router_worker_breaker_state{worker="#));
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = workers[0].records().len();
+    assert_eq!(
+        batch(6).await,
+        1,
+        "half-open: one trial, which fails and reopens"
+    );
+    assert_eq!(workers[0].records().len(), before + 1);
+
+    workers[0].set_error_rate(0.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(batch(6).await, 0);
+    assert!(
+        workers[0].records().len() >= before + 3,
+        "closed again: the worker is back in rotation"
+    );
+}
