@@ -172,6 +172,18 @@ pub struct RouterArgs {
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_payload_size: usize,
+    /// Seconds a client has to send a whole request head (slowloris guard); an idle
+    /// keep-alive connection is closed after the same time.
+    #[arg(long, default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Largest request head (request line plus headers) accepted, in bytes; a larger one
+    /// gets 431 and the connection is closed.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Seconds in-flight requests and streams may take to finish after SIGTERM or Ctrl-C;
+    /// past it, streams end with an error event and the rest is closed.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
     /// Headers searched, in order, for the client's request id.
     #[arg(
         long,

@@ -167,6 +167,23 @@ pub struct HealthConfig {
     pub success_threshold: u32,
 }
 
+/// How the router's own listener treats client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Time a client has to send a whole request head; also how long an idle keep-alive
+    /// connection stays open.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted, in bytes (at least [`MIN_HEADER_BYTES`]).
+    pub max_header_bytes: usize,
+    /// Time in-flight requests get to finish once shutdown starts.
+    pub shutdown_timeout: Duration,
+}
+
+/// The smallest `--max-header-bytes`: the HTTP/1 read buffer cannot be made smaller.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// The largest `--max-header-bytes`.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+
 /// The router's whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -194,6 +211,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Largest request body accepted.
     pub max_payload_size: NonZeroUsize,
+    /// Client connection limits and the shutdown drain.
+    pub listener: ListenerConfig,
     /// Headers searched, in order, for a client-given request id.
     pub request_id_headers: Vec<HeaderName>,
     /// Metrics listener address, or `None` when disabled.
@@ -351,6 +370,25 @@ fn header_names(flag: &'static str, raw: &[String]) -> Result<Vec<HeaderName>, C
         .collect()
 }
 
+fn listener_config(args: &RouterArgs) -> Result<ListenerConfig, ConfigError> {
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&args.max_header_bytes) {
+        return Err(invalid(
+            "--max-header-bytes",
+            args.max_header_bytes,
+            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+        ));
+    }
+    Ok(ListenerConfig {
+        header_read_timeout: secs(
+            "--header-read-timeout-secs",
+            args.header_read_timeout_secs,
+            false,
+        )?,
+        max_header_bytes: args.max_header_bytes,
+        shutdown_timeout: secs("--shutdown-timeout-secs", args.shutdown_timeout_secs, true)?,
+    })
+}
+
 fn secs(flag: &'static str, value: u64, allow_zero: bool) -> Result<Duration, ConfigError> {
     if value == 0 && !allow_zero {
         return Err(invalid(flag, value, "must be at least 1"));
@@ -400,6 +438,7 @@ impl Config {
         }
         let cache_aware = cache_aware(&args)?;
         let retry = retry(&args)?;
+        let listener = listener_config(&args)?;
         if let Some(rate) = args.rate_limit_tokens_per_second {
             if !(rate > 0.0 && rate.is_finite()) {
                 return Err(invalid(
@@ -466,6 +505,7 @@ impl Config {
                 )?,
             },
             max_payload_size,
+            listener,
             request_id_headers,
             metrics_listen,
             log_level: args.log_level,
@@ -538,6 +578,14 @@ mod tests {
         assert_eq!(c.port, 30000);
         assert_eq!(c.policy, PolicyKind::CacheAware);
         assert_eq!(c.max_payload_size.get(), 64 * 1024 * 1024);
+        assert_eq!(
+            c.listener,
+            ListenerConfig {
+                header_read_timeout: Duration::from_secs(10),
+                max_header_bytes: 64 * 1024,
+                shutdown_timeout: Duration::from_secs(30),
+            }
+        );
         assert_eq!(c.metrics_listen, Some(("127.0.0.1".into(), 29000)));
         let ids: Vec<_> = c.request_id_headers.iter().map(|h| h.as_str()).collect();
         assert_eq!(
@@ -644,6 +692,17 @@ mod tests {
         assert_eq!(parse(&["--disable-retries"]).unwrap().retry.max_retries, 0);
         let e = parse(&["--request-timeout-secs", "0"]).unwrap_err();
         assert!(e.contains("--request-timeout-secs"), "{e}");
+        let e = parse(&["--header-read-timeout-secs", "0"]).unwrap_err();
+        assert!(e.contains("--header-read-timeout-secs"), "{e}");
+        let e = parse(&["--max-header-bytes", "1024"]).unwrap_err();
+        assert!(
+            e.contains("--max-header-bytes") && e.contains("'1024'"),
+            "{e}"
+        );
+        let e = parse(&["--max-header-bytes", "999999999"]).unwrap_err();
+        assert!(e.contains("--max-header-bytes"), "{e}");
+        let zero = parse(&["--shutdown-timeout-secs", "0"]).unwrap();
+        assert_eq!(zero.listener.shutdown_timeout, Duration::ZERO);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The `vllm-router` binary: parse, validate, run, map failures to an exit code.
+//! The `vllm-router` binary: parse, validate, run, map failures to an exit code: 0 after a
+//! normal shutdown (drain included), 2 on an error, 130 when a second signal cuts the drain short.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,31 +55,72 @@ async fn run(args: RouterArgs) -> anyhow::Result<()> {
             std::future::pending(),
         ));
     }
+    // Listen before announcing the address: a signal sent from then on is never the default
+    // (instant) termination.
+    let mut signals = Signals::new();
     tracing::info!(%addr, policy = app.policy.name(), "serving");
     println!("vllm-router listening on http://{addr}");
-    server::run(listener, app, shutdown_signal()).await?;
+    let (first, stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::info!("shutting down: finishing in-flight requests (signal again to exit now)");
+        let _ = first.send(());
+        signals.next().await;
+        tracing::warn!("second signal during the drain: exiting now");
+        std::process::exit(EXIT_ON_SECOND_SIGNAL);
+    });
+    server::run(listener, app, async move {
+        let _ = stop.await;
+    })
+    .await?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Exit status when a second signal cuts the drain short (128 + SIGINT, as shells report it).
+const EXIT_ON_SECOND_SIGNAL: i32 = 130;
+
+/// Ctrl-C (SIGINT) and SIGTERM, listened to for the whole run so a second one is not missed.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
-            Err(_) => std::future::pending().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        Self {}
     }
-    tracing::info!("shutting down: finishing in-flight requests");
+
+    /// Resolves on the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(self.interrupt.as_mut()) => {},
+                () = recv(self.terminate.as_mut()) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -4,17 +4,21 @@
 mod debug;
 mod info;
 mod metrics;
+mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use http::HeaderValue;
+use http::header::HeaderName;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -70,6 +74,8 @@ pub struct App {
     pub admission: Admission,
     /// Turns true when a shutdown's drain deadline passed: open responses end now.
     drain: watch::Sender<bool>,
+    /// True from the moment shutdown starts: readiness answers 503.
+    draining: AtomicBool,
     started: Instant,
     background: Vec<JoinHandle<()>>,
 }
@@ -115,6 +121,7 @@ impl App {
             retry_budget,
             admission,
             drain: watch::Sender::new(false),
+            draining: AtomicBool::new(false),
             started: Instant::now(),
             background,
         })
@@ -131,6 +138,16 @@ impl App {
     /// A receiver that turns true when [`App::end_streams`] is called.
     pub fn drain_signal(&self) -> watch::Receiver<bool> {
         self.drain.subscribe()
+    }
+
+    /// Shutdown started: from now on `/readiness` answers 503. Never undone.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 }
 
@@ -159,6 +176,30 @@ pub fn routes(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+        .layer(middleware::from_fn(forwarded_for))
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Append the client's address to `X-Forwarded-For` (or set it), so the worker sees every hop.
+/// What the client sent is kept, never trusted: the router only vouches for the last entry.
+async fn forwarded_for(mut request: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        let client = peer.ip().to_canonical().to_string();
+        let headers = request.headers_mut();
+        let mut list: Vec<u8> = Vec::new();
+        for earlier in headers.get_all(&X_FORWARDED_FOR) {
+            if !earlier.is_empty() {
+                list.extend_from_slice(earlier.as_bytes());
+                list.extend_from_slice(b", ");
+            }
+        }
+        list.extend_from_slice(client.as_bytes());
+        if let Ok(value) = HeaderValue::from_bytes(&list) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    }
+    next.run(request).await
 }
 
 async fn not_found(request: Request) -> Response {
@@ -177,17 +218,14 @@ async fn method_not_allowed(request: Request) -> Response {
     .into_response()
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves, then finish in-flight requests.
+/// Serve `app` on `listener` until `shutdown` resolves, then drain: the listener closes,
+/// `/readiness` turns 503, in-flight requests get `--shutdown-timeout-secs` to finish, and past
+/// it open streams end with an error event and remaining connections are dropped.
 pub async fn run<F>(listener: TcpListener, app: Arc<App>, shutdown: F) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, routes(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve::serve(listener, app, shutdown).await
 }
 
 /// A router serving in the background: for embedding, the demo and tests.
@@ -231,7 +269,8 @@ impl RouterHandle {
         &self.app
     }
 
-    /// Stop accepting, let in-flight requests finish, and wait for the server to end.
+    /// Stop accepting and drain as [`run`] does (in-flight requests get the shutdown timeout),
+    /// then wait for the server to end.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -32,10 +32,13 @@ pub async fn liveness() -> Response {
     Json(json!({ "status": "alive" })).into_response()
 }
 
-/// `GET /readiness`: 200 once some worker can take requests, else 503.
+/// `GET /readiness`: 200 once some worker can take requests, else 503; 503 for good once
+/// shutdown started, so load balancers stop sending before the connections close.
 pub async fn readiness(State(app): State<Arc<App>>) -> Response {
     let healthy = app.fleet.snapshot().healthy_count();
-    let (status, text) = if healthy > 0 {
+    let (status, text) = if app.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if healthy > 0 {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

@@ -5,6 +5,7 @@
 mod support;
 
 mod errors;
+mod hardening;
 mod info;
 mod models;
 mod policies;
