@@ -180,6 +180,10 @@ pub struct RouterArgs {
     /// gets 431 and the connection is closed.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// Seconds a client may leave the router's writes unread (a slow or stalled reader);
+    /// past it the connection is closed and the worker's request dropped.
+    #[arg(long, default_value_t = 60)]
+    pub client_write_timeout_secs: u64,
     /// Seconds in-flight requests and streams may take to finish after SIGTERM or Ctrl-C;
     /// past it, streams end with an error event and the rest is closed.
     #[arg(long, default_value_t = 30)]

@@ -177,6 +177,8 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Time in-flight requests get to finish once shutdown starts.
     pub shutdown_timeout: Duration,
+    /// Time a client may leave the router's writes unread before its connection closes.
+    pub client_write_timeout: Duration,
 }
 
 /// The smallest `--max-header-bytes`: the HTTP/1 read buffer cannot be made smaller.
@@ -386,6 +388,11 @@ fn listener_config(args: &RouterArgs) -> Result<ListenerConfig, ConfigError> {
         )?,
         max_header_bytes: args.max_header_bytes,
         shutdown_timeout: secs("--shutdown-timeout-secs", args.shutdown_timeout_secs, true)?,
+        client_write_timeout: secs(
+            "--client-write-timeout-secs",
+            args.client_write_timeout_secs,
+            false,
+        )?,
     })
 }
 
@@ -584,6 +591,7 @@ mod tests {
                 header_read_timeout: Duration::from_secs(10),
                 max_header_bytes: 64 * 1024,
                 shutdown_timeout: Duration::from_secs(30),
+                client_write_timeout: Duration::from_secs(60),
             }
         );
         assert_eq!(c.metrics_listen, Some(("127.0.0.1".into(), 29000)));

@@ -31,6 +31,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::App;
+use tokio_io_timeout::TimeoutStream;
+
 use crate::config::ListenerConfig;
 
 /// How long streams get, once ended at the drain deadline, to flush their error event.
@@ -61,6 +63,7 @@ where
                         router.clone(),
                         Arc::clone(&http),
                         limits.header_read_timeout,
+                        limits.client_write_timeout,
                         stopping.clone(),
                     ));
                 }
@@ -112,6 +115,7 @@ async fn connection(
     router: Router,
     http: Arc<Builder<TokioExecutor>>,
     header_read_timeout: Duration,
+    write_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
     let greeted = Arc::new(Notify::new());
@@ -124,7 +128,11 @@ async fn connection(
             inner.call(request)
         })
     };
-    let conn = http.serve_connection(TokioIo::new(stream), service);
+    // A client that stops reading stalls the router's writes: past the timeout the
+    // connection fails, the response body is dropped, and with it the worker's request.
+    let mut timed = TimeoutStream::new(stream);
+    timed.set_write_timeout(Some(write_timeout));
+    let conn = http.serve_connection(TokioIo::new(Box::pin(timed)), service);
     tokio::pin!(conn);
     // hyper's header timer starts once the protocol is known; until the first request, this
     // one covers a client that connects and sends nothing, or half an HTTP/2 preface.

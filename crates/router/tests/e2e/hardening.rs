@@ -419,3 +419,39 @@ async fn a_second_signal_during_the_drain_exits_at_once() {
     client.received.extend_from_slice(&rest);
     assert!(!String::from_utf8_lossy(&client.received).contains("[DONE]"));
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_and_its_worker_request_dropped() {
+    let workers = sims([SimConfig {
+        max_model_len: 4_000_000,
+        ..SimConfig::default()
+    }])
+    .await;
+    let router = router_with(&workers, |a| a.client_write_timeout_secs = 1).await;
+    // Far more output than the socket buffers hold, and a client that never reads it.
+    let body = completion(200_000, true);
+    let mut stalled = TcpStream::connect(router.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: r\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let cancelled = eventually(Duration::from_secs(15), || {
+        workers[0].records().iter().find_map(|r| r.cancelled_at)
+    })
+    .await;
+    let after = cancelled.saturating_duration_since(started.into());
+    assert!(
+        after >= Duration::from_millis(900),
+        "dropped before the write timeout: {after:?}"
+    );
+    let worker = router.app().fleet.snapshot().members()[0].worker.clone();
+    eventually(Duration::from_secs(2), || {
+        (worker.in_flight() == 0).then_some(())
+    })
+    .await;
+    // Memory stayed bounded: backpressure reached the worker, which never produced it all.
+    let record = workers[0].records().pop().unwrap();
+    assert!(record.status == 200 && record.cancelled, "{record:?}");
+}
