@@ -12,7 +12,6 @@ and reports the p99 ratio and the router's memory per idle connection.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import resource
 import subprocess
 import sys
@@ -130,7 +129,7 @@ def main() -> int:
         log(f"with {line}: {loaded}")
         ratio = loaded["99%"] / base["99%"] if base.get("99%") else float("nan")
         per_conn = (rss1 - rss0) * 1024 / max(1, fds1 - fds0)
-        print(f"| idle connections | req/s | p50 ms | p99 ms | errors |\n|---:|---:|---:|---:|---:|")
+        print("| idle connections | req/s | p50 ms | p99 ms | errors |\n|---:|---:|---:|---:|---:|")
         for n, r in ((0, base), (fds1 - fds0, loaded)):
             print(f"| {n} | {r.get('rps', 0):.0f} | {r.get('50%', 0):.2f} | {r.get('99%', 0):.2f} | {r.get('errors', 0):.0f} |")
         print(f"\np99 with the crowd / baseline: {ratio:.2f}x; router memory per idle connection: "

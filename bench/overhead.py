@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,12 +26,10 @@ import tempfile
 import textwrap
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, http_get, log, start, stop, tail, wait_ready
+from procs import free_port, log, machine_line, start, stop, tail, version_of, wait_ready
 
 MODEL = "sim-model"
 WARMUP_S = 1
@@ -330,29 +325,6 @@ def ratio(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or not b else f"{a / b:.2f}x"
 
 
-def machine_line() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [f"{os.cpu_count()} cores"]
-    if cpu:
-        parts.append(cpu)
-    parts.append(f"Linux {platform.release()}" if platform.system() == "Linux" else platform.platform())
-    return ", ".join(parts)
-
-
-def version_of(argv: list[str]) -> str:
-    try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except OSError:
-        return "unknown"
-    text = (res.stdout + res.stderr).strip().splitlines()
-    return text[0] if text else "unknown"
 
 
 def report(samples: dict[str, list[Sample]], failures: dict[str, str],

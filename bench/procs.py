@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -84,3 +85,27 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = READY_T
             return None
         time.sleep(0.1)
     return f"no 200 from {url} within {timeout:.0f}s (last status {status or 'no answer'})"
+
+def machine_line() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{os.cpu_count()} cores"]
+    if cpu:
+        parts.append(cpu)
+    parts.append(f"Linux {platform.release()}" if platform.system() == "Linux" else platform.platform())
+    return ", ".join(parts)
+
+
+def version_of(argv: list[str]) -> str:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = (res.stdout + res.stderr).strip().splitlines()
+    return text[0] if text else "unknown"

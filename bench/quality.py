@@ -23,24 +23,19 @@ import argparse
 import json
 import math
 import os
-import platform
 import queue
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, http_get, log, start, stop, tail, wait_ready
+from procs import free_port, http_get, log, machine_line, start, stop, tail, version_of, wait_ready
 
 MODEL = "sim-model"
 # The simulator's chat template wraps each message in `<|role|>` (five tokens) and ends the
@@ -462,29 +457,6 @@ def scenario_report(sc: Scenario, results: list[Result], paths: Paths) -> list[s
     return lines
 
 
-def machine_line() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [f"{os.cpu_count()} cores"]
-    if cpu:
-        parts.append(cpu)
-    parts.append(f"Linux {platform.release()}" if platform.system() == "Linux" else platform.platform())
-    return ", ".join(parts)
-
-
-def version_of(argv: list[str]) -> str:
-    try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    text = (res.stdout + res.stderr).strip().splitlines()
-    return text[0] if text else "unknown"
 
 
 def report(runs: list[tuple[Scenario, list[Result]]], paths: Paths, argv: list[str]) -> str:
