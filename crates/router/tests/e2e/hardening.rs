@@ -441,7 +441,7 @@ async fn a_client_that_stops_reading_is_closed_and_its_worker_request_dropped() 
         workers[0].records().iter().find_map(|r| r.cancelled_at)
     })
     .await;
-    let after = cancelled.saturating_duration_since(started.into());
+    let after = cancelled.saturating_duration_since(started);
     assert!(
         after >= Duration::from_millis(900),
         "dropped before the write timeout: {after:?}"
