@@ -18,7 +18,9 @@ use std::error::Error as _;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::request::Parts;
@@ -82,7 +84,11 @@ async fn route(
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let id = request_id.to_str().unwrap_or_default();
     let route_req = route_request(app, parts.uri.path(), &parts.headers, &body, &peeked, id);
-    let to_worker = headers::to_worker(&parts.headers, request_id);
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let to_worker = headers::to_worker(&parts.headers, request_id, peer);
 
     app.retry_budget.deposit();
     let started = Instant::now();

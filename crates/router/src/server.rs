@@ -13,12 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
-use axum::middleware::{self, Next};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::HeaderValue;
-use http::header::HeaderName;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -176,30 +173,6 @@ pub fn routes(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
-        .layer(middleware::from_fn(forwarded_for))
-}
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// Append the client's address to `X-Forwarded-For` (or set it), so the worker sees every hop.
-/// What the client sent is kept, never trusted: the router only vouches for the last entry.
-async fn forwarded_for(mut request: Request, next: Next) -> Response {
-    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        let client = peer.ip().to_canonical().to_string();
-        let headers = request.headers_mut();
-        let mut list: Vec<u8> = Vec::new();
-        for earlier in headers.get_all(&X_FORWARDED_FOR) {
-            if !earlier.is_empty() {
-                list.extend_from_slice(earlier.as_bytes());
-                list.extend_from_slice(b", ");
-            }
-        }
-        list.extend_from_slice(client.as_bytes());
-        if let Ok(value) = HeaderValue::from_bytes(&list) {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
-        }
-    }
-    next.run(request).await
 }
 
 async fn not_found(request: Request) -> Response {

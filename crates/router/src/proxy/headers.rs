@@ -1,5 +1,7 @@
 //! Header rules: the request id, hop-by-hop headers, and what each side is told.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The request id header sent to workers and echoed to clients.
@@ -61,15 +63,39 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Lists every client address a request passed through; the router appends its client's.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The headers a worker receives: the client's, less hop-by-hop ones, `Host` and framing
-/// (the upstream client sets those), with the request id.
-pub fn to_worker(client: &HeaderMap, request_id: &HeaderValue) -> HeaderMap {
+/// (the upstream client sets those), with the request id and the client's address appended
+/// to `X-Forwarded-For`.
+pub fn to_worker(client: &HeaderMap, request_id: &HeaderValue, peer: Option<IpAddr>) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(ip) = peer {
+        append_forwarded_for(&mut headers, ip);
+    }
     headers
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    let client = ip.to_canonical().to_string();
+    let mut list: Vec<u8> = Vec::with_capacity(64);
+    for earlier in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter(|v| !v.is_empty())
+    {
+        list.extend_from_slice(earlier.as_bytes());
+        list.extend_from_slice(b", ");
+    }
+    list.extend_from_slice(client.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&list) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
 }
 
 #[cfg(test)]
@@ -113,10 +139,32 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = to_worker(&h, &HeaderValue::from_static("id-1"));
+        let out = to_worker(&h, &HeaderValue::from_static("id-1"), None);
         let mut kept: Vec<_> = out.keys().map(|k| k.as_str()).collect();
         kept.sort_unstable();
         assert_eq!(kept, ["authorization", "x-custom", "x-request-id"]);
         assert_eq!(out["x-request-id"], "id-1");
+    }
+
+    #[test]
+    fn the_client_address_is_appended_to_x_forwarded_for() {
+        let peer = Some("127.0.0.1".parse().unwrap());
+        let id = HeaderValue::from_static("r");
+        assert_eq!(
+            to_worker(&HeaderMap::new(), &id, peer)["x-forwarded-for"],
+            "127.0.0.1"
+        );
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
+        assert_eq!(
+            to_worker(&h, &id, peer)["x-forwarded-for"],
+            "1.2.3.4, 5.6.7.8, 127.0.0.1"
+        );
+        let mapped = Some("::ffff:10.1.2.3".parse().unwrap());
+        assert_eq!(
+            to_worker(&HeaderMap::new(), &id, mapped)["x-forwarded-for"],
+            "10.1.2.3"
+        );
     }
 }
