@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -129,14 +130,21 @@ async fn route(
         let left = deadline.saturating_duration_since(Instant::now());
         let first_byte = app.config.timeouts.first_byte.min(left);
         let sent = tokio::time::timeout(first_byte, app.upstream.send(upstream_req)).await;
-        let url = worker.url().to_owned();
-        let (failure, cause, retry_after) = match sent {
+        // A retry is possible only with retries and candidates left and time for the backoff;
+        // the budget is asked last, so it is spent only on a retry that happens.
+        let wait = |after: Option<&http::HeaderMap>| backoff(retry, retries + 1, after);
+        let may_retry = |wait: Duration| {
+            retries < retry.max_retries
+                && !candidates.is_empty()
+                && Instant::now() + wait < deadline
+                && app.retry_budget.try_spend()
+        };
+        let url = || worker.url().to_owned();
+        let (failure, cause, pause) = match sent {
             Ok(Ok(response)) => {
                 let status = response.status();
-                let can_retry = retryable_status(retry, status)
-                    && retries < retry.max_retries
-                    && !candidates.is_empty()
-                    && app.retry_budget.try_spend();
+                let pause = wait(Some(response.headers()));
+                let can_retry = retryable_status(retry, status) && may_retry(pause);
                 if status.is_server_error() {
                     worker.record_failure(threshold);
                     ticket.failure(breaker, Instant::now());
@@ -154,16 +162,16 @@ async fn route(
                     return Ok(respond(app, response, &worker, held));
                 }
                 let failure = ApiError::BadGateway {
-                    worker: url,
+                    worker: url(),
                     reason: format!("answered {status}"),
                 };
-                (failure, "status", Some(response.headers().clone()))
+                (failure, "status", pause)
             }
             Ok(Err(error)) if error.is_connect() => {
                 // Nothing was sent: moving on is always safe, and spends no retry.
                 ticket.failure(breaker, Instant::now());
                 if worker.eject() {
-                    tracing::warn!(worker = %url, error = %cause(&error), "worker unreachable; out of rotation until its probes succeed");
+                    tracing::warn!(worker = worker.url(), error = %cause(&error), "worker unreachable; out of rotation until its probes succeed");
                 }
                 app.metrics.retried("connect");
                 last_failure = Some(ApiError::NoWorker {
@@ -175,10 +183,10 @@ async fn route(
                 worker.record_failure(threshold);
                 ticket.failure(breaker, Instant::now());
                 let failure = ApiError::BadGateway {
-                    worker: url,
+                    worker: url(),
                     reason: cause(&error),
                 };
-                (failure, "reset", None)
+                (failure, "reset", wait(None))
             }
             Err(_) => {
                 worker.record_failure(threshold);
@@ -190,19 +198,15 @@ async fn route(
                 };
                 app.metrics.timed_out(stage);
                 let failure = ApiError::GatewayTimeout {
-                    worker: url,
+                    worker: url(),
                     after: first_byte,
                 };
-                (failure, "first_byte_timeout", None)
+                (failure, "first_byte_timeout", wait(None))
             }
         };
         drop(guard);
-        let may_retry = cause == "status"
-            || (retries < retry.max_retries
-                && !candidates.is_empty()
-                && app.retry_budget.try_spend());
-        let wait = backoff(retry, retries + 1, retry_after.as_ref());
-        if !may_retry || Instant::now() + wait >= deadline {
+        // A status retry was decided above; the others are decided here.
+        if cause != "status" && !may_retry(pause) {
             return Err(failure);
         }
         retries += 1;
@@ -211,11 +215,11 @@ async fn route(
             request_id = route_req.request_id,
             cause,
             retries,
-            ?wait,
+            ?pause,
             "retrying on another worker"
         );
         last_failure = Some(failure);
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -345,3 +345,34 @@ async fn a_circuit_breaker_opens_lets_one_trial_through_and_closes_on_recovery()
         "closed again: the worker is back in rotation"
     );
 }
+
+#[tokio::test]
+async fn a_retryable_status_with_no_time_left_for_the_backoff_passes_through_verbatim() {
+    let workers = fast_sims(2).await;
+    let router = router_with(&workers, |a| {
+        a.request_timeout_secs = 1;
+        a.retry_initial_backoff_ms = 2000;
+        a.retry_max_backoff_ms = 2000;
+    })
+    .await;
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/completions", router.url()),
+        &[
+            ("content-type", "application/json"),
+            ("x-return-error", "503"),
+        ],
+        json!({"model": MODEL, "prompt": "x"}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert!(
+        !r.header("x-vllm-router-worker").is_empty(),
+        "the worker's own answer, not the router's"
+    );
+    let attempts: usize = workers.iter().map(|w| w.records().len()).sum();
+    assert_eq!(
+        attempts, 1,
+        "no retry: the backoff would outlive the request"
+    );
+}
