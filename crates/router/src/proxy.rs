@@ -264,6 +264,7 @@ fn respond(
         sse,
         idle: app.config.timeouts.stream_idle,
         deadline,
+        total: app.config.timeouts.total,
         failure_threshold: app.config.health.failure_threshold,
         metrics: Arc::clone(&app.metrics),
         drain: Some(app.drain_signal()),

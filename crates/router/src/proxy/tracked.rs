@@ -38,6 +38,8 @@ pub struct StreamLimits {
     pub idle: Duration,
     /// When the whole request must be over.
     pub deadline: Instant,
+    /// The whole request's time limit (for the message when it passes).
+    pub total: Duration,
     /// Consecutive failures that take the worker out of rotation.
     pub failure_threshold: u32,
     /// Where breaks and timeouts are counted.
@@ -227,7 +229,7 @@ where
             },
             Cut::Total => ApiError::GatewayTimeout {
                 worker,
-                after: Duration::ZERO,
+                after: limits.total,
             },
             Cut::Shutdown => ApiError::ShuttingDown,
         };

@@ -28,6 +28,7 @@ fn limits(sse: bool, metrics: &Arc<Metrics>) -> StreamLimits {
         sse,
         idle: Duration::from_secs(5),
         deadline: Instant::now() + Duration::from_secs(60),
+        total: Duration::from_secs(60),
         failure_threshold: 1,
         metrics: Arc::clone(metrics),
         drain: None,
