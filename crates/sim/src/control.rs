@@ -1,12 +1,13 @@
-//! Routes that tests and health checkers poll: `/health`, `/metrics`, `/sim/stats` and
-//! `/sim/records`. They are counted per path but never recorded and never fault-injected.
+//! Routes that tests, benchmarks and health checkers use: `/health`, `/metrics`,
+//! `/reset_prefix_cache`, `/sim/stats` and `/sim/records`. They are counted per path but never
+//! recorded and never fault-injected.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::{HeaderValue, header};
 
 use crate::openai::json_response;
@@ -14,7 +15,10 @@ use crate::state::Sim;
 
 /// Whether `path` is served without a record and outside failure injection.
 pub(crate) fn is_control_path(path: &str) -> bool {
-    matches!(path, "/health" | "/metrics" | "/v1/models") || path.starts_with("/sim/")
+    matches!(
+        path,
+        "/health" | "/metrics" | "/v1/models" | "/reset_prefix_cache"
+    ) || path.starts_with("/sim/")
 }
 
 /// The control routes (`/v1/models` lives with the OpenAI routes).
@@ -22,6 +26,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/reset_prefix_cache", post(reset_prefix_cache))
         .route("/sim/stats", get(stats))
         .route("/sim/records", get(records))
 }
@@ -38,6 +43,12 @@ async fn metrics(State(sim): State<Arc<Sim>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// `POST /reset_prefix_cache`: every cached block is forgotten; 200 with no body, like vLLM.
+async fn reset_prefix_cache(State(sim): State<Arc<Sim>>) -> Response {
+    sim.engine.reset_prefix_cache();
+    ().into_response()
 }
 
 async fn stats(State(sim): State<Arc<Sim>>) -> Response {

@@ -68,6 +68,11 @@ pub(crate) struct Admission<'a> {
 }
 
 impl Engine {
+    /// Empty the prefix cache, as vLLM's `POST /reset_prefix_cache` does.
+    pub(crate) fn reset_prefix_cache(&self) {
+        self.cache.lock().clear();
+    }
+
     pub(crate) fn new(config: &SimConfig) -> Self {
         Self {
             timing: Timing::new(config),

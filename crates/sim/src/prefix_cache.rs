@@ -81,6 +81,14 @@ impl PrefixCache {
         }
     }
 
+    /// Forget every cached block (vLLM's `/reset_prefix_cache`).
+    pub(crate) fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+        self.head = NONE;
+        self.tail = NONE;
+    }
+
     /// Blocks currently cached.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -277,3 +277,26 @@ async fn h2c_is_served() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 3);
 }
+
+#[tokio::test]
+async fn reset_prefix_cache_forgets_every_block() {
+    let sim = spawn(SimConfig::default()).await.unwrap();
+    let body = chat(&long_text(60), 1);
+    let cached =
+        |v: serde_json::Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    post_json(sim.addr(), "/v1/chat/completions", body.clone(), &[]).await;
+    let warm = post_json(sim.addr(), "/v1/chat/completions", body.clone(), &[]).await;
+    assert_eq!(cached(warm.json()), Some(64));
+
+    let reset = post_json(sim.addr(), "/reset_prefix_cache", json!({}), &[]).await;
+    assert_eq!(reset.status, 200);
+    let cold = post_json(sim.addr(), "/v1/chat/completions", body.clone(), &[]).await;
+    assert_eq!(cached(cold.json()), Some(0), "the cache was emptied");
+    let again = post_json(sim.addr(), "/v1/chat/completions", body, &[]).await;
+    assert_eq!(cached(again.json()), Some(64), "and refills as before");
+    assert_eq!(
+        sim.records().len(),
+        4,
+        "the reset itself is not a recorded request"
+    );
+}
