@@ -165,6 +165,34 @@ pub(crate) fn least_by(
     best.map(|(i, _)| i)
 }
 
+/// A policy that scores each candidate on its own and takes the lowest score (ties at
+/// random). Implementing it implements [`Policy`].
+pub trait ScoredPolicy: Send + Sync + std::fmt::Debug + 'static {
+    /// The policy's name, as given to `--policy`.
+    const NAME: &'static str;
+    /// The reason every decision gives.
+    const REASON: &'static str;
+    /// The candidate's score at `now`; lower is better.
+    fn score(worker: &Worker, now: std::time::Instant) -> f64;
+}
+
+impl<T: ScoredPolicy> Policy for T {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
+        let now = std::time::Instant::now();
+        let index = least_by(candidates, |w| T::score(w, now))?;
+        Some(Decision::new(index, T::REASON))
+    }
+
+    fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
+        let now = std::time::Instant::now();
+        Explanation::least(candidates, |w| T::score(w, now), T::REASON)
+    }
+}
+
 /// The policies `--policy` accepts, with vllm-project/router's names.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 #[value(rename_all = "snake_case")]

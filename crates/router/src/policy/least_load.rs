@@ -4,43 +4,31 @@
 //! A worker without a fresh scrape is scored by its in-flight count alone. Either is divided
 //! by the worker's capacity (`--worker-capacity`) when it has one.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Decision, Explanation, Policy, RouteRequest, least_by};
+use super::ScoredPolicy;
 use crate::fleet::Worker;
-
-const REASON: &str = "lowest (running*3 + waiting) / capacity";
-
-fn score(worker: &Worker, now: Instant) -> f64 {
-    let capacity = worker.capacity().map_or(1.0, |c| f64::from(c.get()));
-    worker.load(now).weighted_occupancy() / capacity
-}
 
 /// Picks the lowest weighted occupancy.
 #[derive(Debug, Default)]
 pub struct LeastLoad;
 
-impl Policy for LeastLoad {
-    fn name(&self) -> &'static str {
-        "least_load"
-    }
+impl ScoredPolicy for LeastLoad {
+    const NAME: &'static str = "least_load";
+    const REASON: &'static str = "lowest (running*3 + waiting) / capacity";
 
-    fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
-        let now = Instant::now();
-        let index = least_by(candidates, |w| score(w, now))?;
-        Some(Decision::new(index, REASON))
-    }
-
-    fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
-        let now = Instant::now();
-        Explanation::least(candidates, |w| score(w, now), REASON)
+    fn score(worker: &Worker, now: Instant) -> f64 {
+        let capacity = worker.capacity().map_or(1.0, |c| f64::from(c.get()));
+        worker.load(now).weighted_occupancy() / capacity
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::policy::Policy;
     use crate::policy::test_support::{engine, with_request, workers};
 
     fn pick(ws: &[Arc<Worker>]) -> usize {

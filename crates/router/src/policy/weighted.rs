@@ -4,10 +4,9 @@
 //! more than 8 running. The choice is the lowest in-flight per unit of weight. A worker
 //! without a fresh scrape keeps the full weight, so in-flight alone decides.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Decision, Explanation, Policy, RouteRequest, least_by};
+use super::ScoredPolicy;
 use crate::fleet::{Load, Worker};
 
 const STEPS: [f64; 4] = [100.0, 60.0, 30.0, 10.0];
@@ -29,32 +28,17 @@ pub fn weight(load: &Load) -> f64 {
     STEPS[(base + penalties).min(STEPS.len() - 1)]
 }
 
-const REASON: &str = "least connections per metric weight";
-
-/// In-flight (counting the new request) per unit of weight.
-fn score(worker: &Worker, now: Instant) -> f64 {
-    let load = worker.load(now);
-    f64::from(load.in_flight + 1) / weight(&load)
-}
-
-/// Least in-flight per weight.
+/// Least in-flight (counting the new request) per unit of weight.
 #[derive(Debug, Default)]
 pub struct Weighted;
 
-impl Policy for Weighted {
-    fn name(&self) -> &'static str {
-        "weighted"
-    }
+impl ScoredPolicy for Weighted {
+    const NAME: &'static str = "weighted";
+    const REASON: &'static str = "least connections per metric weight";
 
-    fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
-        let now = Instant::now();
-        let index = least_by(candidates, |w| score(w, now))?;
-        Some(Decision::new(index, REASON))
-    }
-
-    fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
-        let now = Instant::now();
-        Explanation::least(candidates, |w| score(w, now), REASON)
+    fn score(worker: &Worker, now: Instant) -> f64 {
+        let load = worker.load(now);
+        f64::from(load.in_flight + 1) / weight(&load)
     }
 }
 
@@ -62,6 +46,7 @@ impl Policy for Weighted {
 mod tests {
     use super::*;
     use crate::fleet::EngineLoad;
+    use crate::policy::Policy;
     use crate::policy::test_support::{engine, with_request, workers};
 
     fn load(kv: f64, waiting: f64, preempting: bool, running: f64) -> Load {
