@@ -1,0 +1,175 @@
+use super::*;
+use clap::Parser;
+
+fn parse(argv: &[&str]) -> Result<Config, String> {
+    let mut full = vec!["vllm-router"];
+    full.extend_from_slice(argv);
+    let args = crate::cli::RouterOnly::try_parse_from(full)
+        .map_err(|e| e.to_string())?
+        .args;
+    Config::from_args(args).map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults_match_the_compatible_router() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.host, "127.0.0.1");
+    assert_eq!(c.port, 30000);
+    assert_eq!(c.policy, PolicyKind::CacheAware);
+    assert_eq!(c.max_payload_size.get(), 64 * 1024 * 1024);
+    assert_eq!(
+        c.listener,
+        ListenerConfig {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            client_write_timeout: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(c.metrics_listen, Some(("127.0.0.1".into(), 29000)));
+    let ids: Vec<_> = c.request_id_headers.iter().map(|h| h.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "x-request-id",
+            "x-correlation-id",
+            "x-trace-id",
+            "request-id"
+        ]
+    );
+}
+
+#[test]
+fn worker_urls_space_or_comma_separated() {
+    let c = parse(&["--worker-urls", "http://a:1,http://b:2/", "http://c:3/v"]).unwrap();
+    let urls: Vec<_> = c.workers.iter().map(|w| w.url.text.as_str()).collect();
+    assert_eq!(urls, ["http://a:1", "http://b:2", "http://c:3/v"]);
+    assert_eq!(c.workers[2].url.prefix, "/v");
+    assert!(c.workers.iter().all(|w| w.capacity.is_none()));
+}
+
+#[test]
+fn worker_capacities_attach_to_listed_workers() {
+    let c = parse(&[
+        "--worker-urls",
+        "http://a:1",
+        "http://b:2",
+        "--worker-capacity",
+        "http://b:2/=8",
+    ])
+    .unwrap();
+    let caps: Vec<_> = c
+        .workers
+        .iter()
+        .map(|w| w.capacity.map(NonZeroU32::get))
+        .collect();
+    assert_eq!(caps, [None, Some(8)]);
+    let e = parse(&[
+        "--worker-urls",
+        "http://a:1",
+        "--worker-capacity",
+        "http://z:9=2",
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains("--worker-capacity") && e.contains("not among"),
+        "{e}"
+    );
+    let e = parse(&[
+        "--worker-urls",
+        "http://a:1",
+        "--worker-capacity",
+        "http://a:1=0",
+    ])
+    .unwrap_err();
+    assert!(e.contains("at least 1"), "{e}");
+    let e = parse(&[
+        "--worker-urls",
+        "http://a:1",
+        "--worker-capacity",
+        "http://a:1",
+    ])
+    .unwrap_err();
+    assert!(e.contains("URL=N"), "{e}");
+}
+
+#[test]
+fn bad_values_name_flag_and_value() {
+    let e = parse(&["--worker-urls", "gpu1:8000"]).unwrap_err();
+    assert!(
+        e.contains("--worker-urls") && e.contains("gpu1:8000"),
+        "{e}"
+    );
+    let e = parse(&["--worker-urls", "https://a:1"]).unwrap_err();
+    assert!(e.contains("only http://"), "{e}");
+    let e = parse(&["--worker-urls", "http://a:1", "http://a:1/"]).unwrap_err();
+    assert!(e.contains("listed twice"), "{e}");
+    let e = parse(&["--max-payload-size", "0"]).unwrap_err();
+    assert!(e.contains("--max-payload-size") && e.contains("'0'"), "{e}");
+    let e = parse(&["--port", "99999"]).unwrap_err();
+    assert!(e.contains("--port") && e.contains("99999"), "{e}");
+    let e = parse(&["--policy", "fastest"]).unwrap_err();
+    assert!(e.contains("--policy") && e.contains("fastest"), "{e}");
+    let e = parse(&["--request-id-headers", "bad header"]).unwrap_err();
+    assert!(e.contains("--request-id-headers"), "{e}");
+    let e = parse(&["--session-key-headers", "x-request-id"]).unwrap_err();
+    assert!(
+        e.contains("--session-key-headers") && e.contains("request id"),
+        "{e}"
+    );
+    let e = parse(&["--hash-load-factor", "0.5"]).unwrap_err();
+    assert!(e.contains("--hash-load-factor") && e.contains("0.5"), "{e}");
+    let e = parse(&["--cache-threshold", "1.5"]).unwrap_err();
+    assert!(e.contains("--cache-threshold") && e.contains("1.5"), "{e}");
+    let e = parse(&["--max-tree-size", "3"]).unwrap_err();
+    assert!(e.contains("--max-tree-size"), "{e}");
+    let e = parse(&["--rate-limit-tokens-per-second", "0"]).unwrap_err();
+    assert!(e.contains("--rate-limit-tokens-per-second"), "{e}");
+    let e = parse(&["--retry-on-status", "200"]).unwrap_err();
+    assert!(e.contains("--retry-on-status") && e.contains("200"), "{e}");
+    let e = parse(&["--health-failure-threshold", "0"]).unwrap_err();
+    assert!(e.contains("--health-failure-threshold"), "{e}");
+    assert_eq!(parse(&["--disable-retries"]).unwrap().retry.max_retries, 0);
+    let e = parse(&["--request-timeout-secs", "0"]).unwrap_err();
+    assert!(e.contains("--request-timeout-secs"), "{e}");
+    let e = parse(&["--header-read-timeout-secs", "0"]).unwrap_err();
+    assert!(e.contains("--header-read-timeout-secs"), "{e}");
+    let e = parse(&["--max-header-bytes", "1024"]).unwrap_err();
+    assert!(
+        e.contains("--max-header-bytes") && e.contains("'1024'"),
+        "{e}"
+    );
+    let e = parse(&["--max-header-bytes", "999999999"]).unwrap_err();
+    assert!(e.contains("--max-header-bytes"), "{e}");
+    let zero = parse(&["--shutdown-timeout-secs", "0"]).unwrap();
+    assert_eq!(zero.listener.shutdown_timeout, Duration::ZERO);
+}
+
+#[test]
+fn compatible_log_level_names_parse() {
+    for (name, level) in [
+        ("warning", LogLevel::Warn),
+        ("critical", LogLevel::Error),
+        ("debug", LogLevel::Debug),
+    ] {
+        assert_eq!(parse(&["--log-level", name]).unwrap().log_level, level);
+    }
+}
+
+#[test]
+fn every_compatible_policy_name_parses() {
+    let names = [
+        "round_robin",
+        "random",
+        "power_of_two",
+        "consistent_hash",
+        "cache_aware",
+        "kv_aware",
+        "sticky_least_loaded",
+        "least_load",
+        "weighted",
+    ];
+    for name in names {
+        assert_eq!(parse(&["--policy", name]).unwrap().policy.name(), name);
+    }
+}
