@@ -72,13 +72,8 @@ fn choices(c: &mut Criterion) {
         let policy = kind.build(&PolicyConfig::default());
         policy.on_fleet_change(&snap);
         let req = RouteRequest {
-            path: "/v1/chat/completions",
-            model: Some("m"),
-            headers: &headers,
-            body: b"{}",
-            request_id: "r",
             session_key: Some("user-1234"),
-            prompt: None,
+            ..RouteRequest::new("/v1/chat/completions", &headers)
         };
         group.bench_function(kind.name(), |b| {
             b.iter(|| policy.pick(black_box(&req), black_box(&workers)))
@@ -96,25 +91,15 @@ fn cache_aware(c: &mut Criterion) {
     for user in 0..64 {
         let prompt = long_prompt(user);
         let req = RouteRequest {
-            path: "/v1/chat/completions",
-            model: Some("m"),
-            headers: &headers,
-            body: b"{}",
-            request_id: "r",
-            session_key: None,
             prompt: Some(&prompt),
+            ..RouteRequest::new("/v1/chat/completions", &headers)
         };
         policy.pick(&req, &workers);
     }
     let prompt = long_prompt(7);
     let req = RouteRequest {
-        path: "/v1/chat/completions",
-        model: Some("m"),
-        headers: &headers,
-        body: b"{}",
-        request_id: "r",
-        session_key: None,
         prompt: Some(&prompt),
+        ..RouteRequest::new("/v1/chat/completions", &headers)
     };
     c.bench_function("cache_aware_32k_token_prompt", |b| {
         b.iter(|| policy.pick(black_box(&req), black_box(&workers)))

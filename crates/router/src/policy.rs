@@ -37,6 +37,22 @@ pub struct RouteRequest<'a> {
     pub prompt: Option<&'a str>,
 }
 
+impl<'a> RouteRequest<'a> {
+    /// A request for `path` with these headers and nothing else known: no body, model,
+    /// request id, session key or prompt. Tests, benches and tools fill in the rest.
+    pub fn new(path: &'a str, headers: &'a HeaderMap) -> Self {
+        Self {
+            path,
+            model: None,
+            headers,
+            body: b"",
+            request_id: "",
+            session_key: None,
+            prompt: None,
+        }
+    }
+}
+
 /// A policy's choice: an index into the candidates, and why.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
@@ -314,13 +330,8 @@ pub(crate) mod test_support {
     pub fn with_session<T>(session_key: Option<&str>, f: impl FnOnce(&RouteRequest<'_>) -> T) -> T {
         let headers = HeaderMap::new();
         let req = RouteRequest {
-            path: "/v1/completions",
-            model: Some("m"),
-            headers: &headers,
-            body: b"{}",
-            request_id: "r",
             session_key,
-            prompt: None,
+            ..RouteRequest::new("/v1/completions", &headers)
         };
         f(&req)
     }

@@ -12,13 +12,8 @@ fn prompt(group: usize, turns: usize) -> String {
 fn pick(policy: &CacheAware, ws: &[Arc<Worker>], text: &str) -> usize {
     let headers = http::HeaderMap::new();
     let req = RouteRequest {
-        path: "/v1/chat/completions",
-        model: Some("m"),
-        headers: &headers,
-        body: b"{}",
-        request_id: "r",
-        session_key: None,
         prompt: Some(text),
+        ..RouteRequest::new("/v1/chat/completions", &headers)
     };
     policy.pick(&req, ws).unwrap().index
 }
