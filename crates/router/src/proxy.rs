@@ -94,7 +94,6 @@ async fn route(
     app.retry_budget.deposit();
     let started = Instant::now();
     let deadline = started + app.config.timeouts.total;
-    let threshold = app.config.health.failure_threshold;
     let retry = &app.config.retry;
     let mut retries = 0u32;
     let mut last_failure: Option<ApiError> = None;
@@ -146,8 +145,7 @@ async fn route(
                 let pause = wait(Some(response.headers()));
                 let can_retry = retryable_status(retry, status) && may_retry(pause);
                 if status.is_server_error() {
-                    worker.record_failure(threshold);
-                    ticket.failure(breaker, Instant::now());
+                    failed(&worker, ticket, app);
                 } else {
                     worker.record_success();
                     ticket.success(breaker);
@@ -165,7 +163,7 @@ async fn route(
                     worker: url(),
                     reason: format!("answered {status}"),
                 };
-                (failure, "status", pause)
+                (failure, Failed::Status, pause)
             }
             Ok(Err(error)) if error.is_connect() => {
                 // Nothing was sent: moving on is always safe, and spends no retry.
@@ -180,17 +178,15 @@ async fn route(
                 continue;
             }
             Ok(Err(error)) => {
-                worker.record_failure(threshold);
-                ticket.failure(breaker, Instant::now());
+                failed(&worker, ticket, app);
                 let failure = ApiError::BadGateway {
                     worker: url(),
                     reason: cause(&error),
                 };
-                (failure, "reset", wait(None))
+                (failure, Failed::Reset, wait(None))
             }
             Err(_) => {
-                worker.record_failure(threshold);
-                ticket.failure(breaker, Instant::now());
+                failed(&worker, ticket, app);
                 let stage = if first_byte < app.config.timeouts.first_byte {
                     "total"
                 } else {
@@ -201,19 +197,19 @@ async fn route(
                     worker: url(),
                     after: first_byte,
                 };
-                (failure, "first_byte_timeout", wait(None))
+                (failure, Failed::FirstByte, wait(None))
             }
         };
         drop(guard);
         // A status retry was decided above; the others are decided here.
-        if cause != "status" && !may_retry(pause) {
+        if cause != Failed::Status && !may_retry(pause) {
             return Err(failure);
         }
         retries += 1;
-        app.metrics.retried(cause);
+        app.metrics.retried(cause.label());
         tracing::debug!(
             request_id = route_req.request_id,
-            cause,
+            cause = cause.label(),
             retries,
             ?pause,
             "retrying on another worker"
@@ -221,6 +217,33 @@ async fn route(
         last_failure = Some(failure);
         tokio::time::sleep(pause).await;
     }
+}
+
+/// What failed in an attempt that may be retried on another worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// The worker answered a retryable status (the retry was granted at the response).
+    Status,
+    /// The connection broke before the response.
+    Reset,
+    /// No response headers within the first-byte timeout.
+    FirstByte,
+}
+
+impl Failed {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Reset => "reset",
+            Self::FirstByte => "first_byte_timeout",
+        }
+    }
+}
+
+/// The attempt failed at the worker: it counts toward ejection and against its breaker.
+fn failed(worker: &Worker, ticket: Ticket, app: &App) {
+    worker.record_failure(app.config.health.failure_threshold);
+    ticket.failure(&app.config.breaker, Instant::now());
 }
 
 /// The worker's response, streamed back through a [`TrackedBody`] that holds its in-flight
