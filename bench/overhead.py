@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import re
 import shutil
 import statistics
@@ -24,12 +23,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, log, machine_line, start, stop, tail, version_of, wait_ready
+from procs import free_port, log, machine_line, start, start_listening, stop, tail, version_of, wait_ready
 
 MODEL = "sim-model"
 WARMUP_S = 1
@@ -84,37 +81,7 @@ def peak_rss_kb(pid: int) -> int:
 
 def start_sim(sim_bin: str, workdir: Path) -> tuple[subprocess.Popen, list[str]]:
     argv = [sim_bin, "--port", "0", "--count", "2", "--max-tokens", "4", "--log-level", "warn"]
-    with open(workdir / "sim.log", "wb") as err:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-            text=True, start_new_session=True,
-        )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        # Drains stdout for the life of the sim so that it never blocks on a full pipe.
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    urls: list[str] = []
-    deadline = time.monotonic() + 30
-    while len(urls) < 2:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            line = None
-        if line is None:
-            break
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            urls.append(m.group(1).rstrip("/"))
-    if len(urls) < 2:
-        stop(proc)
-        raise SystemExit(f"vllm-sim did not start:\n{tail(workdir / 'sim.log')}")
-    return proc, urls
+    return start_listening(argv, workdir / "sim.log", 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import queue
+import re
+import threading
 import platform
 import signal
 import socket
@@ -109,3 +112,35 @@ def version_of(argv: list[str]) -> str:
         return "unknown"
     text = (res.stdout + res.stderr).strip().splitlines()
     return text[0] if text else "unknown"
+
+
+def start_listening(argv: list[str], log_path: Path, count: int, append: bool = False,
+                    timeout: float = 30.0) -> tuple[subprocess.Popen, list[str]]:
+    """Starts a server that prints `... listening on http://HOST:PORT` per listener (vllm-sim,
+    vllm-router) and returns it with the first `count` URLs. Its stdout is drained for the
+    life of the process so that it never blocks on a full pipe; stderr goes to `log_path`."""
+    with open(log_path, "ab" if append else "wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                text=True, start_new_session=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    urls: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(urls) < count:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = None
+        if line is None:
+            stop(proc)
+            raise SystemExit(f"{Path(argv[0]).name} did not start:\n{tail(log_path)}")
+        if m := re.search(r"listening on (http://\S+)", line):
+            urls.append(m.group(1).rstrip("/"))
+    return proc, urls

@@ -23,19 +23,15 @@ import argparse
 import json
 import math
 import os
-import queue
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, http_get, log, machine_line, start, stop, tail, version_of, wait_ready
+from procs import free_port, http_get, log, machine_line, start, start_listening, stop, tail, version_of, wait_ready
 
 MODEL = "sim-model"
 # The simulator's chat template wraps each message in `<|role|>` (five tokens) and ends the
@@ -105,38 +101,11 @@ class Fleet:
 
     def restart(self) -> None:
         self.stop()
-        lines: list[queue.Queue[str | None]] = []
         for w in range(self.spec.workers):
-            err = open(self.workdir / f"sim-{w}.log", "ab")
-            try:
-                proc = subprocess.Popen(
-                    self.spec.argv(self.sim_bin, w), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
-                )
-            finally:
-                err.close()
+            proc, urls = start_listening(self.spec.argv(self.sim_bin, w),
+                                         self.workdir / f"sim-{w}.log", 1, append=True)
             self.procs.append(proc)
-            q: queue.Queue[str | None] = queue.Queue()
-            lines.append(q)
-            threading.Thread(target=pump, args=(proc, q), daemon=True).start()
-        deadline = time.monotonic() + 30
-        for w, q in enumerate(lines):
-            url = None
-            while url is None:
-                try:
-                    line = q.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    line = None
-                if line is None:
-                    break
-                m = re.search(r"listening on (http://\S+)", line)
-                if m:
-                    url = m.group(1).rstrip("/")
-            if url is None:
-                self.stop()
-                raise SystemExit(f"vllm-sim worker {w} did not start:\n"
-                                 f"{tail(self.workdir / f'sim-{w}.log')}")
-            self.urls.append(url)
+            self.urls.extend(urls)
 
     def stats(self) -> list[dict]:
         out = []
@@ -160,12 +129,6 @@ class Fleet:
         self.procs, self.urls = [], []
 
 
-def pump(proc: subprocess.Popen, q: "queue.Queue[str | None]") -> None:
-    # Drains stdout for the life of the sim so that it never blocks on a full pipe.
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        q.put(line)
-    q.put(None)
 
 
 # ---------------------------------------------------------------------------------------------
