@@ -64,9 +64,15 @@ fn drained(drain: Option<watch::Receiver<bool>>) -> Waiting {
 
 struct Timers {
     limits: StreamLimits,
-    idle: Pin<Box<Sleep>>,
-    total: Pin<Box<Sleep>>,
+    /// Fires at the earlier of the idle limit (from the last frame) and the total deadline.
+    timer: Pin<Box<Sleep>>,
     drain: Waiting,
+}
+
+impl Timers {
+    fn next_deadline(limits: &StreamLimits) -> Instant {
+        (Instant::now() + limits.idle).min(limits.deadline)
+    }
 }
 
 pin_project! {
@@ -109,13 +115,11 @@ impl<B> TrackedBody<B> {
 
     /// Enforce the idle and total timeouts, and end broken streams with an error event.
     pub fn limited(mut self, limits: StreamLimits) -> Self {
-        let idle = Box::pin(tokio::time::sleep(limits.idle));
-        let total = Box::pin(tokio::time::sleep_until(limits.deadline));
+        let timer = Box::pin(tokio::time::sleep_until(Timers::next_deadline(&limits)));
         let drain = drained(limits.drain.clone());
         self.timers = Some(Box::new(Timers {
             limits,
-            idle,
-            total,
+            timer,
             drain,
         }));
         self
@@ -165,7 +169,8 @@ where
                     watch.observe(data.as_ref());
                 }
                 if let Some(t) = this.timers.as_mut() {
-                    t.idle.as_mut().reset(Instant::now() + t.limits.idle);
+                    let next = Timers::next_deadline(&t.limits);
+                    t.timer.as_mut().reset(next);
                 }
                 // A body of known length ends with its last frame: hyper polls no further.
                 if this.inner.is_end_stream() {
@@ -186,10 +191,9 @@ where
                 };
                 if t.drain.as_mut().poll(cx).is_ready() {
                     (Cut::Shutdown, None)
-                } else if t.total.as_mut().poll(cx).is_ready() {
-                    (Cut::Total, None)
-                } else if t.idle.as_mut().poll(cx).is_ready() {
-                    (Cut::Idle, None)
+                } else if t.timer.as_mut().poll(cx).is_ready() {
+                    let total = Instant::now() >= t.limits.deadline;
+                    (if total { Cut::Total } else { Cut::Idle }, None)
                 } else {
                     return Poll::Pending;
                 }
