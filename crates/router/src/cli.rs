@@ -49,6 +49,16 @@ pub struct DemoArgs {
     pub log_level: LogLevel,
 }
 
+/// How the KV cache moves from a prefill worker to a decode worker.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[value(rename_all = "snake_case")]
+pub enum KvConnector {
+    /// NIXL: decode pulls the blocks the prefill's answer names.
+    Nixl,
+    /// Mooncake: prefill pushes to decode, matched through the prefill's bootstrap server.
+    Mooncake,
+}
+
 /// Log verbosity, as vllm-project/router spells it.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -95,10 +105,54 @@ pub struct RouterArgs {
     /// `max_concurrent_requests`); `least_load` divides a worker's load by it.
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "URL=N")]
     pub worker_capacity: Vec<String>,
-    /// Routing policy. Every name vllm-project/router accepts is accepted; `kv_aware`, not
-    /// implemented yet, is served by `round_robin` with a warning at start.
-    #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
-    pub policy: PolicyKind,
+    /// Routing policy [default: cache_aware]. Every name vllm-project/router accepts is
+    /// accepted; `kv_aware`, not implemented yet, is served by `round_robin` with a warning at
+    /// start. In P/D mode, given explicitly, it is also the prefill and decode policy unless
+    /// those are set.
+    #[arg(long, value_enum)]
+    pub policy: Option<PolicyKind>,
+    /// Prefill/decode disaggregation: chat and completions go through a prefill worker
+    /// (`--prefill`), then stream from a decode worker (`--decode`).
+    #[arg(long, alias = "pd-disaggregation")]
+    pub vllm_pd_disaggregation: bool,
+    /// A prefill worker, with an optional bootstrap port (a number or `none`; Mooncake's
+    /// bootstrap server, 8998 when not given). Repeatable.
+    #[arg(long, num_args = 1..=2, action = clap::ArgAction::Append, value_names = ["URL", "BOOTSTRAP_PORT"])]
+    pub prefill: Vec<String>,
+    /// A decode worker. Repeatable.
+    #[arg(long, action = clap::ArgAction::Append, value_name = "URL")]
+    pub decode: Vec<String>,
+    /// Policy choosing the prefill worker [default: --policy if given, else cache_aware:
+    /// prefill is where the prefix cache pays].
+    #[arg(long, value_enum)]
+    pub prefill_policy: Option<PolicyKind>,
+    /// Policy choosing the decode worker [default: --policy if given, else least_load].
+    #[arg(long, value_enum)]
+    pub decode_policy: Option<PolicyKind>,
+    /// How the KV cache moves from a `--prefill` to a `--decode` worker [default: nixl].
+    /// Instances registered through --vllm-discovery-address always pair by P2P NCCL.
+    #[arg(long, value_enum)]
+    pub kv_connector: Option<KvConnector>,
+    /// Bind a ZMQ ROUTER socket here (`host:port`) where vLLM instances of the P2P NCCL
+    /// connector register themselves as prefill or decode workers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub vllm_discovery_address: Option<String>,
+    /// Seconds of silence after which a registered instance is dropped.
+    #[arg(long, default_value_t = 5.0)]
+    pub vllm_discovery_expiry_secs: f64,
+    /// Conditional prefill: send a request straight to the decode worker, skipping the
+    /// prefill leg, when fewer than this many of its prompt tokens (estimated at 4 bytes of
+    /// text per token) are not already in the chosen decode worker's prefix cache. 0 disables.
+    #[arg(long, default_value_t = 0)]
+    pub pd_min_uncached_tokens: u32,
+    /// When every prefill attempt failed, let the decode worker compute the prompt itself
+    /// instead of answering an error (a full recompute on the decode worker).
+    #[arg(long)]
+    pub pd_recompute_on_prefill_failure: bool,
+    /// Data-parallel ranks behind each worker URL: each rank is routed to like a worker of
+    /// its own, named in the `X-data-parallel-rank` header; health is probed once per URL.
+    #[arg(long, default_value_t = 1)]
+    pub intra_node_data_parallel_size: u32,
     /// Seconds a whole request may take, retries and streaming included: past it a pending
     /// request is answered 504 and a stream ends with an error event.
     #[arg(long, default_value_t = 1800)]

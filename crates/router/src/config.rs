@@ -8,7 +8,7 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme, Uri};
 
 use crate::admission::AdmissionConfig;
-use crate::cli::{LogLevel, RouterArgs};
+use crate::cli::{KvConnector, LogLevel, RouterArgs};
 use crate::policy::{CacheAwareConfig, PolicyConfig, PolicyKind};
 use crate::prefix::BLOCK_BYTES;
 
@@ -84,14 +84,45 @@ impl WorkerUrl {
     }
 }
 
-/// A worker as configured: where it is and, when known, how many requests it serves at once
-/// (the TOML router's `max_concurrent_requests`).
+/// The part a worker plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Role {
+    /// Serves whole requests.
+    #[default]
+    Regular,
+    /// Computes prompts for decode workers (P/D).
+    Prefill,
+    /// Generates from prompts a prefill worker computed (P/D).
+    Decode,
+}
+
+impl Role {
+    /// `regular`, `prefill` or `decode`: the label in logs, metrics and info routes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Regular => "regular",
+            Self::Prefill => "prefill",
+            Self::Decode => "decode",
+        }
+    }
+}
+
+/// A worker as configured: where it is, the part it plays and, when known, how many requests
+/// it serves at once (the TOML router's `max_concurrent_requests`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSpec {
     /// Its base URL.
     pub url: WorkerUrl,
     /// Requests it serves at once, when known.
     pub capacity: Option<NonZeroU32>,
+    /// Regular, prefill or decode.
+    pub role: Role,
+    /// Data-parallel ranks behind the URL (1: no rank header is sent).
+    pub ranks: NonZeroU32,
+    /// A prefill worker's Mooncake bootstrap port, when given.
+    pub bootstrap_port: Option<u16>,
+    /// The engine's ZMQ address (`host:port`), for workers registered by P2P NCCL discovery.
+    pub zmq_address: Option<String>,
 }
 
 impl From<WorkerUrl> for WorkerSpec {
@@ -99,8 +130,49 @@ impl From<WorkerUrl> for WorkerSpec {
         Self {
             url,
             capacity: None,
+            role: Role::Regular,
+            ranks: NonZeroU32::MIN,
+            bootstrap_port: None,
+            zmq_address: None,
         }
     }
+}
+
+impl WorkerSpec {
+    /// A worker at `url` playing `role`, one rank, nothing else known.
+    pub fn with_role(url: WorkerUrl, role: Role) -> Self {
+        Self {
+            role,
+            ..Self::from(url)
+        }
+    }
+}
+
+/// Prefill/decode disaggregation settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PdConfig {
+    /// How the KV cache moves between static workers (discovered ones use P2P NCCL).
+    pub connector: KvConnector,
+    /// Policy choosing the prefill worker.
+    pub prefill_policy: PolicyKind,
+    /// Policy choosing the decode worker.
+    pub decode_policy: PolicyKind,
+    /// Skip the prefill leg when fewer prompt tokens than this are expected to be uncached on
+    /// the chosen decode worker (0: always prefill).
+    pub min_uncached_tokens: u32,
+    /// When every prefill attempt failed, send the request to decode whole.
+    pub recompute_on_prefill_failure: bool,
+    /// The ZMQ ROUTER address of P2P NCCL discovery, when enabled.
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// Where vLLM instances register (P2P NCCL) and when a silent one is dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    /// `host:port` the ROUTER socket binds.
+    pub address: String,
+    /// Silence after which an instance is dropped.
+    pub expiry: Duration,
 }
 
 /// When and how a failed attempt is retried on another worker.
@@ -227,6 +299,8 @@ pub struct Config {
     pub startup_check_interval: Duration,
     /// Health probing.
     pub health: HealthConfig,
+    /// Prefill/decode disaggregation, when enabled.
+    pub pd: Option<PdConfig>,
 }
 
 /// Attach `URL=N` capacities to the listed workers.
@@ -249,6 +323,114 @@ fn with_capacities(urls: Vec<WorkerUrl>, raw: &[String]) -> Result<Vec<WorkerSpe
         spec.capacity = Some(n);
     }
     Ok(specs)
+}
+
+/// The P/D settings, adding the `--prefill` and `--decode` workers to `workers`.
+fn pd_config(
+    args: &RouterArgs,
+    workers: &mut Vec<WorkerSpec>,
+) -> Result<Option<PdConfig>, ConfigError> {
+    let enabled = args.vllm_pd_disaggregation || args.vllm_discovery_address.is_some();
+    if !enabled {
+        if let Some(first) = args.prefill.first() {
+            return Err(invalid(
+                "--prefill",
+                first,
+                "prefill workers need --vllm-pd-disaggregation",
+            ));
+        }
+        if let Some(first) = args.decode.first() {
+            return Err(invalid(
+                "--decode",
+                first,
+                "decode workers need --vllm-pd-disaggregation",
+            ));
+        }
+        return Ok(None);
+    }
+    let mut add = |flag: &'static str, raw: &str, role: Role, bootstrap_port| {
+        let url = WorkerUrl::parse(flag, raw)?;
+        if workers.iter().any(|w| w.url == url) {
+            return Err(invalid(flag, raw, "listed twice"));
+        }
+        workers.push(WorkerSpec {
+            bootstrap_port,
+            ..WorkerSpec::with_role(url, role)
+        });
+        Ok(())
+    };
+    // `--prefill URL [PORT]` may repeat; its values arrive in one list, where every URL
+    // (it has a scheme) starts an entry and a port or `none` ends it.
+    let mut entries: Vec<(&str, Option<&str>)> = Vec::new();
+    for value in &args.prefill {
+        match entries.last_mut() {
+            Some((_, port @ None)) if !value.contains("://") => *port = Some(value),
+            _ => entries.push((value, None)),
+        }
+    }
+    for (url, port) in entries {
+        let bootstrap_port = match port.map(str::trim) {
+            None => None,
+            Some(p) if p.eq_ignore_ascii_case("none") => None,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| {
+                invalid(
+                    "--prefill",
+                    p,
+                    "the bootstrap port must be a port number or 'none'",
+                )
+            })?),
+        };
+        add("--prefill", url, Role::Prefill, bootstrap_port)?;
+    }
+    for url in &args.decode {
+        add("--decode", url, Role::Decode, None)?;
+    }
+    let discovery = match &args.vllm_discovery_address {
+        Some(address) => {
+            if !address.contains(':') {
+                return Err(invalid(
+                    "--vllm-discovery-address",
+                    address,
+                    "expected host:port",
+                ));
+            }
+            let expiry = args.vllm_discovery_expiry_secs;
+            if !(expiry > 0.0 && expiry.is_finite()) {
+                return Err(invalid(
+                    "--vllm-discovery-expiry-secs",
+                    expiry,
+                    "must be above 0",
+                ));
+            }
+            Some(DiscoveryConfig {
+                address: address.clone(),
+                expiry: Duration::from_secs_f64(expiry),
+            })
+        }
+        None => None,
+    };
+    let has = |role| workers.iter().any(|w| w.role == role);
+    if discovery.is_none() && !(has(Role::Prefill) && has(Role::Decode)) {
+        return Err(invalid(
+            "--vllm-pd-disaggregation",
+            "",
+            "P/D mode needs at least one --prefill and one --decode worker, or --vllm-discovery-address",
+        ));
+    }
+    Ok(Some(PdConfig {
+        connector: args.kv_connector.unwrap_or(KvConnector::Nixl),
+        prefill_policy: args
+            .prefill_policy
+            .or(args.policy)
+            .unwrap_or(PolicyKind::CacheAware),
+        decode_policy: args
+            .decode_policy
+            .or(args.policy)
+            .unwrap_or(PolicyKind::LeastLoad),
+        min_uncached_tokens: args.pd_min_uncached_tokens,
+        recompute_on_prefill_failure: args.pd_recompute_on_prefill_failure,
+        discovery,
+    }))
 }
 
 fn at_least_one(flag: &'static str, value: u32) -> Result<u32, ConfigError> {
@@ -414,7 +596,13 @@ impl Config {
             }
             workers.push(url);
         }
-        let workers = with_capacities(workers, &args.worker_capacity)?;
+        let mut workers = with_capacities(workers, &args.worker_capacity)?;
+        let pd = pd_config(&args, &mut workers)?;
+        let ranks = NonZeroU32::new(args.intra_node_data_parallel_size)
+            .ok_or_else(|| invalid("--intra-node-data-parallel-size", 0, "must be at least 1"))?;
+        for w in &mut workers {
+            w.ranks = ranks;
+        }
         let max_payload_size = NonZeroUsize::new(args.max_payload_size)
             .ok_or_else(|| invalid("--max-payload-size", 0, "must be at least 1 byte"))?;
         let request_id_headers = header_names("--request-id-headers", &args.request_id_headers)?;
@@ -467,7 +655,7 @@ impl Config {
             host: args.host,
             port: args.port,
             workers,
-            policy: args.policy,
+            policy: args.policy.unwrap_or(PolicyKind::CacheAware),
             policy_config: PolicyConfig {
                 hash_load_factor: args.hash_load_factor,
                 cache_aware,
@@ -547,6 +735,7 @@ impl Config {
                     args.health_success_threshold,
                 )?,
             },
+            pd,
         })
     }
 

@@ -63,7 +63,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         host: args.host.clone(),
         port: args.port,
         worker_urls: workers.iter().map(SimServer::url).collect(),
-        policy: args.policy,
+        policy: Some(args.policy),
         prometheus_port: 0,
         worker_startup_timeout_secs: 10,
         log_level: args.log_level,

@@ -23,9 +23,9 @@ pub use exposition::EngineMetrics;
 pub use health::{spawn_health_loop, wait_for_startup};
 pub use load::{EngineLoad, EngineSample, Load};
 pub use scrape::spawn_scrape_loop;
-pub use worker::{InFlight, Worker};
+pub use worker::{InFlight, Worker, X_DATA_PARALLEL_RANK};
 
-use crate::config::WorkerSpec;
+use crate::config::{Role, WorkerSpec};
 use crate::policy::Policy;
 
 /// One entry of a worker's `/v1/models` list, kept as the worker sent it.
@@ -46,47 +46,95 @@ pub struct Member {
     pub models: Option<Arc<[ModelCard]>>,
 }
 
+/// Which workers a request may go to: any, or those of one P/D role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Every worker, whatever its role (single-leg requests).
+    Any,
+    /// Prefill workers.
+    Prefill,
+    /// Decode workers.
+    Decode,
+}
+
+/// Workers by model, for one pool.
+#[derive(Debug, Default)]
+struct Index {
+    by_model: HashMap<String, Vec<Arc<Worker>>>,
+    listed: Vec<Arc<Worker>>,
+}
+
+impl Index {
+    fn add(&mut self, worker: &Arc<Worker>, models: &[ModelCard]) {
+        self.listed.push(Arc::clone(worker));
+        for card in models {
+            let serving = self.by_model.entry(card.id.clone()).or_default();
+            if !serving.iter().any(|w| Arc::ptr_eq(w, worker)) {
+                serving.push(Arc::clone(worker));
+            }
+        }
+    }
+}
+
 /// An immutable view of the fleet, rebuilt by the writer on every change.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     members: Vec<Member>,
-    by_model: HashMap<String, Vec<Arc<Worker>>>,
-    listed: Vec<Arc<Worker>>,
+    any: Index,
+    prefill: Index,
+    decode: Index,
 }
 
 impl Snapshot {
     /// A snapshot of these members (the fleet's writer builds them; tests and benches too).
     pub fn new(members: Vec<Member>) -> Self {
-        let mut by_model: HashMap<String, Vec<Arc<Worker>>> = HashMap::new();
-        let mut listed = Vec::new();
+        let (mut any, mut prefill, mut decode) =
+            (Index::default(), Index::default(), Index::default());
         for m in &members {
             let Some(models) = &m.models else { continue };
-            listed.push(Arc::clone(&m.worker));
-            for card in models.iter() {
-                let serving = by_model.entry(card.id.clone()).or_default();
-                if !serving.iter().any(|w| Arc::ptr_eq(w, &m.worker)) {
-                    serving.push(Arc::clone(&m.worker));
-                }
+            any.add(&m.worker, models);
+            match m.worker.role() {
+                Role::Prefill => prefill.add(&m.worker, models),
+                Role::Decode => decode.add(&m.worker, models),
+                Role::Regular => {}
             }
         }
         Self {
             members,
-            by_model,
-            listed,
+            any,
+            prefill,
+            decode,
         }
     }
 
-    /// Every worker, in the order they joined.
+    /// Every worker (one per data-parallel rank), in the order they joined; the ranks of one
+    /// URL are next to each other.
     pub fn members(&self) -> &[Member] {
         &self.members
+    }
+
+    /// The members grouped by URL: one group per server, one member per rank.
+    pub fn servers(&self) -> impl Iterator<Item = &[Member]> {
+        self.members
+            .chunk_by(|a, b| a.worker.url() == b.worker.url())
     }
 
     /// The workers that serve `model` (healthy or not), or every worker with known models when
     /// the request names none. `None` when no worker serves that model.
     pub fn serving(&self, model: Option<&str>) -> Option<&[Arc<Worker>]> {
+        self.serving_in(Pool::Any, model)
+    }
+
+    /// [`Snapshot::serving`], within one pool.
+    pub fn serving_in(&self, pool: Pool, model: Option<&str>) -> Option<&[Arc<Worker>]> {
+        let index = match pool {
+            Pool::Any => &self.any,
+            Pool::Prefill => &self.prefill,
+            Pool::Decode => &self.decode,
+        };
         match model {
-            None => Some(&self.listed),
-            Some(name) => self.by_model.get(name).map(Vec::as_slice),
+            None => Some(&index.listed),
+            Some(name) => index.by_model.get(name).map(Vec::as_slice),
         }
     }
 
@@ -113,7 +161,7 @@ impl Snapshot {
 
     /// Names of every model some worker serves, sorted.
     pub fn model_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.by_model.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = self.any.by_model.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
     }
@@ -147,19 +195,15 @@ pub struct Fleet {
 impl Fleet {
     /// Start the writer task with these workers (not yet healthy, models unknown). The policy
     /// hears of every published snapshot. Must be called inside a Tokio runtime.
-    pub fn start(workers: &[WorkerSpec], policy: Arc<dyn Policy>) -> Self {
-        let members: Vec<Member> = workers
-            .iter()
-            .map(|url| Member {
-                worker: Arc::new(Worker::new(url.clone())),
-                models: None,
-            })
-            .collect();
+    pub fn start(workers: &[WorkerSpec], policies: Vec<Arc<dyn Policy>>) -> Self {
+        let members: Vec<Member> = workers.iter().flat_map(members_of).collect();
         let first = Arc::new(Snapshot::new(members.clone()));
-        policy.on_fleet_change(&first);
+        for policy in &policies {
+            policy.on_fleet_change(&first);
+        }
         let current = Arc::new(ArcSwap::new(first));
         let (events, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(members, Arc::clone(&current), policy, rx));
+        tokio::spawn(writer(members, Arc::clone(&current), policies, rx));
         Self { current, events }
     }
 
@@ -181,14 +225,16 @@ impl Fleet {
 async fn writer(
     mut members: Vec<Member>,
     current: Arc<ArcSwap<Snapshot>>,
-    policy: Arc<dyn Policy>,
+    policies: Vec<Arc<dyn Policy>>,
     mut rx: mpsc::UnboundedReceiver<Command>,
 ) {
     while let Some((event, done)) = rx.recv().await {
         let changed = apply(&mut members, event);
         if changed {
             let next = Arc::new(Snapshot::new(members.clone()));
-            policy.on_fleet_change(&next);
+            for policy in &policies {
+                policy.on_fleet_change(&next);
+            }
             current.store(next);
         }
         if let Some(done) = done {
@@ -203,11 +249,8 @@ fn apply(members: &mut Vec<Member>, event: FleetEvent) -> bool {
             if members.iter().any(|m| m.worker.url() == spec.url.text) {
                 return false;
             }
-            tracing::info!(worker = %spec.url.text, "worker added");
-            members.push(Member {
-                worker: Arc::new(Worker::new(spec)),
-                models: None,
-            });
+            tracing::info!(worker = %spec.url.text, role = spec.role.name(), ranks = spec.ranks.get(), "worker added");
+            members.extend(members_of(&spec));
             true
         }
         FleetEvent::Remove(url) => {
@@ -220,18 +263,34 @@ fn apply(members: &mut Vec<Member>, event: FleetEvent) -> bool {
             removed
         }
         FleetEvent::Models { url, models } => {
-            let Some(member) = members.iter_mut().find(|m| m.worker.url() == url) else {
-                return false;
-            };
-            if member.models.as_deref() == Some(models.as_slice()) {
-                return false;
+            let mut ranks = members
+                .iter_mut()
+                .filter(|m| m.worker.url() == url)
+                .peekable();
+            match ranks.peek() {
+                Some(first) if first.models.as_deref() != Some(models.as_slice()) => {}
+                _ => return false,
             }
             let names: Vec<&str> = models.iter().map(|c| c.id.as_str()).collect();
             tracing::info!(worker = %url, models = ?names, "worker models");
-            member.models = Some(models.into());
+            let models: Arc<[ModelCard]> = models.into();
+            for member in ranks {
+                member.models = Some(Arc::clone(&models));
+            }
             true
         }
     }
+}
+
+/// The members a spec stands for: one per data-parallel rank, models not yet known.
+fn members_of(spec: &WorkerSpec) -> Vec<Member> {
+    Worker::ranks(spec)
+        .into_iter()
+        .map(|worker| Member {
+            worker,
+            models: None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fleet;
+pub mod pd;
 pub mod policy;
 pub mod prefix;
 pub mod proxy;

@@ -1,25 +1,21 @@
-//! The request path: read the body within the limit, peek, find the workers serving the
-//! model, let the policy pick, forward, and stream the answer back through a [`TrackedBody`].
-//!
-//! A worker that refuses the connection was sent nothing, so the request moves on to another
-//! candidate and the worker leaves rotation until its probes succeed. A reset before the
-//! response, a first-byte timeout or a 502/503/504 (plus `--retry-on-status`) is retried on a
-//! different worker after a backoff, within `--retry-max-retries` and the retry budget. Once
-//! the response is on its way to the client nothing is retried: a stream that breaks or
-//! stalls ends with an error event.
+//! The request path: admit, read the body within the limit, peek, then run the request's plan:
+//! one leg to a worker of any role (regular requests), or a prefill leg and a decode leg
+//! ([`crate::pd`]). Every leg goes through [`Leg`], which retries on other workers before the
+//! response; once the response is on its way to the client nothing is retried, and the answer
+//! streams back through a [`TrackedBody`]: a stream that breaks or stalls ends with an error
+//! event.
 
 pub mod headers;
+mod leg;
 pub mod peek;
 mod retry;
 mod tracked;
 mod usage;
 
-use std::error::Error as _;
 use std::sync::Arc;
 
 use axum::body::Body;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -33,10 +29,11 @@ pub use tracked::{StreamLimits, TrackedBody};
 
 use tokio::time::Instant;
 
-use self::retry::{backoff, retryable_status};
+pub(crate) use self::leg::{Answer, Leg, Stage};
 use crate::admission::Refused;
 use crate::error::ApiError;
-use crate::fleet::{Ticket, Worker};
+use crate::fleet::{Pool, Worker, X_DATA_PARALLEL_RANK};
+use crate::pd;
 use crate::policy::RouteRequest;
 use crate::server::App;
 use crate::upstream::UpstreamBody;
@@ -78,11 +75,12 @@ async fn route(
         }
     })?;
     let body = read_body(&parts.headers, body, app.config.max_payload_size.get()).await?;
-    let want_prompt = app.policy.wants_prompt();
+    let pd = app.pd.as_ref().filter(|_| pd::applies(parts.uri.path()));
+    let want_prompt = match pd {
+        Some(pd) => pd.wants_prompt(),
+        None => app.policy.wants_prompt(),
+    };
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await?;
-    let model = peeked.model.as_deref();
-    let mut candidates = candidates(app, model)?;
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let id = request_id.to_str().unwrap_or_default();
     let route_req = route_request(app, parts.uri.path(), &parts.headers, &body, &peeked, id);
     let peer = parts
@@ -90,174 +88,112 @@ async fn route(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let to_worker = headers::to_worker(&parts.headers, request_id, peer);
-
     app.retry_budget.deposit();
-    let started = Instant::now();
-    let deadline = started + app.config.timeouts.total;
-    let retry = &app.config.retry;
-    let mut retries = 0u32;
-    let mut last_failure: Option<ApiError> = None;
-    loop {
-        let Some(decision) = app.policy.pick(&route_req, &candidates) else {
-            return Err(last_failure.unwrap_or(ApiError::NoWorker {
-                model: model.map(str::to_owned),
-            }));
-        };
-        let worker = candidates.swap_remove(decision.index);
-        let breaker = &app.config.breaker;
-        let Some(ticket) = Ticket::take(&worker, breaker, Instant::now()) else {
-            // Its half-open breaker has no trial place left: another worker, no retry spent.
-            continue;
-        };
-        app.metrics.decided(app.policy.name(), decision.reason);
-        tracing::debug!(
-            request_id = route_req.request_id,
-            worker = worker.url(),
-            reason = decision.reason,
-            "routed"
-        );
+    let request = Inbound {
+        parts: &parts,
+        body: &body,
+        route_req,
+        to_worker,
+        deadline: Instant::now() + app.config.timeouts.total,
+    };
+    match pd {
+        Some(pd) => pd.forward(app, &request, slot).await,
+        None => single(app, &request, slot).await,
+    }
+}
 
+/// A request read and peeked, ready for its plan.
+pub(crate) struct Inbound<'a> {
+    pub(crate) parts: &'a Parts,
+    pub(crate) body: &'a Bytes,
+    pub(crate) route_req: RouteRequest<'a>,
+    /// The headers every leg starts from.
+    pub(crate) to_worker: HeaderMap,
+    pub(crate) deadline: Instant,
+}
+
+impl Inbound<'_> {
+    /// The client's path and query.
+    pub(crate) fn path_and_query(&self) -> &str {
+        self.parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+    }
+
+    /// A request for `worker` with this body and these headers, naming the worker's
+    /// data-parallel rank when it has one.
+    pub(crate) fn upstream_request(
+        &self,
+        worker: &Worker,
+        body: Bytes,
+        headers: HeaderMap,
+    ) -> Result<http::Request<UpstreamBody>, ApiError> {
         let uri = worker
-            .uri_for(path_and_query)
+            .uri_for(self.path_and_query())
             .map_err(|e| ApiError::Internal(format!("upstream URI: {e}")))?;
-        let mut upstream_req = http::Request::new(UpstreamBody::new(body.clone()));
-        *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.headers_mut() = to_worker.clone();
-
-        let guard = worker.begin();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let first_byte = app.config.timeouts.first_byte.min(left);
-        let sent = tokio::time::timeout(first_byte, app.upstream.send(upstream_req)).await;
-        // A retry is possible only with retries and candidates left and time for the backoff;
-        // the budget is asked last, so it is spent only on a retry that happens.
-        let wait = |after: Option<&http::HeaderMap>| backoff(retry, retries + 1, after);
-        let may_retry = |wait: Duration| {
-            retries < retry.max_retries
-                && !candidates.is_empty()
-                && Instant::now() + wait < deadline
-                && app.retry_budget.try_spend()
-        };
-        let url = || worker.url().to_owned();
-        let (failure, cause, pause) = match sent {
-            Ok(Ok(response)) => {
-                let status = response.status();
-                let pause = wait(Some(response.headers()));
-                let can_retry = retryable_status(retry, status) && may_retry(pause);
-                if status.is_server_error() {
-                    failed(&worker, ticket, app);
-                } else {
-                    worker.record_success();
-                    ticket.success(breaker);
-                }
-                if !can_retry {
-                    let held = Held {
-                        guard,
-                        slot,
-                        decision,
-                        deadline,
-                    };
-                    return Ok(respond(app, response, &worker, held));
-                }
-                let failure = ApiError::BadGateway {
-                    worker: url(),
-                    reason: format!("answered {status}"),
-                };
-                (failure, Failed::Status, pause)
-            }
-            Ok(Err(error)) if error.is_connect() => {
-                // Nothing was sent: moving on is always safe, and spends no retry.
-                ticket.failure(breaker, Instant::now());
-                if worker.eject() {
-                    tracing::warn!(worker = worker.url(), error = %cause(&error), "worker unreachable; out of rotation until its probes succeed");
-                }
-                app.metrics.retried("connect");
-                last_failure = Some(ApiError::NoWorker {
-                    model: model.map(str::to_owned),
-                });
-                continue;
-            }
-            Ok(Err(error)) => {
-                failed(&worker, ticket, app);
-                let failure = ApiError::BadGateway {
-                    worker: url(),
-                    reason: cause(&error),
-                };
-                (failure, Failed::Reset, wait(None))
-            }
-            Err(_) => {
-                failed(&worker, ticket, app);
-                let stage = if first_byte < app.config.timeouts.first_byte {
-                    "total"
-                } else {
-                    "first_byte"
-                };
-                app.metrics.timed_out(stage);
-                let failure = ApiError::GatewayTimeout {
-                    worker: url(),
-                    after: first_byte,
-                };
-                (failure, Failed::FirstByte, wait(None))
-            }
-        };
-        drop(guard);
-        // A status retry was decided above; the others are decided here.
-        if cause != Failed::Status && !may_retry(pause) {
-            return Err(failure);
+        let mut request = http::Request::new(UpstreamBody::new(body));
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        if let Some(rank) = worker.rank_header() {
+            request
+                .headers_mut()
+                .insert(X_DATA_PARALLEL_RANK.clone(), rank.clone());
         }
-        retries += 1;
-        app.metrics.retried(cause.label());
-        tracing::debug!(
-            request_id = route_req.request_id,
-            cause = cause.label(),
-            retries,
-            ?pause,
-            "retrying on another worker"
-        );
-        last_failure = Some(failure);
-        tokio::time::sleep(pause).await;
+        Ok(request)
     }
 }
 
-/// What failed in an attempt that may be retried on another worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failed {
-    /// The worker answered a retryable status (the retry was granted at the response).
-    Status,
-    /// The connection broke before the response.
-    Reset,
-    /// No response headers within the first-byte timeout.
-    FirstByte,
+/// The one-leg plan: the body untouched, to one worker of any role serving the model.
+async fn single(
+    app: &App,
+    request: &Inbound<'_>,
+    slot: crate::admission::Permit,
+) -> Result<Response, ApiError> {
+    let candidates = candidates(app, Pool::Any, request.route_req.model)?;
+    let mut leg = Leg::new(
+        app,
+        Stage::Single,
+        app.policy.as_ref(),
+        &request.route_req,
+        candidates,
+        request.deadline,
+    );
+    let mut answer = leg
+        .send(None, |worker| {
+            request.upstream_request(worker, request.body.clone(), request.to_worker.clone())
+        })
+        .await?;
+    answer.accept(app);
+    let Answer {
+        response,
+        worker,
+        guard,
+        decision,
+        ..
+    } = answer;
+    let held = Held {
+        guard,
+        slot,
+        decision,
+        deadline: request.deadline,
+    };
+    Ok(respond(app, response, &worker, held))
 }
 
-impl Failed {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Status => "status",
-            Self::Reset => "reset",
-            Self::FirstByte => "first_byte_timeout",
-        }
-    }
-}
-
-/// The attempt failed at the worker: it counts toward ejection and against its breaker.
-fn failed(worker: &Worker, ticket: Ticket, app: &App) {
-    worker.record_failure(app.config.health.failure_threshold);
-    ticket.failure(&app.config.breaker, Instant::now());
+/// What a response keeps until its body ends.
+pub(crate) struct Held {
+    pub(crate) guard: crate::fleet::InFlight,
+    pub(crate) slot: crate::admission::Permit,
+    pub(crate) decision: crate::policy::Decision,
+    pub(crate) deadline: Instant,
 }
 
 /// The worker's response, streamed back through a [`TrackedBody`] that holds its in-flight
 /// count, watches its usage when the policy predicted a cache hit, and ends a broken or stalled
 /// stream with an error event.
-/// What a response keeps until its body ends.
-struct Held {
-    guard: crate::fleet::InFlight,
-    slot: crate::admission::Permit,
-    decision: crate::policy::Decision,
-    deadline: Instant,
-}
-
-fn respond(
+pub(crate) fn respond(
     app: &App,
     response: http::Response<hyper::body::Incoming>,
     worker: &Worker,
@@ -301,11 +237,15 @@ fn respond(
 
 /// The healthy workers serving `model`: 404 when no worker serves it, an empty list (so a
 /// 503) while no worker has listed its models yet.
-pub(crate) fn candidates(app: &App, model: Option<&str>) -> Result<Vec<Arc<Worker>>, ApiError> {
+pub(crate) fn candidates(
+    app: &App,
+    pool: Pool,
+    model: Option<&str>,
+) -> Result<Vec<Arc<Worker>>, ApiError> {
     let snapshot = app.fleet.snapshot();
-    let serving = match snapshot.serving(model) {
+    let serving = match snapshot.serving_in(pool, model) {
         Some(serving) => serving,
-        None if snapshot.serving(None).is_some_and(<[_]>::is_empty) => &[],
+        None if snapshot.serving_in(pool, None).is_some_and(<[_]>::is_empty) => &[],
         None => {
             return Err(ApiError::UnknownModel {
                 model: model.unwrap_or_default().to_owned(),
@@ -368,15 +308,4 @@ pub(crate) async fn read_body(
             None,
         )),
     }
-}
-
-/// The innermost cause of an upstream error, which names what actually failed.
-fn cause(error: &hyper_util::client::legacy::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text = inner.to_string();
-        source = inner.source();
-    }
-    text
 }

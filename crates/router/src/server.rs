@@ -24,6 +24,7 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::{self, Fleet};
+use crate::pd::Pd;
 use crate::policy::Policy;
 use crate::proxy;
 use crate::proxy::RetryBudget;
@@ -59,8 +60,10 @@ pub struct App {
     pub config: Config,
     /// The fleet.
     pub fleet: Arc<Fleet>,
-    /// The routing policy.
+    /// The routing policy of single-leg requests.
     pub policy: Arc<dyn Policy>,
+    /// Prefill/decode disaggregation, when enabled.
+    pub pd: Option<Pd>,
     /// The pooled client to workers.
     pub upstream: Upstream,
     /// The metrics registry.
@@ -91,7 +94,13 @@ impl App {
             tracing::warn!("no workers given: every inference request will be answered 503");
         }
         let policy = config.policy.build(&config.policy_config);
-        let fleet = Arc::new(Fleet::start(&config.workers, Arc::clone(&policy)));
+        let pd = config
+            .pd
+            .clone()
+            .map(|pd| Pd::new(pd, &config.policy_config));
+        let mut policies = vec![Arc::clone(&policy)];
+        policies.extend(pd.iter().flat_map(Pd::policies));
+        let fleet = Arc::new(Fleet::start(&config.workers, policies));
         let upstream = Upstream::new(config.timeouts.connect);
         let admission = Admission::new(config.admission.clone());
         let retry_budget =
@@ -113,6 +122,7 @@ impl App {
             config,
             fleet,
             policy,
+            pd,
             upstream,
             metrics: Metrics::new(),
             retry_budget,

@@ -111,7 +111,7 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
         initial.push(vllm_sim::spawn_on(listener, worker_config()).await);
     }
     let router = router_with(&initial, |a| {
-        a.policy = PolicyKind::PowerOfTwo;
+        a.policy = Some(PolicyKind::PowerOfTwo);
         a.first_byte_timeout_secs = 1;
         a.health_check_interval_secs = 1;
     })

@@ -32,7 +32,25 @@ struct Mean {
 }
 
 /// Parse a Prometheus text exposition.
+#[cfg(test)]
 pub fn parse(text: &str) -> EngineMetrics {
+    parse_rank(text, None)
+}
+
+/// Parse the series of one data-parallel rank (those labelled `engine="RANK"`); the whole
+/// page for `None`, or when the page has no series labelled with that rank.
+pub fn parse_rank(text: &str, rank: Option<u32>) -> EngineMetrics {
+    if let Some(rank) = rank {
+        let engine = rank.to_string();
+        let m = parse_filtered(text, Some(&engine));
+        if m.running.is_some() || m.waiting.is_some() {
+            return m;
+        }
+    }
+    parse_filtered(text, None)
+}
+
+fn parse_filtered(text: &str, engine: Option<&str>) -> EngineMetrics {
     let mut m = EngineMetrics::default();
     let mut kv = Mean::default();
     for line in text.lines() {
@@ -43,6 +61,9 @@ pub fn parse(text: &str) -> EngineMetrics {
         let Some((name, labels, value)) = split_sample(line) else {
             continue;
         };
+        if engine.is_some() && label(labels, "engine") != engine {
+            continue;
+        }
         let add = |slot: &mut Option<f64>| *slot = Some(slot.unwrap_or(0.0) + value);
         match name {
             "vllm:num_requests_running" => add(&mut m.running),
@@ -144,6 +165,15 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 2.0
             (Some(1000.0), Some(250.0))
         );
         assert_eq!((m.block_size, m.num_gpu_blocks), (Some(16), Some(4096)));
+    }
+
+    #[test]
+    fn a_rank_reads_its_own_engine_and_falls_back_to_the_page() {
+        let m = parse_rank(PAGE, Some(1));
+        assert_eq!((m.running, m.waiting), (Some(2.0), Some(0.0)));
+        assert!((m.kv_usage.unwrap() - 0.7).abs() < 1e-9);
+        let whole = parse_rank(PAGE, Some(7));
+        assert_eq!(whole, parse(PAGE), "no series for rank 7: the whole page");
     }
 
     #[test]

@@ -74,7 +74,8 @@ async fn refresh(
 pub async fn wait_for_startup(fleet: &Fleet, upstream: &Upstream, config: &Config) {
     let deadline = Instant::now() + config.startup_timeout;
     let snapshot = fleet.snapshot();
-    let waits = snapshot.members().iter().map(|m| async move {
+    // One server, one probe: data-parallel ranks share their server's health.
+    let waits = snapshot.servers().map(|ranks| &ranks[0]).map(|m| async move {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = config
@@ -133,9 +134,8 @@ pub fn spawn_health_loop(fleet: Arc<Fleet>, upstream: Upstream, config: &Config)
             tick.tick().await;
             let snapshot = fleet.snapshot();
             let probes = snapshot
-                .members()
-                .iter()
-                .map(|m| probe(&fleet, &upstream, &m.worker, &health));
+                .servers()
+                .map(|ranks| probe(&fleet, &upstream, &ranks[0].worker, &health));
             join_all(probes).await;
         }
     })

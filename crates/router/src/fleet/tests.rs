@@ -17,7 +17,7 @@ fn card(id: &str) -> ModelCard {
 async fn models_route_to_the_workers_that_serve_them() {
     let fleet = Fleet::start(
         &[url("http://a:1"), url("http://b:2")],
-        PolicyKind::RoundRobin.build(&Default::default()),
+        vec![PolicyKind::RoundRobin.build(&Default::default())],
     );
     assert_eq!(fleet.snapshot().serving(Some("m1")).map(<[_]>::len), None);
     assert_eq!(fleet.snapshot().serving(None).map(<[_]>::len), Some(0));
@@ -57,7 +57,7 @@ async fn models_route_to_the_workers_that_serve_them() {
 async fn add_and_remove_publish_new_snapshots_and_keep_live_workers() {
     let fleet = Fleet::start(
         &[url("http://a:1")],
-        PolicyKind::Random.build(&Default::default()),
+        vec![PolicyKind::Random.build(&Default::default())],
     );
     let before = fleet.snapshot();
     let held = before.members()[0].worker.begin();

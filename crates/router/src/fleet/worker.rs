@@ -12,44 +12,124 @@ use http::{HeaderValue, uri};
 
 use super::breaker::Breaker;
 use super::load::{EngineSample, Load};
-use crate::config::{WorkerSpec, WorkerUrl};
+use crate::config::{Role, WorkerSpec, WorkerUrl};
 
-/// A vLLM server the router forwards to. Shared as `Arc<Worker>`; the fleet snapshot and
-/// every in-flight request hold clones, so a worker removed mid-stream lives until it ends.
+/// A vLLM server the router forwards to, or one data-parallel rank of one. Shared as
+/// `Arc<Worker>`; the fleet snapshot and every in-flight request hold clones, so a worker
+/// removed mid-stream lives until it ends.
 #[derive(Debug)]
 pub struct Worker {
     url: WorkerUrl,
     capacity: Option<NonZeroU32>,
+    role: Role,
+    rank: Option<u32>,
+    rank_header: Option<HeaderValue>,
+    bootstrap_port: Option<u16>,
+    zmq_address: Option<String>,
     id: u64,
+    label: String,
     header: HeaderValue,
     engine: ArcSwapOption<EngineSample>,
     in_flight: AtomicUsize,
-    healthy: AtomicBool,
     served: AtomicU64,
-    failures: AtomicU32,
-    good_probes: AtomicU32,
+    /// Shared by every rank of one URL: one server, one verdict.
+    health: Arc<Health>,
     breaker: Breaker,
 }
 
+/// A server's health: shared by its data-parallel ranks, since they live and die together.
+#[derive(Debug, Default)]
+struct Health {
+    healthy: AtomicBool,
+    failures: AtomicU32,
+    good_probes: AtomicU32,
+}
+
+/// The header naming the data-parallel rank a request is for.
+pub static X_DATA_PARALLEL_RANK: http::HeaderName =
+    http::HeaderName::from_static("x-data-parallel-rank");
+
 impl Worker {
-    /// A new worker, not yet healthy (it becomes healthy once it has listed its models).
+    /// A new worker, not yet healthy (it becomes healthy once it has listed its models). A
+    /// spec with several ranks gives rank 0 here; [`Worker::ranks`] gives them all.
     pub fn new(spec: impl Into<WorkerSpec>) -> Self {
-        let WorkerSpec { url, capacity } = spec.into();
-        let header =
-            HeaderValue::from_str(&url.text).unwrap_or(HeaderValue::from_static("invalid"));
+        let spec = spec.into();
+        let rank = (spec.ranks.get() > 1).then_some(0);
+        Self::rank_of(&spec, rank, Arc::default())
+    }
+
+    /// One worker per data-parallel rank of `spec` (one, without a rank, for a single rank),
+    /// all sharing one health state.
+    pub fn ranks(spec: &WorkerSpec) -> Vec<Arc<Self>> {
+        let health = Arc::new(Health::default());
+        if spec.ranks.get() == 1 {
+            return vec![Arc::new(Self::rank_of(spec, None, health))];
+        }
+        (0..spec.ranks.get())
+            .map(|r| Arc::new(Self::rank_of(spec, Some(r), Arc::clone(&health))))
+            .collect()
+    }
+
+    fn rank_of(spec: &WorkerSpec, rank: Option<u32>, health: Arc<Health>) -> Self {
+        let url = spec.url.clone();
+        let label = match rank {
+            Some(r) => format!("{}#{r}", url.text),
+            None => url.text.clone(),
+        };
+        let header = HeaderValue::from_str(&label).unwrap_or(HeaderValue::from_static("invalid"));
         Self {
-            id: xxhash_rust::xxh3::xxh3_64(url.text.as_bytes()),
+            id: xxhash_rust::xxh3::xxh3_64(label.as_bytes()),
+            capacity: spec.capacity,
+            role: spec.role,
+            rank,
+            rank_header: rank.map(HeaderValue::from),
+            bootstrap_port: spec.bootstrap_port,
+            zmq_address: spec.zmq_address.clone(),
             url,
-            capacity,
+            label,
             header,
             engine: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
-            healthy: AtomicBool::new(false),
             served: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
-            good_probes: AtomicU32::new(0),
+            health,
             breaker: Breaker::default(),
         }
+    }
+
+    /// The URL, with `#RANK` for one data-parallel rank of it: names the worker in logs,
+    /// metrics and the `x-vllm-router-worker` header.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Regular, prefill or decode.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The data-parallel rank this worker stands for, when the URL has several.
+    pub fn rank(&self) -> Option<u32> {
+        self.rank
+    }
+
+    /// The `X-data-parallel-rank` value for this rank, when the URL has several.
+    pub fn rank_header(&self) -> Option<&HeaderValue> {
+        self.rank_header.as_ref()
+    }
+
+    /// A prefill worker's Mooncake bootstrap port, when configured.
+    pub fn bootstrap_port(&self) -> Option<u16> {
+        self.bootstrap_port
+    }
+
+    /// The engine's ZMQ address, for workers registered by P2P NCCL discovery.
+    pub fn zmq_address(&self) -> Option<&str> {
+        self.zmq_address.as_deref()
+    }
+
+    /// The worker's host, as in its URL.
+    pub fn host(&self) -> &str {
+        self.url.authority.host()
     }
 
     /// The worker's canonical base URL.
@@ -88,7 +168,8 @@ impl Worker {
         Load::new(in_flight, self.engine.load().as_deref(), now)
     }
 
-    /// The base URL as a response header value (`x-vllm-router-worker`).
+    /// The base URL (with `#rank` for a data-parallel rank) as a response header value
+    /// (`x-vllm-router-worker`).
     pub fn header_value(&self) -> &HeaderValue {
         &self.header
     }
@@ -105,19 +186,20 @@ impl Worker {
 
     /// Whether the worker may receive requests.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.healthy.load(Ordering::Relaxed)
     }
 
     /// Record a health verdict; returns the previous one.
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed)
+        self.health.healthy.swap(healthy, Ordering::Relaxed)
     }
 
     /// Record a failure (a failed probe, or a reset, 5xx or timeout on live traffic); the
     /// `threshold`-th in a row takes the worker out of rotation. True when this one did.
     pub fn record_failure(&self, threshold: u32) -> bool {
-        self.good_probes.store(0, Ordering::Relaxed);
+        self.health.good_probes.store(0, Ordering::Relaxed);
         let consecutive = self
+            .health
             .failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
@@ -126,22 +208,23 @@ impl Worker {
 
     /// Take the worker out of rotation at once (it refused a connection). True when it was in.
     pub fn eject(&self) -> bool {
-        self.good_probes.store(0, Ordering::Relaxed);
+        self.health.good_probes.store(0, Ordering::Relaxed);
         self.set_healthy(false)
     }
 
     /// Record a request the worker answered (any status it chose, 4xx included).
     pub fn record_success(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
+        if self.health.failures.load(Ordering::Relaxed) != 0 {
+            self.health.failures.store(0, Ordering::Relaxed);
         }
     }
 
     /// Record a good health probe; true once `threshold` in a row say an unhealthy worker
     /// may return.
     pub fn record_good_probe(&self, threshold: u32) -> bool {
-        self.failures.store(0, Ordering::Relaxed);
-        self.good_probes
+        self.health.failures.store(0, Ordering::Relaxed);
+        self.health
+            .good_probes
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1)
             >= threshold

@@ -57,8 +57,8 @@ mod tests {
     fn load_is_divided_by_capacity() {
         use crate::config::{WorkerSpec, WorkerUrl};
         let spec = |url: &str, cap: u32| WorkerSpec {
-            url: WorkerUrl::parse("--worker-urls", url).unwrap(),
             capacity: std::num::NonZeroU32::new(cap),
+            ..WorkerSpec::from(WorkerUrl::parse("--worker-urls", url).unwrap())
         };
         let ws = vec![
             Arc::new(Worker::new(spec("http://a:1", 2))),

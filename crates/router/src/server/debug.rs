@@ -61,7 +61,7 @@ async fn explanation(
         app.policy.wants_prompt(),
     )
     .await?;
-    let candidates = proxy::candidates(app, peeked.model.as_deref())?;
+    let candidates = proxy::candidates(app, crate::fleet::Pool::Any, peeked.model.as_deref())?;
     let req = proxy::route_request(app, path, &parts.headers, &body, &peeked, "debug");
     let explained = app.policy.explain(&req, &candidates);
 

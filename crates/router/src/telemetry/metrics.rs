@@ -35,6 +35,7 @@ pub struct Cause {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
     worker: String,
+    role: &'static str,
 }
 
 /// Buckets of the prefix-prediction error, a difference of two fractions.
@@ -51,6 +52,7 @@ pub struct Metrics {
     timeouts: Family<Cause, Counter>,
     stream_errors: Family<Cause, Counter>,
     refusals: Family<Cause, Counter>,
+    pd_plans: Family<Cause, Counter>,
     prefix_error: Histogram,
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
@@ -92,6 +94,12 @@ impl Default for Metrics {
             "Requests refused by admission control, by cause (queue_full, queue_timeout, rate_limited)",
             refusals.clone(),
         );
+        let pd_plans = Family::<Cause, Counter>::default();
+        registry.register(
+            "pd_plans",
+            "P/D requests by plan: prefilled (prefill then decode), skipped (conditional prefill sent it straight to decode), recomputed (every prefill failed; decode computed the prompt)",
+            pd_plans.clone(),
+        );
         let prefix_error = Histogram::new(ERROR_BUCKETS);
         registry.register(
             "prefix_prediction_error",
@@ -129,6 +137,7 @@ impl Default for Metrics {
             timeouts,
             stream_errors,
             refusals,
+            pd_plans,
             prefix_error,
             worker_healthy,
             worker_in_flight,
@@ -172,6 +181,11 @@ impl Metrics {
         self.refusals.get_or_create(&Cause { cause }).inc();
     }
 
+    /// Count a P/D request by the plan it took.
+    pub fn pd_plan(&self, outcome: &'static str) {
+        self.pd_plans.get_or_create(&Cause { cause: outcome }).inc();
+    }
+
     /// Record how far a predicted prefix-cache hit fraction was from the reported one.
     pub fn prefix_prediction(&self, predicted: f64, reported: f64) {
         self.prefix_error.observe(predicted - reported);
@@ -185,7 +199,8 @@ impl Metrics {
         self.worker_breaker.clear();
         for m in snapshot.members() {
             let labels = WorkerLabels {
-                worker: m.worker.url().to_owned(),
+                worker: m.worker.label().to_owned(),
+                role: m.worker.role().name(),
             };
             self.worker_healthy
                 .get_or_create(&labels)
@@ -240,21 +255,25 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"vllm_router_worker_healthy{worker="http://w:1"} 1"#),
+            text.contains(r#"vllm_router_worker_healthy{worker="http://w:1",role="regular"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"vllm_router_worker_in_flight{worker="http://w:1"} 1"#),
+            text.contains(r#"vllm_router_worker_in_flight{worker="http://w:1",role="regular"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"vllm_router_worker_requests_total{worker="http://w:1"} 1"#),
+            text.contains(
+                r#"vllm_router_worker_requests_total{worker="http://w:1",role="regular"} 1"#
+            ),
             "{text}"
         );
         // Rendering twice does not double-count.
         let again = metrics.render(&snap);
         assert!(
-            again.contains(r#"vllm_router_worker_requests_total{worker="http://w:1"} 1"#),
+            again.contains(
+                r#"vllm_router_worker_requests_total{worker="http://w:1",role="regular"} 1"#
+            ),
             "{again}"
         );
     }

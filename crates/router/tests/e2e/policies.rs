@@ -17,7 +17,7 @@ async fn least_load_avoids_a_worker_whose_engine_queue_is_deep() {
     };
     let workers = sims([one_at_a_time(), one_at_a_time()]).await;
     let router = router_with(&workers, |a| {
-        a.policy = PolicyKind::LeastLoad;
+        a.policy = Some(PolicyKind::LeastLoad);
         a.load_scrape_interval_ms = 50;
     })
     .await;
@@ -56,7 +56,7 @@ async fn least_load_avoids_a_worker_whose_engine_queue_is_deep() {
 #[tokio::test]
 async fn consistent_hash_keeps_a_session_on_one_worker() {
     let workers = fast_sims(3).await;
-    let router = router_with(&workers, |a| a.policy = PolicyKind::ConsistentHash).await;
+    let router = router_with(&workers, |a| a.policy = Some(PolicyKind::ConsistentHash)).await;
     let url = format!("{}/v1/chat/completions", router.url());
 
     let session = |key: &'static str| {
@@ -122,7 +122,7 @@ async fn consistent_hash_keeps_a_session_on_one_worker() {
 #[tokio::test]
 async fn cache_aware_returns_each_conversation_to_the_worker_holding_its_prefix() {
     let workers = fast_sims(4).await;
-    let router = router_with(&workers, |a| a.policy = PolicyKind::CacheAware).await;
+    let router = router_with(&workers, |a| a.policy = Some(PolicyKind::CacheAware)).await;
     let url = format!("{}/v1/chat/completions", router.url());
     for group in 0..4 {
         let system = format!("You are the assistant of team {group}. ").repeat(60);
@@ -168,7 +168,7 @@ async fn cache_aware_returns_each_conversation_to_the_worker_holding_its_prefix(
 #[tokio::test]
 async fn debug_route_explains_without_forwarding_or_learning() {
     let workers = fast_sims(3).await;
-    let router = router_with(&workers, |a| a.policy = PolicyKind::CacheAware).await;
+    let router = router_with(&workers, |a| a.policy = Some(PolicyKind::CacheAware)).await;
     let system = "Shared instructions for the whole team. ".repeat(40);
     let turn = |n: usize| {
         json!({"model": MODEL, "max_tokens": 2, "messages": [

@@ -50,7 +50,7 @@ pub async fn router_with(
     let mut args = RouterArgs {
         worker_urls: workers.iter().map(SimServer::url).collect(),
         // Most tests reason about rotation; policy tests choose their own.
-        policy: PolicyKind::RoundRobin,
+        policy: Some(PolicyKind::RoundRobin),
         prometheus_port: 0,
         worker_startup_timeout_secs: 5,
         health_check_interval_secs: 1,

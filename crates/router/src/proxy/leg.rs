@@ -1,0 +1,331 @@
+//! One leg of a plan: send a request to one of a set of candidate workers, moving on to another
+//! when an attempt fails before the response. A regular request is one leg; a P/D request is
+//! a prefill leg then a decode leg, each over its own pool and policy, through this same code:
+//! the same retries, backoff and budget, breakers, in-flight accounting, timeouts and metrics.
+//!
+//! A worker that refuses the connection was sent nothing, so the leg moves on to another
+//! candidate without spending a retry and the worker leaves rotation until its probes succeed.
+//! A reset before the response, a first-byte timeout or a 502/503/504 (plus
+//! `--retry-on-status`) is retried on a different worker after a backoff, within
+//! `--retry-max-retries` and the retry budget. A caller that reads the answer and finds it
+//! unusable (a prefill without its transfer parameters) hands it back with [`Leg::reject`],
+//! which counts it as the worker's failure and retries under the same rules.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::retry::{backoff, retryable_status};
+use crate::error::ApiError;
+use crate::fleet::{InFlight, Ticket, Worker};
+use crate::policy::{Decision, Policy, RouteRequest};
+use crate::server::App;
+use crate::upstream::UpstreamBody;
+
+/// Which leg of a plan, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// The only leg of a regular request.
+    Single,
+    /// The prefill leg of a P/D request.
+    Prefill,
+    /// The decode leg of a P/D request.
+    Decode,
+}
+
+impl Stage {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Prefill => "prefill",
+            Self::Decode => "decode",
+        }
+    }
+}
+
+/// What failed in an attempt that may be retried on another worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// The worker answered a retryable status (the retry was granted at the response).
+    Status,
+    /// The connection broke before the response.
+    Reset,
+    /// No response headers within the first-byte timeout.
+    FirstByte,
+    /// The worker answered, but not what the plan needs (checked by the caller).
+    Unusable,
+}
+
+impl Failed {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Reset => "reset",
+            Self::FirstByte => "first_byte_timeout",
+            Self::Unusable => "unusable_answer",
+        }
+    }
+}
+
+/// A worker's response, with what the attempt holds until its body ends.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) response: http::Response<Incoming>,
+    pub(crate) worker: Arc<Worker>,
+    pub(crate) guard: InFlight,
+    pub(crate) decision: Decision,
+    /// The breaker's ticket, still to be settled when the status said nothing was wrong.
+    ticket: Option<Ticket>,
+}
+
+impl Answer {
+    /// The answer is used: the worker did well.
+    pub(crate) fn accept(&mut self, app: &App) {
+        if let Some(ticket) = self.ticket.take() {
+            self.worker.record_success();
+            ticket.success(&app.config.breaker);
+        }
+    }
+}
+
+/// Attempts of one leg over one pool of candidates.
+pub(crate) struct Leg<'a> {
+    app: &'a App,
+    stage: Stage,
+    policy: &'a dyn Policy,
+    req: &'a RouteRequest<'a>,
+    candidates: Vec<Arc<Worker>>,
+    deadline: Instant,
+    retries: u32,
+    last_failure: Option<ApiError>,
+}
+
+impl<'a> Leg<'a> {
+    pub(crate) fn new(
+        app: &'a App,
+        stage: Stage,
+        policy: &'a dyn Policy,
+        req: &'a RouteRequest<'a>,
+        candidates: Vec<Arc<Worker>>,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            app,
+            stage,
+            policy,
+            req,
+            candidates,
+            deadline,
+            retries: 0,
+            last_failure: None,
+        }
+    }
+
+    /// Let the policy choose a worker now, taking it out of the candidates: for plans that
+    /// must know a leg's worker before sending anything (it is then passed to [`Leg::send`]).
+    pub(crate) fn choose(&mut self) -> Option<(Arc<Worker>, Decision)> {
+        let decision = self.policy.pick(self.req, &self.candidates)?;
+        Some((self.candidates.swap_remove(decision.index), decision))
+    }
+
+    /// The error to answer when no attempt could be made or all failed.
+    fn exhausted(&mut self) -> ApiError {
+        self.last_failure.take().unwrap_or(ApiError::NoWorker {
+            model: self.req.model.map(str::to_owned),
+        })
+    }
+
+    /// Send to `first` if given, else to the policy's choice, and on to other candidates until
+    /// a worker answers with a response that is not retried. A non-retryable 5xx answer is
+    /// returned as it is (the client sees the worker's own error).
+    pub(crate) async fn send(
+        &mut self,
+        mut first: Option<(Arc<Worker>, Decision)>,
+        build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
+    ) -> Result<Answer, ApiError> {
+        let app = self.app;
+        let breaker = &app.config.breaker;
+        let retry = &app.config.retry;
+        loop {
+            let (worker, decision) = match first.take() {
+                Some(chosen) => chosen,
+                None => match self.choose() {
+                    Some(chosen) => chosen,
+                    None => return Err(self.exhausted()),
+                },
+            };
+            let Some(ticket) = Ticket::take(&worker, breaker, Instant::now()) else {
+                // Its half-open breaker has no trial place left: another worker, no retry spent.
+                continue;
+            };
+            app.metrics.decided(self.policy.name(), decision.reason);
+            tracing::debug!(
+                request_id = self.req.request_id,
+                stage = self.stage.label(),
+                worker = worker.url(),
+                rank = worker.rank(),
+                reason = decision.reason,
+                "routed"
+            );
+            let request = build(&worker)?;
+            let guard = worker.begin();
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let first_byte = app.config.timeouts.first_byte.min(left);
+            let sent = tokio::time::timeout(first_byte, app.upstream.send(request)).await;
+            let url = || worker.url().to_owned();
+            let (failure, cause, pause) = match sent {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let pause = backoff(retry, self.retries + 1, Some(response.headers()));
+                    let can_retry = retryable_status(retry, status) && self.may_retry(pause);
+                    let ticket = if status.is_server_error() {
+                        failed(&worker, ticket, app);
+                        None
+                    } else {
+                        Some(ticket)
+                    };
+                    if !can_retry {
+                        return Ok(Answer {
+                            response,
+                            worker,
+                            guard,
+                            decision,
+                            ticket,
+                        });
+                    }
+                    if let Some(ticket) = ticket {
+                        // A retryable 4xx (--retry-on-status): the worker is not at fault.
+                        worker.record_success();
+                        ticket.success(breaker);
+                    }
+                    let failure = ApiError::BadGateway {
+                        worker: url(),
+                        reason: format!("answered {status}"),
+                    };
+                    (failure, Failed::Status, pause)
+                }
+                Ok(Err(error)) if error.is_connect() => {
+                    // Nothing was sent: moving on is always safe, and spends no retry.
+                    ticket.failure(breaker, Instant::now());
+                    if worker.eject() {
+                        tracing::warn!(worker = worker.url(), error = %cause(&error), "worker unreachable; out of rotation until its probes succeed");
+                    }
+                    app.metrics.retried("connect");
+                    self.last_failure = Some(ApiError::NoWorker {
+                        model: self.req.model.map(str::to_owned),
+                    });
+                    continue;
+                }
+                Ok(Err(error)) => {
+                    failed(&worker, ticket, app);
+                    let failure = ApiError::BadGateway {
+                        worker: url(),
+                        reason: cause(&error),
+                    };
+                    (
+                        failure,
+                        Failed::Reset,
+                        backoff(retry, self.retries + 1, None),
+                    )
+                }
+                Err(_) => {
+                    failed(&worker, ticket, app);
+                    let stage = if first_byte < app.config.timeouts.first_byte {
+                        "total"
+                    } else {
+                        "first_byte"
+                    };
+                    app.metrics.timed_out(stage);
+                    let failure = ApiError::GatewayTimeout {
+                        worker: url(),
+                        after: first_byte,
+                    };
+                    (
+                        failure,
+                        Failed::FirstByte,
+                        backoff(retry, self.retries + 1, None),
+                    )
+                }
+            };
+            drop(guard);
+            // A status retry was granted above; the others are decided here.
+            if cause != Failed::Status && !self.may_retry(pause) {
+                return Err(failure);
+            }
+            self.retry_after(failure, cause, pause).await;
+        }
+    }
+
+    /// The caller found `answer` unusable: count it as the worker's failure and, when a retry
+    /// is allowed, wait the backoff so the caller may [`send`](Leg::send) again; otherwise
+    /// the error to answer.
+    pub(crate) async fn reject(
+        &mut self,
+        answer: Answer,
+        failure: ApiError,
+    ) -> Result<(), ApiError> {
+        let Answer {
+            worker,
+            guard,
+            ticket,
+            ..
+        } = answer;
+        match ticket {
+            Some(ticket) => failed(&worker, ticket, self.app),
+            None => {
+                worker.record_failure(self.app.config.health.failure_threshold);
+            }
+        }
+        drop(guard);
+        let pause = backoff(&self.app.config.retry, self.retries + 1, None);
+        if !self.may_retry(pause) {
+            return Err(failure);
+        }
+        self.retry_after(failure, Failed::Unusable, pause).await;
+        Ok(())
+    }
+
+    /// A retry is possible only with retries and candidates left and time for the backoff;
+    /// the budget is asked last, so it is spent only on a retry that happens.
+    fn may_retry(&self, wait: Duration) -> bool {
+        self.retries < self.app.config.retry.max_retries
+            && !self.candidates.is_empty()
+            && Instant::now() + wait < self.deadline
+            && self.app.retry_budget.try_spend()
+    }
+
+    async fn retry_after(&mut self, failure: ApiError, cause: Failed, pause: Duration) {
+        self.retries += 1;
+        self.app.metrics.retried(cause.label());
+        tracing::debug!(
+            request_id = self.req.request_id,
+            stage = self.stage.label(),
+            cause = cause.label(),
+            retries = self.retries,
+            ?pause,
+            "retrying on another worker"
+        );
+        self.last_failure = Some(failure);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The attempt failed at the worker: it counts toward ejection and against its breaker.
+fn failed(worker: &Worker, ticket: Ticket, app: &App) {
+    worker.record_failure(app.config.health.failure_threshold);
+    ticket.failure(&app.config.breaker, Instant::now());
+}
+
+/// The innermost cause of an upstream error, which names what actually failed.
+fn cause(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text = inner.to_string();
+        source = inner.source();
+    }
+    text
+}
