@@ -6,11 +6,15 @@ pub enum Role {
     /// Serves whole requests; also answers the prefill leg of a P/D pair.
     #[default]
     Mixed,
-    /// A prefill worker: answers `do_remote_decode` legs with filled-in `kv_transfer_params`.
+    /// A prefill worker: answers `do_remote_decode` legs with filled-in `kv_transfer_params`
+    /// and serves Mooncake's bootstrap `GET /query`.
     Prefill,
     /// A decode worker: skips prefill cost for requests carrying `do_remote_prefill: true`.
     Decode,
 }
+
+/// The most data-parallel ranks one simulated server runs.
+pub const MAX_DATA_PARALLEL_SIZE: usize = 1024;
 
 /// Everything that shapes one simulated server. `Default` is fast: no delays, no faults.
 #[derive(Clone, Debug)]
@@ -19,8 +23,12 @@ pub struct SimConfig {
     pub models: Vec<String>,
     /// Part played in prefill/decode disaggregation.
     pub role: Role,
-    /// Engine id handed out as `remote_engine_id` in `kv_transfer_params`.
+    /// Engine id of rank 0, handed out as `remote_engine_id` in `kv_transfer_params` and listed
+    /// by the Mooncake bootstrap `/query`; rank `r > 0` is `{engine_id}_dp{r}`, as in vLLM.
     pub engine_id: String,
+    /// Data-parallel ranks behind the one port, each its own engine with its own batch, queue,
+    /// prefix cache and counters (`vllm serve --data-parallel-size`).
+    pub data_parallel_size: usize,
     /// Fixed overhead before the first token.
     pub ttft: Duration,
     /// Prefill cost per prompt token not served from the prefix cache.
@@ -33,9 +41,9 @@ pub struct SimConfig {
     pub default_max_tokens: u32,
     /// Prefix-cache block size in tokens.
     pub block_size: usize,
-    /// Prefix-cache capacity in blocks; the least recently used block is evicted first.
+    /// Prefix-cache capacity in blocks, per rank; the least recently used block is evicted first.
     pub num_blocks: usize,
-    /// Bound on the running batch; further requests wait in a FIFO queue.
+    /// Bound on each rank's running batch; further requests wait in a FIFO queue.
     pub max_num_seqs: usize,
     /// Longest prompt accepted, in tokens.
     pub max_model_len: u32,
@@ -53,6 +61,7 @@ impl Default for SimConfig {
             models: vec!["sim-model".to_owned()],
             role: Role::Mixed,
             engine_id: uuid::Uuid::new_v4().to_string(),
+            data_parallel_size: 1,
             ttft: Duration::ZERO,
             prefill_per_token: Duration::ZERO,
             itl: Duration::ZERO,
@@ -103,9 +112,17 @@ impl SimConfig {
             ("block_size", self.block_size),
             ("max_num_seqs", self.max_num_seqs),
             ("max_model_len", self.max_model_len as usize),
+            ("data_parallel_size", self.data_parallel_size),
         ];
         if let Some((field, _)) = positive.into_iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Zero { field });
+        }
+        if self.data_parallel_size > MAX_DATA_PARALLEL_SIZE {
+            return Err(ConfigError::OutOfRange {
+                field: "data_parallel_size",
+                value: self.data_parallel_size as f64,
+                range: "1..=1024",
+            });
         }
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(ConfigError::OutOfRange {
@@ -127,6 +144,16 @@ impl SimConfig {
     /// The root model: the first served name.
     pub(crate) fn root_model(&self) -> &str {
         self.models.first().map_or("sim-model", String::as_str)
+    }
+
+    /// The engine id of data-parallel rank `rank`: rank 0 keeps `engine_id`, like a server
+    /// without data parallelism; later ranks get vLLM's `_dp{rank}` suffix.
+    pub fn rank_engine_id(&self, rank: u32) -> String {
+        if rank == 0 {
+            self.engine_id.clone()
+        } else {
+            format!("{}_dp{rank}", self.engine_id)
+        }
     }
 
     /// The served name matching `requested`, or the root model when none was requested.
@@ -169,6 +196,26 @@ mod tests {
                 field: "block_size"
             })
         );
+    }
+
+    #[test]
+    fn data_parallel_size_is_bounded_and_names_ranks() {
+        for (size, ok) in [(0, false), (1, true), (MAX_DATA_PARALLEL_SIZE, true)] {
+            let cfg = SimConfig {
+                data_parallel_size: size,
+                ..SimConfig::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "size {size}");
+        }
+        let cfg = SimConfig {
+            data_parallel_size: MAX_DATA_PARALLEL_SIZE + 1,
+            engine_id: "e".into(),
+            ..SimConfig::default()
+        };
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.starts_with("data_parallel_size"), "{msg}");
+        assert_eq!(cfg.rank_engine_id(0), "e");
+        assert_eq!(cfg.rank_engine_id(3), "e_dp3");
     }
 
     #[test]

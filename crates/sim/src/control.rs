@@ -1,6 +1,6 @@
-//! Routes that tests, benchmarks and health checkers use: `/health`, `/metrics`,
-//! `/reset_prefix_cache`, `/sim/stats` and `/sim/records`. They are counted per path but never
-//! recorded and never fault-injected.
+//! Routes that tests, benchmarks, health checkers and KV-transfer peers use: `/health`,
+//! `/metrics`, `/reset_prefix_cache`, Mooncake's `/query`, `/sim/stats` and `/sim/records`. They
+//! are counted per path but never recorded and never fault-injected.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use crate::state::Sim;
 pub(crate) fn is_control_path(path: &str) -> bool {
     matches!(
         path,
-        "/health" | "/metrics" | "/v1/models" | "/reset_prefix_cache"
+        "/health" | "/metrics" | "/v1/models" | "/reset_prefix_cache" | "/query"
     ) || path.starts_with("/sim/")
 }
 
@@ -27,6 +27,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/reset_prefix_cache", post(reset_prefix_cache))
+        .route("/query", get(crate::bootstrap::query))
         .route("/sim/stats", get(stats))
         .route("/sim/records", get(records))
 }
@@ -45,9 +46,12 @@ async fn metrics(State(sim): State<Arc<Sim>>) -> Response {
     resp
 }
 
-/// `POST /reset_prefix_cache`: every cached block is forgotten; 200 with no body, like vLLM.
+/// `POST /reset_prefix_cache`: every rank forgets every cached block; 200 with no body, like
+/// vLLM.
 async fn reset_prefix_cache(State(sim): State<Arc<Sim>>) -> Response {
-    sim.engine.reset_prefix_cache();
+    for engine in sim.ranks.engines() {
+        engine.reset_prefix_cache();
+    }
     ().into_response()
 }
 

@@ -1,5 +1,6 @@
-//! The simulated inference engine: admission into a bounded batch, prefix-cache lookups and the
-//! clock of each sequence. Counters here feed both `/metrics` and `SimStats`.
+//! The simulated inference engine of one data-parallel rank: admission into a bounded batch,
+//! prefix-cache lookups and the clock of each sequence. Counters here feed both `/metrics` and
+//! `SimStats`.
 
 mod sequence;
 mod timing;
@@ -35,6 +36,8 @@ pub(crate) struct EngineCounters {
 
 /// One engine: a batch of at most `max_num_seqs` sequences sharing one prefix cache.
 pub(crate) struct Engine {
+    rank: u32,
+    engine_id: String,
     timing: Timing,
     block_size: usize,
     num_blocks: usize,
@@ -43,19 +46,17 @@ pub(crate) struct Engine {
     pub(crate) counters: EngineCounters,
 }
 
-/// Decrements a gauge when dropped, so a cancelled wait still leaves the queue.
-struct GaugeGuard<'a>(&'a AtomicU64);
-
-impl<'a> GaugeGuard<'a> {
-    fn enter(gauge: &'a AtomicU64) -> Self {
-        gauge.fetch_add(1, Relaxed);
-        Self(gauge)
-    }
+/// A request that chose this engine and waits for a batch slot. It counts in `waiting` from
+/// the moment of choice, so a burst of requests choosing by load sees its own earlier members;
+/// dropping it (admitted or cancelled) leaves the queue.
+pub(crate) struct Queued {
+    engine: Arc<Engine>,
+    arrived: Instant,
 }
 
-impl Drop for GaugeGuard<'_> {
+impl Drop for Queued {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.engine.counters.waiting.fetch_sub(1, Relaxed);
     }
 }
 
@@ -73,8 +74,10 @@ impl Engine {
         self.cache.lock().clear();
     }
 
-    pub(crate) fn new(config: &SimConfig) -> Self {
+    pub(crate) fn new(config: &SimConfig, rank: u32) -> Self {
         Self {
+            rank,
+            engine_id: config.rank_engine_id(rank),
             timing: Timing::new(config),
             block_size: config.block_size.max(1),
             num_blocks: config.num_blocks,
@@ -97,6 +100,21 @@ impl Engine {
         }
     }
 
+    /// This engine's data-parallel rank.
+    pub(crate) fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// The id a KV-transfer peer knows this engine by.
+    pub(crate) fn engine_id(&self) -> &str {
+        &self.engine_id
+    }
+
+    /// Requests in the batch plus requests queued for it: what a load-based choice compares.
+    pub(crate) fn load(&self) -> u64 {
+        self.counters.running.load(Relaxed) + self.counters.waiting.load(Relaxed)
+    }
+
     /// Prefix-cache capacity in blocks.
     pub(crate) fn num_blocks(&self) -> usize {
         self.num_blocks
@@ -116,40 +134,58 @@ impl Engine {
         (used / self.num_blocks as f64).min(1.0)
     }
 
+    /// Queues a request for this engine; [`Queued::admit`] then waits for its batch slot.
+    pub(crate) fn enqueue(self: &Arc<Self>) -> Queued {
+        self.counters.waiting.fetch_add(1, Relaxed);
+        Queued {
+            engine: self.clone(),
+            arrived: Instant::now(),
+        }
+    }
+
+    fn commit_prefill(&self, hashes: &[u64]) -> Vec<u32> {
+        self.cache.lock().insert(hashes)
+    }
+}
+
+impl Queued {
+    /// The engine this request waits for.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Waits for a place in the running batch, then looks the prompt up in the prefix cache.
     /// Returns `None` only if the batch can never admit again.
-    pub(crate) async fn admit(self: &Arc<Self>, req: Admission<'_>) -> Option<Sequence> {
-        let arrived = Instant::now();
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let _queued = GaugeGuard::enter(&self.counters.waiting);
-                self.slots.clone().acquire_owned().await.ok()?
-            }
-        };
+    pub(crate) async fn admit(self, req: Admission<'_>) -> Option<Sequence> {
+        let engine = &self.engine;
+        // The semaphore is fair: with a free slot and nobody ahead, this is ready at once.
+        let permit = engine.slots.clone().acquire_owned().await.ok()?;
         let prompt_len = u32::try_from(req.prompt.len()).unwrap_or(u32::MAX);
-        let hashes = block_hashes(req.prompt, self.block_size);
+        let hashes = block_hashes(req.prompt, engine.block_size);
         let cached_tokens = if req.remote_prefill {
             prompt_len
         } else {
             // Like vLLM, the last prompt token is always computed, so a full hit stops one
             // block short.
-            let usable = (req.prompt.len().saturating_sub(1)) / self.block_size;
-            let hits = self.cache.lock().match_prefix(&hashes[..usable]);
-            let hit_tokens = u32::try_from(hits * self.block_size).unwrap_or(u32::MAX);
-            self.counters
+            let usable = (req.prompt.len().saturating_sub(1)) / engine.block_size;
+            let hits = engine.cache.lock().match_prefix(&hashes[..usable]);
+            let hit_tokens = u32::try_from(hits * engine.block_size).unwrap_or(u32::MAX);
+            engine
+                .counters
                 .prefix_queries
                 .fetch_add(u64::from(prompt_len), Relaxed);
-            self.counters
+            engine
+                .counters
                 .prefix_hits
                 .fetch_add(u64::from(hit_tokens), Relaxed);
             hit_tokens
         };
-        let c = &self.counters;
+        let c = &engine.counters;
         c.prompt_tokens.fetch_add(u64::from(prompt_len), Relaxed);
         c.cached_tokens.fetch_add(u64::from(cached_tokens), Relaxed);
+        // Running goes up before waiting comes down, so the load never dips in between.
         Some(Sequence::start(
-            self.clone(),
+            engine.clone(),
             permit,
             sequence::Prompt {
                 hashes,
@@ -158,11 +194,7 @@ impl Engine {
                 seed: crate::tokenizer::prompt_seed(req.prompt),
             },
             req.max_tokens.max(1),
-            arrived,
+            self.arrived,
         ))
-    }
-
-    fn commit_prefill(&self, hashes: &[u64]) -> Vec<u32> {
-        self.cache.lock().insert(hashes)
     }
 }

@@ -6,10 +6,14 @@
 //! - `config`: [`SimConfig`] and [`Role`], the knobs of one server.
 //! - `tokenizer`: a deterministic whitespace/punctuation tokenizer and the fake output words.
 //! - `prefix_cache`: chained block hashes and an LRU set of cached blocks.
-//! - `engine`: admission into the batch, prefix lookups, and each sequence's clock.
+//! - `engine`: one rank's engine: admission into the batch, prefix lookups, and each
+//!   sequence's clock.
+//! - `ranks`: the data-parallel ranks behind the port and which one takes a request
+//!   (`X-data-parallel-rank`, else the least busy).
 //! - `openai`: the inference routes (chat, completions, embeddings, tokenize, ...), their
 //!   request views, streaming and vLLM's error JSON.
-//! - `control`: `/health`, `/metrics`, `/sim/stats`, `/sim/records`.
+//! - `control`: `/health`, `/metrics`, `/reset_prefix_cache`, `/sim/stats`, `/sim/records`.
+//! - `bootstrap`: the Mooncake bootstrap `GET /query` of a prefill-role server.
 //! - `metrics`: the Prometheus exposition under vLLM's names.
 //! - `inject`: failure injection (`X-Return-Error`, `error_rate`, `hang`, `exit_after`).
 //! - `record`: per-request records, counters, and the drop guard that detects cancellation.
@@ -18,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+mod bootstrap;
 mod config;
 mod control;
 mod engine;
@@ -25,13 +30,15 @@ mod inject;
 mod metrics;
 mod openai;
 mod prefix_cache;
+mod ranks;
 mod record;
 mod server;
 mod state;
 mod tokenizer;
 
-pub use config::{ConfigError, Role, SimConfig};
+pub use config::{ConfigError, MAX_DATA_PARALLEL_SIZE, Role, SimConfig};
 pub use inject::RETURN_ERROR_HEADER;
-pub use record::{RECORD_CAPACITY, RequestRecord, SimStats};
+pub use ranks::DATA_PARALLEL_RANK_HEADER;
+pub use record::{RECORD_CAPACITY, RankStats, RequestRecord, SimStats};
 pub use server::{SimServer, spawn, spawn_on};
 pub use tokenizer::{detokenize, tokenize};

@@ -28,9 +28,13 @@ struct Cli {
     /// Part in prefill/decode disaggregation.
     #[arg(long, value_enum, default_value_t = CliRole::Mixed)]
     role: CliRole,
-    /// Engine id reported to decode workers (default: random per worker).
+    /// Engine id reported to decode workers (default: random per worker); rank r > 0 of a
+    /// worker appends `_dp{r}`.
     #[arg(long)]
     engine_id: Option<String>,
+    /// Data-parallel ranks per worker, each its own engine; `X-data-parallel-rank` picks one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=vllm_sim::MAX_DATA_PARALLEL_SIZE as i64))]
+    data_parallel_size: u16,
     /// Fixed delay before the first token, in milliseconds.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     ttft_ms: f64,
@@ -49,10 +53,10 @@ struct Cli {
     /// Prefix-cache block size in tokens.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     block_size: u32,
-    /// Prefix-cache capacity in blocks.
+    /// Prefix-cache capacity in blocks, per rank.
     #[arg(long, default_value_t = 4096)]
     num_blocks: u32,
-    /// Running-batch bound; further requests queue.
+    /// Running-batch bound per rank; further requests queue.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_num_seqs: u32,
     /// Longest accepted prompt, in tokens.
@@ -117,6 +121,7 @@ impl Cli {
                 CliRole::Decode => Role::Decode,
             },
             engine_id,
+            data_parallel_size: self.data_parallel_size.into(),
             ttft: millis(self.ttft_ms),
             prefill_per_token: Duration::from_secs_f64(self.prefill_us_per_token / 1e6),
             itl: millis(self.itl_ms),

@@ -29,6 +29,8 @@ pub(crate) struct Inbound {
     pub(crate) body: Bytes,
     pub(crate) record: RecordCell,
     pub(crate) request_id: Option<HeaderValue>,
+    /// The `X-data-parallel-rank` header, read by the routes that run an engine.
+    pub(crate) dp_rank: Option<HeaderValue>,
 }
 
 impl Inbound {

@@ -41,6 +41,9 @@ pub struct RequestRecord {
     pub prompt_tokens: u32,
     /// Prompt tokens served from the prefix cache (or from a remote prefill).
     pub cached_tokens: u32,
+    /// The data-parallel rank whose engine took the request; 0 for requests no engine took
+    /// (pooling, tokenizing, or refused before a rank was chosen).
+    pub dp_rank: u32,
     /// When the request head arrived.
     #[serde(skip)]
     pub received_at: Instant,
@@ -71,14 +74,47 @@ pub struct SimStats {
     pub cancelled: u64,
     /// Answers replaced by an injected error (`X-Return-Error` or `error_rate`).
     pub errors_injected: u64,
-    /// Sequences in the running batch now.
+    /// Sequences in the running batches now, over all ranks.
     pub running: u64,
-    /// Requests queued for a batch slot now.
+    /// Requests queued for a batch slot now, over all ranks.
     pub waiting: u64,
-    /// Prompt tokens admitted into the engine.
+    /// Prompt tokens admitted into the engines.
     pub prompt_tokens_total: u64,
     /// Of those, tokens served from the prefix cache or a remote prefill.
     pub cached_tokens_total: u64,
+    /// The same engine counters for each data-parallel rank, rank 0 first.
+    pub ranks: Vec<RankStats>,
+}
+
+/// One data-parallel rank's engine counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RankStats {
+    /// The rank.
+    pub rank: u32,
+    /// Sequences in this rank's running batch now.
+    pub running: u64,
+    /// Requests queued for this rank's batch now.
+    pub waiting: u64,
+    /// Fraction (0..=1) of this rank's KV blocks held by running sequences.
+    pub kv_cache_usage: f64,
+    /// Prompt tokens this rank admitted.
+    pub prompt_tokens_total: u64,
+    /// Of those, tokens served from this rank's prefix cache or a remote prefill.
+    pub cached_tokens_total: u64,
+}
+
+impl RankStats {
+    fn of(engine: &Engine) -> Self {
+        let c = &engine.counters;
+        Self {
+            rank: engine.rank(),
+            running: c.running.load(Relaxed),
+            waiting: c.waiting.load(Relaxed),
+            kv_cache_usage: engine.kv_usage(),
+            prompt_tokens_total: c.prompt_tokens.load(Relaxed),
+            cached_tokens_total: c.cached_tokens.load(Relaxed),
+        }
+    }
 }
 
 /// Shared handle to a record that the request path keeps filling in.
@@ -132,6 +168,7 @@ impl Recorder {
             stream: false,
             prompt_tokens: 0,
             cached_tokens: 0,
+            dp_rank: 0,
             received_at,
             finished_at: None,
             cancelled_at: None,
@@ -153,18 +190,19 @@ impl Recorder {
         cells.iter().map(|c| c.lock().clone()).collect()
     }
 
-    pub(crate) fn stats(&self, engine: &Engine) -> SimStats {
-        let c = &engine.counters;
+    pub(crate) fn stats(&self, engines: &[Arc<Engine>]) -> SimStats {
+        let ranks: Vec<RankStats> = engines.iter().map(|e| RankStats::of(e)).collect();
         SimStats {
             requests_total: self.requests_total.load(Relaxed),
             by_path: self.by_path.lock().clone(),
             completed: self.completed.load(Relaxed),
             cancelled: self.cancelled.load(Relaxed),
             errors_injected: self.errors_injected.load(Relaxed),
-            running: c.running.load(Relaxed),
-            waiting: c.waiting.load(Relaxed),
-            prompt_tokens_total: c.prompt_tokens.load(Relaxed),
-            cached_tokens_total: c.cached_tokens.load(Relaxed),
+            running: ranks.iter().map(|r| r.running).sum(),
+            waiting: ranks.iter().map(|r| r.waiting).sum(),
+            prompt_tokens_total: ranks.iter().map(|r| r.prompt_tokens_total).sum(),
+            cached_tokens_total: ranks.iter().map(|r| r.cached_tokens_total).sum(),
+            ranks,
         }
     }
 }

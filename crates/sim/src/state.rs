@@ -1,19 +1,19 @@
 //! The state one simulated server shares between its connections.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use crate::SimConfig;
-use crate::engine::Engine;
 use crate::inject::Faults;
 use crate::openai::now_secs;
+use crate::ranks::Ranks;
 use crate::record::{Recorder, SimStats};
 use crate::server::lifecycle::Lifecycle;
 
 /// Everything behind one listening port.
 pub(crate) struct Sim {
     pub(crate) config: SimConfig,
-    pub(crate) engine: Arc<Engine>,
+    /// One engine per data-parallel rank.
+    pub(crate) ranks: Ranks,
     pub(crate) recorder: Recorder,
     pub(crate) faults: Faults,
     pub(crate) lifecycle: Lifecycle,
@@ -25,7 +25,7 @@ pub(crate) struct Sim {
 impl Sim {
     pub(crate) fn new(config: SimConfig, lifecycle: Lifecycle, advertised: SocketAddr) -> Self {
         Self {
-            engine: Arc::new(Engine::new(&config)),
+            ranks: Ranks::new(&config),
             recorder: Recorder::default(),
             faults: Faults::new(&config),
             lifecycle,
@@ -36,6 +36,6 @@ impl Sim {
     }
 
     pub(crate) fn stats(&self) -> SimStats {
-        self.recorder.stats(&self.engine)
+        self.recorder.stats(self.ranks.engines())
     }
 }

@@ -112,6 +112,11 @@ impl Sequence {
         self.generated
     }
 
+    /// The id of the engine running this sequence.
+    pub(crate) fn engine_id(&self) -> &str {
+        self.engine.engine_id()
+    }
+
     /// Physical ids of the prompt's full blocks, known once prefill is done.
     pub(crate) fn block_ids(&self) -> &[u32] {
         &self.block_ids

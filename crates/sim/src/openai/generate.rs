@@ -76,6 +76,7 @@ async fn run(sim: Arc<Sim>, inbound: Inbound, kind: Kind) -> Response {
     }
     let stream = req.stream.unwrap_or(false) && matches!(kind, Kind::Chat | Kind::Completion);
     let role = sim.config.role;
+    // NIXL and Mooncake alike set these two flags; the rest of the object is the connector's.
     let remote_prefill = role == Role::Decode && req.kv_flag("do_remote_prefill");
     let remote_decode = role != Role::Decode && req.kv_flag("do_remote_decode");
     {
@@ -84,6 +85,11 @@ async fn run(sim: Arc<Sim>, inbound: Inbound, kind: Kind) -> Response {
         rec.stream = stream;
         rec.kv_transfer_params = req.kv_transfer_params.clone();
     }
+    let queued = match sim.ranks.enqueue(inbound.dp_rank.as_ref()) {
+        Ok(queued) => queued,
+        Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
+    };
+    inbound.record.lock().dp_rank = queued.engine().rank();
     let admission = Admission {
         prompt: &prompt,
         max_tokens: req
@@ -91,7 +97,7 @@ async fn run(sim: Arc<Sim>, inbound: Inbound, kind: Kind) -> Response {
             .unwrap_or(sim.config.default_max_tokens),
         remote_prefill,
     };
-    let Some(mut seq) = sim.engine.admit(admission).await else {
+    let Some(mut seq) = queued.admit(admission).await else {
         return ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "engine is shut down")
             .into_response();
     };
@@ -183,12 +189,13 @@ async fn generate_all(seq: &mut Sequence) -> String {
     text
 }
 
-/// What a prefill worker hands the decode worker (NIXL-style, pull-based).
+/// What a prefill worker hands the decode worker (NIXL-style, pull-based): where the blocks of
+/// the rank that prefilled them live.
 fn kv_for_decode(sim: &Sim, seq: &Sequence) -> serde_json::Value {
     json!({
         "do_remote_prefill": true,
         "do_remote_decode": false,
-        "remote_engine_id": sim.config.engine_id,
+        "remote_engine_id": seq.engine_id(),
         "remote_block_ids": seq.block_ids(),
         "remote_host": sim.advertised.ip().to_string(),
         "remote_port": sim.advertised.port(),

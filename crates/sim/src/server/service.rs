@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower_service::Service;
 
+use crate::DATA_PARALLEL_RANK_HEADER;
 use crate::control::is_control_path;
 use crate::inject::Verdict;
 use crate::openai::Inbound;
@@ -48,10 +49,12 @@ pub(crate) async fn handle(
     let resp = match sim.faults.judge(&parts.headers) {
         Verdict::Serve => {
             let mut req = Request::from_parts(parts, Body::empty());
+            let dp_rank = req.headers().get(DATA_PARALLEL_RANK_HEADER).cloned();
             req.extensions_mut().insert(Inbound {
                 body,
                 record,
                 request_id: request_id.clone(),
+                dp_rank,
             });
             router.call(req).await?
         }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod dp;
 mod faults;
 mod inference;
 mod lifecycle;

@@ -75,3 +75,62 @@ async fn prefill_hands_kv_params_to_decode() {
     .json();
     assert_eq!(plain["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
 }
+
+#[tokio::test]
+async fn mooncake_legs_and_decode_keeps_received_blocks_cached() {
+    let prefill = spawn(SimConfig {
+        role: Role::Prefill,
+        engine_id: "mc-prefill".into(),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let decode = spawn(SimConfig {
+        role: Role::Decode,
+        prefill_per_token: Duration::from_millis(10),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let prompt = long_text(100);
+
+    // Mooncake's prefill leg carries only the flags and the router's transfer id.
+    let p_leg = json!({"prompt": prompt, "max_tokens": 1, "stream": false,
+        "kv_transfer_params": {"do_remote_decode": true, "do_remote_prefill": false,
+            "transfer_id": "xfer-1"}});
+    let p = post_json(prefill.addr(), "/v1/completions", p_leg, &[]).await;
+    assert_eq!(p.status, 200);
+    let kv = &p.json()["kv_transfer_params"];
+    assert_eq!(kv["do_remote_prefill"], true);
+    assert_eq!(kv["remote_engine_id"], "mc-prefill");
+
+    let d_leg = json!({"prompt": prompt, "max_tokens": 4,
+        "kv_transfer_params": {"do_remote_decode": false, "do_remote_prefill": true,
+            "remote_bootstrap_addr": format!("http://{}", prefill.addr()),
+            "remote_engine_id": "mc-prefill", "remote_dp_rank": 0, "transfer_id": "xfer-1"}});
+    let start = Instant::now();
+    let d = post_json(decode.addr(), "/v1/completions", d_leg, &[])
+        .await
+        .json();
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "a remote prefill skips the local one"
+    );
+    assert_eq!(d["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+    assert!(d["kv_transfer_params"].is_null());
+
+    // The received blocks stay in the decode worker's prefix cache, as in vLLM: the same prompt
+    // without kv_transfer_params hits every full block but the one holding the last token.
+    let again: Value = post_json(
+        decode.addr(),
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 1}),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], 96);
+    let records = decode.records();
+    assert_eq!(records[1].cached_tokens, 96);
+    assert!(records[1].kv_transfer_params.is_none());
+}
