@@ -59,6 +59,16 @@ pub enum KvConnector {
     Mooncake,
 }
 
+impl KvConnector {
+    /// The name as given to `--kv-connector`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nixl => "nixl",
+            Self::Mooncake => "mooncake",
+        }
+    }
+}
+
 /// Log verbosity, as vllm-project/router spells it.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {

@@ -161,18 +161,13 @@ impl Pd {
             .into_iter()
             .filter(|w| w.zmq_address().is_some() == p2p)
             .collect();
-        let prefill = Leg::new(
-            app,
-            Stage::Prefill,
-            self.prefill.as_ref(),
-            &request.route_req,
-            prefills,
-            request.deadline,
-        );
-        match (p2p, self.config.connector) {
-            (true, _) => plan.p2p(prefill, decode, chosen).await,
-            (false, KvConnector::Nixl) => plan.nixl(prefill, decode, chosen).await,
-            (false, KvConnector::Mooncake) => plan.mooncake(prefill, decode, chosen).await,
+        if p2p {
+            return plan.p2p(prefills, decode, chosen).await;
+        }
+        let prefill = plan.prefill_leg(prefills);
+        match self.config.connector {
+            KvConnector::Nixl => plan.nixl(prefill, decode, chosen).await,
+            KvConnector::Mooncake => plan.mooncake(prefill, decode, chosen).await,
         }
     }
 
@@ -196,7 +191,19 @@ struct Plan<'a> {
     slot: Option<crate::admission::Permit>,
 }
 
-impl Plan<'_> {
+impl<'a> Plan<'a> {
+    /// The prefill leg over these candidates.
+    fn prefill_leg(&self, candidates: Vec<Arc<Worker>>) -> Leg<'a> {
+        Leg::new(
+            self.app,
+            Stage::Prefill,
+            self.pd.prefill.as_ref(),
+            &self.request.route_req,
+            candidates,
+            self.request.deadline,
+        )
+    }
+
     /// Conditional prefill: the prompt's tokens not expected in `decode`'s cache are fewer
     /// than `--pd-min-uncached-tokens`.
     fn skips_prefill(&self, decode: &Worker) -> bool {
@@ -233,19 +240,18 @@ impl Plan<'_> {
                 Err(error) => return self.prefill_failed(decode, chosen, error).await,
             };
             let status = answer.response.status();
-            if !status.is_success() {
-                if status.is_server_error() && self.pd.config.recompute_on_prefill_failure {
-                    let error = ApiError::BadGateway {
-                        worker: answer.worker.url().to_owned(),
-                        reason: format!("prefill answered {status}"),
-                    };
-                    return self.prefill_failed(decode, chosen, error).await;
-                }
-                // The worker's own error (a 4xx is the client's; a 5xx was retried already).
+            if status.is_client_error() {
+                // The client's request is at fault: the decode worker would refuse it too.
                 answer.accept(self.app);
                 return Ok(self.respond(answer));
             }
-            match transfer_params(&mut answer, request.deadline).await {
+            let params = if status.is_success() {
+                transfer_params(&mut answer, request.deadline).await
+            } else {
+                // Nothing reached the client yet, so any failed prefill may move on.
+                Err(format!("the prefill answered {status}"))
+            };
+            match params {
                 Ok(params) => {
                     answer.accept(self.app);
                     break params;
@@ -272,7 +278,7 @@ impl Plan<'_> {
     /// and a decode failure re-runs the plan on another decode worker.
     async fn p2p(
         self,
-        mut prefill: Leg<'_>,
+        prefills: Vec<Arc<Worker>>,
         mut decodes: Leg<'_>,
         mut chosen: (Arc<Worker>, Decision),
     ) -> Result<Response, ApiError> {
@@ -280,6 +286,8 @@ impl Plan<'_> {
         let prefill_body = body::prefill(&self.fields, None);
         let mut replans = 0u32;
         loop {
+            // Each plan may use any prefill worker again: the id names the new pair.
+            let mut prefill = self.prefill_leg(prefills.clone());
             let nonce = uuid::Uuid::new_v4().simple().to_string();
             let decode_zmq = chosen.0.zmq_address().unwrap_or_default().to_owned();
             let id_for = |p: &Worker| {
@@ -295,24 +303,44 @@ impl Plan<'_> {
                 headers.insert(X_REQUEST_ID.clone(), value);
                 Ok(headers)
             };
-            let sent = prefill
-                .send(None, |w| {
-                    request.upstream_request(w, prefill_body.clone(), headers_for(&id_for(w))?)
-                })
-                .await;
-            let mut answer = match sent {
-                Ok(answer) => answer,
-                Err(error) => return self.prefill_failed(decodes, chosen, error).await,
+            let prefilled = loop {
+                let sent = prefill
+                    .send(None, |w| {
+                        request.upstream_request(w, prefill_body.clone(), headers_for(&id_for(w))?)
+                    })
+                    .await;
+                let mut answer = match sent {
+                    Ok(answer) => answer,
+                    Err(error) => return self.prefill_failed(decodes, chosen, error).await,
+                };
+                let status = answer.response.status();
+                if status.is_client_error() {
+                    answer.accept(self.app);
+                    return Ok(self.respond(answer));
+                }
+                // The answer is read to its end (the connection returns to the pool).
+                let read = if status.is_success() {
+                    read_limited(&mut answer, request.deadline).await.map(drop)
+                } else {
+                    Err(format!("the prefill answered {status}"))
+                };
+                match read {
+                    Ok(()) => {
+                        answer.accept(self.app);
+                        break Arc::clone(&answer.worker);
+                    }
+                    Err(reason) => {
+                        let error = ApiError::BadGateway {
+                            worker: answer.worker.url().to_owned(),
+                            reason,
+                        };
+                        if let Err(error) = prefill.reject(answer, error).await {
+                            return self.prefill_failed(decodes, chosen, error).await;
+                        }
+                    }
+                }
             };
-            let status = answer.response.status();
-            answer.accept(self.app);
-            if !status.is_success() {
-                return Ok(self.respond(answer));
-            }
-            let headers = headers_for(&id_for(&answer.worker))?;
-            // The answer's body is read to its end so the connection returns to the pool.
-            let _ = read_limited(&mut answer, request.deadline).await;
-            drop(answer);
+            let headers = headers_for(&id_for(&prefilled))?;
             // The prompt went to this decode worker alone: no failover to another with the
             // same id.
             let mut only = Leg::new(

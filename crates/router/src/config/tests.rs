@@ -173,3 +173,131 @@ fn every_compatible_policy_name_parses() {
         assert_eq!(parse(&["--policy", name]).unwrap().policy.name(), name);
     }
 }
+
+#[test]
+fn pd_flags_take_the_compatible_router_spelling() {
+    let c = parse(&[
+        "--vllm-pd-disaggregation",
+        "--prefill",
+        "http://p1:8000",
+        "9000",
+        "--prefill",
+        "http://p2:8000",
+        "none",
+        "--prefill",
+        "http://p3:8000",
+        "--decode",
+        "http://d1:8001",
+        "--decode",
+        "http://d2:8001",
+        "--intra-node-data-parallel-size",
+        "4",
+    ])
+    .unwrap();
+    let roles: Vec<(&str, Role, Option<u16>, u32)> = c
+        .workers
+        .iter()
+        .map(|w| (w.url.text.as_str(), w.role, w.bootstrap_port, w.ranks.get()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("http://p1:8000", Role::Prefill, Some(9000), 4),
+            ("http://p2:8000", Role::Prefill, None, 4),
+            ("http://p3:8000", Role::Prefill, None, 4),
+            ("http://d1:8001", Role::Decode, None, 4),
+            ("http://d2:8001", Role::Decode, None, 4),
+        ]
+    );
+    let pd = c.pd.unwrap();
+    assert_eq!(pd.connector, KvConnector::Nixl);
+    assert_eq!(
+        (pd.prefill_policy, pd.decode_policy),
+        (PolicyKind::CacheAware, PolicyKind::LeastLoad),
+        "prefill where the cache pays, decode by load"
+    );
+    assert_eq!(pd.min_uncached_tokens, 0);
+    assert!(!pd.recompute_on_prefill_failure && pd.discovery.is_none());
+}
+
+#[test]
+fn pd_policies_inherit_an_explicit_policy_like_the_compatible_router() {
+    let base = [
+        "--vllm-pd-disaggregation",
+        "--prefill",
+        "http://p:1",
+        "--decode",
+        "http://d:1",
+    ];
+    let with = |extra: &[&str]| {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        let pd = parse(&argv).unwrap().pd.unwrap();
+        (pd.prefill_policy, pd.decode_policy)
+    };
+    assert_eq!(
+        with(&["--policy", "power_of_two"]),
+        (PolicyKind::PowerOfTwo, PolicyKind::PowerOfTwo)
+    );
+    assert_eq!(
+        with(&["--policy", "random", "--decode-policy", "round_robin"]),
+        (PolicyKind::Random, PolicyKind::RoundRobin)
+    );
+    let c = parse(
+        &[
+            &base[..],
+            &[
+                "--kv-connector",
+                "mooncake",
+                "--vllm-discovery-address",
+                "0.0.0.0:30001",
+            ],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let pd = c.pd.unwrap();
+    assert_eq!(pd.connector, KvConnector::Mooncake);
+    assert_eq!(
+        pd.discovery.map(|d| (d.address, d.expiry)),
+        Some(("0.0.0.0:30001".into(), Duration::from_secs(5)))
+    );
+}
+
+#[test]
+fn pd_misconfigurations_name_the_flag() {
+    let err = |argv: &[&str]| parse(argv).unwrap_err();
+    assert!(err(&["--prefill", "http://p:1"]).contains("--vllm-pd-disaggregation"));
+    assert!(err(&["--decode", "http://d:1"]).contains("--vllm-pd-disaggregation"));
+    assert!(err(&["--vllm-pd-disaggregation", "--prefill", "http://p:1"]).contains("--decode"));
+    assert!(
+        err(&[
+            "--vllm-pd-disaggregation",
+            "--prefill",
+            "http://p:1",
+            "x9",
+            "--decode",
+            "http://d:1"
+        ])
+        .contains("bootstrap port")
+    );
+    assert!(
+        err(&[
+            "--vllm-pd-disaggregation",
+            "--prefill",
+            "http://p:1",
+            "--decode",
+            "http://p:1"
+        ])
+        .contains("listed twice")
+    );
+    assert!(err(&["--intra-node-data-parallel-size", "0"]).contains("at least 1"));
+    assert!(err(&["--vllm-discovery-address", "nohost"]).contains("host:port"));
+    // Discovery alone is a P/D fleet that fills itself.
+    assert!(
+        parse(&["--vllm-discovery-address", "127.0.0.1:30001"])
+            .unwrap()
+            .pd
+            .is_some()
+    );
+}

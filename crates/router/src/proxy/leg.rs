@@ -273,11 +273,9 @@ impl<'a> Leg<'a> {
             ticket,
             ..
         } = answer;
-        match ticket {
-            Some(ticket) => failed(&worker, ticket, self.app),
-            None => {
-                worker.record_failure(self.app.config.health.failure_threshold);
-            }
+        // Without a ticket the answer was a 5xx, already counted as the worker's failure.
+        if let Some(ticket) = ticket {
+            failed(&worker, ticket, self.app);
         }
         drop(guard);
         let pause = backoff(&self.app.config.retry, self.retries + 1, None);

@@ -81,6 +81,9 @@ pub async fn about(State(app): State<Arc<App>>) -> Response {
                 .collect();
             json!({
                 "url": m.worker.url(),
+                "role": m.worker.role().name(),
+                "rank": m.worker.rank(),
+                "zmq_address": m.worker.zmq_address(),
                 "healthy": m.worker.is_healthy(),
                 "in_flight": m.worker.in_flight(),
                 "capacity": m.worker.capacity(),
@@ -95,6 +98,14 @@ pub async fn about(State(app): State<Arc<App>>) -> Response {
         "version": crate::VERSION,
         "policy": app.policy.name(),
         "policy_requested": app.config.policy.name(),
+        "pd": app.pd.as_ref().map(|pd| json!({
+            "kv_connector": pd.config().connector.name(),
+            "prefill_policy": pd.prefill_policy().name(),
+            "decode_policy": pd.decode_policy().name(),
+            "min_uncached_tokens": pd.config().min_uncached_tokens,
+            "recompute_on_prefill_failure": pd.config().recompute_on_prefill_failure,
+            "discovery": pd.config().discovery.as_ref().map(|d| &d.address),
+        })),
         "uptime_secs": app.started.elapsed().as_secs(),
         "workers": workers,
     }))

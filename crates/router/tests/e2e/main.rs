@@ -8,6 +8,7 @@ mod errors;
 mod hardening;
 mod info;
 mod models;
+mod pd;
 mod policies;
 mod proxy;
 mod resilience;

@@ -1,0 +1,647 @@
+//! Prefill/decode disaggregation: the two legs, their exact bodies, failover per leg,
+//! disconnects during either leg, conditional prefill, data-parallel ranks, and the routes
+//! that have no P/D meaning.
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use vllm_router::cli::RouterArgs;
+use vllm_router::server::RouterHandle;
+use vllm_sim::{RequestRecord, Role, SimConfig, SimServer};
+
+use crate::support::*;
+
+fn role(role: Role) -> SimConfig {
+    SimConfig {
+        role,
+        ..SimConfig::default()
+    }
+}
+
+async fn pd_sims(prefill: usize, decode: usize) -> (Vec<SimServer>, Vec<SimServer>) {
+    (
+        sims((0..prefill).map(|_| role(Role::Prefill))).await,
+        sims((0..decode).map(|_| role(Role::Decode))).await,
+    )
+}
+
+/// A P/D router in front of these prefill and decode workers.
+async fn pd_router(
+    prefill: &[SimServer],
+    decode: &[SimServer],
+    tweak: impl FnOnce(&mut RouterArgs),
+) -> RouterHandle {
+    router_with(&[], |a| {
+        a.vllm_pd_disaggregation = true;
+        a.prefill = prefill.iter().map(SimServer::url).collect();
+        a.decode = decode.iter().map(SimServer::url).collect();
+        a.prefill_policy = Some(vllm_router::policy::PolicyKind::RoundRobin);
+        a.decode_policy = Some(vllm_router::policy::PolicyKind::RoundRobin);
+        tweak(a);
+    })
+    .await
+}
+
+fn inference(records: Vec<RequestRecord>) -> Vec<RequestRecord> {
+    records
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v1/"))
+        .filter(|r| r.path != "/v1/models")
+        .collect()
+}
+
+fn all_records(servers: &[SimServer]) -> Vec<RequestRecord> {
+    servers
+        .iter()
+        .flat_map(|s| inference(s.records()))
+        .collect()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const NIXL_PREFILL_PARAMS: &str = r#"{"do_remote_decode":true,"do_remote_prefill":false,"remote_engine_id":null,"remote_block_ids":null,"remote_host":null,"remote_port":null}"#;
+
+/// The body a client sends, as text, so the expected leg bodies can be spelled out.
+const CLIENT_BODY: &str = r#"{"model":"sim-model","messages":[{"role":"user","content":"Explain KV caches"}],"max_tokens":5,"temperature":0.50,"stream":STREAM,"stream_options":{"include_usage":true},"vendor_field":{"keep":[1,2.0]}}"#;
+
+async fn nixl_round_trip(stream: bool) {
+    let (prefill, decode) = pd_sims(1, 1).await;
+    let router = pd_router(&prefill, &decode, |_| {}).await;
+    let body = CLIENT_BODY.replace("STREAM", &stream.to_string());
+    let reply = send(
+        Method::POST,
+        &format!("{}/v1/chat/completions", router.url()),
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "pd-req-1"),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.header("x-request-id"), "pd-req-1");
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    if stream {
+        assert!(text.contains("data: [DONE]"), "{text}");
+    } else {
+        assert_eq!(reply.json()["object"], "chat.completion");
+    }
+
+    let p = inference(prefill[0].records());
+    let d = inference(decode[0].records());
+    assert_eq!((p.len(), d.len()), (1, 1), "one leg each");
+    let (p, d) = (&p[0], &d[0]);
+    assert_eq!(p.request_id.as_deref(), Some("pd-req-1"));
+    assert_eq!(d.request_id.as_deref(), Some("pd-req-1"));
+    // The prefill leg: one token, not streamed, no stream_options, asking for a remote decode;
+    // every other field byte for byte.
+    let expected_prefill = format!(
+        r#"{{"model":"sim-model","messages":[{{"role":"user","content":"Explain KV caches"}}],"max_tokens":1,"temperature":0.50,"stream":false,"vendor_field":{{"keep":[1,2.0]}},"kv_transfer_params":{NIXL_PREFILL_PARAMS}}}"#
+    );
+    assert_eq!(p.body_sha256, sha(expected_prefill.as_bytes()));
+    assert!(!p.stream);
+    // The decode leg: the client's request plus the prefill's parameters, verbatim.
+    let params = d.kv_transfer_params.clone().expect("decode got parameters");
+    assert_eq!(params["do_remote_prefill"], true);
+    assert_eq!(params["remote_engine_id"], prefill[0].config().engine_id);
+    assert!(params["remote_block_ids"].is_array(), "{params}");
+    let expected_decode = format!(
+        "{},\"kv_transfer_params\":{}}}",
+        body.strip_suffix('}').unwrap(),
+        serde_json::to_string(&params).unwrap()
+    );
+    assert_eq!(d.body_sha256, sha(expected_decode.as_bytes()));
+    assert_eq!(d.stream, stream);
+    assert_eq!(
+        d.cached_tokens, d.prompt_tokens,
+        "the decode worker did not recompute the prompt"
+    );
+}
+
+#[tokio::test]
+async fn nixl_legs_carry_the_exact_bodies_and_one_request_id_non_streaming() {
+    nixl_round_trip(false).await;
+}
+
+#[tokio::test]
+async fn nixl_legs_carry_the_exact_bodies_and_one_request_id_streaming() {
+    nixl_round_trip(true).await;
+}
+
+#[tokio::test]
+async fn completions_go_through_the_plan_too() {
+    let (prefill, decode) = pd_sims(1, 1).await;
+    let router = pd_router(&prefill, &decode, |_| {}).await;
+    let reply = post_json(
+        &format!("{}/v1/completions", router.url()),
+        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["object"], "text_completion");
+    assert_eq!(all_records(&prefill).len(), 1);
+    assert_eq!(all_records(&decode).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_prefill_is_retried_on_another_prefill_worker() {
+    // The first prefill worker answers 500; one "prefill" is really a decode worker, whose
+    // answer lacks kv_transfer_params: both must be passed over for the good one.
+    let broken = sims([SimConfig {
+        role: Role::Prefill,
+        error_rate: 1.0,
+        ..SimConfig::default()
+    }])
+    .await;
+    let paramless = sims([role(Role::Decode)]).await;
+    let good = sims([role(Role::Prefill)]).await;
+    let decode = sims([role(Role::Decode)]).await;
+    let prefill: Vec<SimServer> = broken.into_iter().chain(paramless).chain(good).collect();
+    let router = pd_router(&prefill, &decode, |a| {
+        a.retry_initial_backoff_ms = 1;
+        a.retry_budget_min_per_sec = 1000.0;
+    })
+    .await;
+    for _ in 0..3 {
+        let reply = post_json(
+            &format!("{}/v1/chat/completions", router.url()),
+            chat(MODEL, false),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let decoded = all_records(&decode);
+    assert_eq!(decoded.len(), 3);
+    let good_engine = prefill[2].config().engine_id.clone();
+    for d in &decoded {
+        let params = d.kv_transfer_params.as_ref().expect("params");
+        assert_eq!(params["remote_engine_id"], good_engine.as_str());
+    }
+    let metrics = router.app().metrics.render(&router.app().fleet.snapshot());
+    assert!(
+        metrics.contains("vllm_router_retries_total{cause=\"unusable_answer\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_prefill_failure_is_an_error_not_a_silent_recompute() {
+    let prefill = sims([SimConfig {
+        role: Role::Prefill,
+        error_rate: 1.0,
+        ..SimConfig::default()
+    }])
+    .await;
+    let decode = sims([role(Role::Decode)]).await;
+    let router = pd_router(&prefill, &decode, |_| {}).await;
+    let reply = post_json(
+        &format!("{}/v1/chat/completions", router.url()),
+        chat(MODEL, false),
+    )
+    .await;
+    reply.assert_error(502);
+    assert!(
+        all_records(&decode).is_empty(),
+        "the decode worker was not asked to recompute"
+    );
+
+    // Unless configured: then the decode worker gets the client's request whole.
+    let router = pd_router(&prefill, &decode, |a| {
+        a.pd_recompute_on_prefill_failure = true;
+    })
+    .await;
+    let reply = post_json(
+        &format!("{}/v1/chat/completions", router.url()),
+        chat(MODEL, false),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let d = all_records(&decode);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].kv_transfer_params, None);
+    assert_eq!(
+        d[0].body_sha256,
+        sha(chat(MODEL, false).to_string().as_bytes())
+    );
+}
+
+#[tokio::test]
+async fn a_decode_failing_before_its_first_byte_is_retried_with_the_same_parameters() {
+    let (prefill, decode) = pd_sims(1, 2).await;
+    let router = pd_router(&prefill, &decode, |a| a.retry_initial_backoff_ms = 1).await;
+    // The first decode worker in rotation dies: connections are refused.
+    decode[0].kill();
+    for stream in [false, true] {
+        let reply = post_json(
+            &format!("{}/v1/chat/completions", router.url()),
+            chat(MODEL, stream),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    assert_eq!(inference(decode[1].records()).len(), 2);
+    // A decode answering a retryable status is passed over with the prefill's parameters.
+    let (prefill, decode) = pd_sims(1, 2).await;
+    decode[0].set_error_rate(1.0);
+    let router = pd_router(&prefill, &decode, |a| {
+        a.retry_initial_backoff_ms = 1;
+        a.retry_on_status = vec![500];
+    })
+    .await;
+    let reply = post_json(
+        &format!("{}/v1/chat/completions", router.url()),
+        chat(MODEL, false),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let (failed, served) = (
+        inference(decode[0].records()),
+        inference(decode[1].records()),
+    );
+    assert_eq!((failed.len(), served.len()), (1, 1));
+    assert_eq!(failed[0].status, 500);
+    assert_eq!(
+        failed[0].body_sha256, served[0].body_sha256,
+        "the same body, parameters included"
+    );
+    assert!(served[0].kv_transfer_params.is_some());
+    assert_eq!(
+        all_records(&prefill).len(),
+        1,
+        "one prefill for both attempts"
+    );
+}
+
+#[tokio::test]
+async fn a_client_leaving_during_the_prefill_cancels_the_prefill() {
+    let prefill = sims([SimConfig {
+        role: Role::Prefill,
+        ttft: Duration::from_secs(3),
+        ..SimConfig::default()
+    }])
+    .await;
+    let decode = sims([role(Role::Decode)]).await;
+    let router = pd_router(&prefill, &decode, |_| {}).await;
+    let client = RawClient::post(
+        router.addr(),
+        "/v1/chat/completions",
+        &chat(MODEL, true).to_string(),
+    )
+    .await;
+    eventually(Duration::from_secs(2), || {
+        (!inference(prefill[0].records()).is_empty()).then_some(())
+    })
+    .await;
+    let left = Instant::now();
+    drop(client);
+    let cancelled = eventually(Duration::from_secs(2), || {
+        prefill[0].records().iter().find_map(|r| r.cancelled_at)
+    })
+    .await;
+    assert!(cancelled.saturating_duration_since(left) < Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        all_records(&decode).is_empty(),
+        "no decode leg after the client left"
+    );
+}
+
+#[tokio::test]
+async fn a_client_leaving_during_the_decode_cancels_the_decode() {
+    let prefill = sims([role(Role::Prefill)]).await;
+    let decode = sims([SimConfig {
+        role: Role::Decode,
+        itl: Duration::from_millis(200),
+        ..SimConfig::default()
+    }])
+    .await;
+    let router = pd_router(&prefill, &decode, |_| {}).await;
+    let mut body = chat(MODEL, true);
+    body["max_tokens"] = json!(100);
+    let mut client =
+        RawClient::post(router.addr(), "/v1/chat/completions", &body.to_string()).await;
+    client.read_until("data: ", 2).await;
+    let left = Instant::now();
+    drop(client);
+    let cancelled = eventually(Duration::from_secs(2), || {
+        decode[0].records().iter().find_map(|r| r.cancelled_at)
+    })
+    .await;
+    assert!(cancelled.saturating_duration_since(left) < Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn routes_without_pd_meaning_go_to_one_worker() {
+    let (prefill, decode) = pd_sims(1, 1).await;
+    let router = pd_router(&prefill, &decode, |_| {}).await;
+    let embed = post_json(
+        &format!("{}/v1/embeddings", router.url()),
+        json!({"model": MODEL, "input": "hello"}),
+    )
+    .await;
+    assert_eq!(embed.status, 200);
+    let tokens = post_json(
+        &format!("{}/tokenize", router.url()),
+        json!({"model": MODEL, "prompt": "hello world"}),
+    )
+    .await;
+    assert_eq!(tokens.status, 200);
+    assert!(tokens.json()["tokens"].is_array());
+    let models = get(&format!("{}/v1/models", router.url())).await;
+    assert_eq!(models.json()["data"][0]["id"], MODEL);
+    // Each went to exactly one worker, untouched: no kv_transfer_params anywhere.
+    let mut seen: Vec<RequestRecord> = prefill
+        .iter()
+        .chain(&decode)
+        .flat_map(|s| s.records())
+        .filter(|r| r.path == "/v1/embeddings" || r.path == "/tokenize")
+        .collect();
+    seen.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|r| r.kv_transfer_params.is_none()));
+}
+
+#[tokio::test]
+async fn conditional_prefill_skips_short_prompts_and_prompts_the_decode_worker_holds() {
+    let (prefill, decode) = pd_sims(1, 1).await;
+    let router = pd_router(&prefill, &decode, |a| a.pd_min_uncached_tokens = 64).await;
+    let url = format!("{}/v1/chat/completions", router.url());
+    // A short prompt: straight to decode, untouched.
+    let short = chat(MODEL, false);
+    assert_eq!(post_json(&url, short.clone()).await.status, 200);
+    assert!(all_records(&prefill).is_empty());
+    let d = all_records(&decode);
+    assert_eq!(d[0].kv_transfer_params, None);
+    assert_eq!(d[0].body_sha256, sha(short.to_string().as_bytes()));
+    // A long prompt, first time: prefilled.
+    let long_text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+    let long = json!({"model": MODEL, "messages": [{"role": "user", "content": long_text}], "max_tokens": 2});
+    assert_eq!(post_json(&url, long.clone()).await.status, 200);
+    assert_eq!(all_records(&prefill).len(), 1);
+    // The same long prompt again: the decode worker holds it now, so no prefill leg, and the
+    // decode worker's own prefix cache serves it.
+    assert_eq!(post_json(&url, long).await.status, 200);
+    assert_eq!(
+        all_records(&prefill).len(),
+        1,
+        "the second one skipped prefill"
+    );
+    let d = all_records(&decode);
+    let last = d.last().unwrap();
+    assert_eq!(last.kv_transfer_params, None);
+    assert!(
+        last.cached_tokens * 10 >= last.prompt_tokens * 8,
+        "mostly cached on the decode worker: {} of {}",
+        last.cached_tokens,
+        last.prompt_tokens
+    );
+    let metrics = router.app().metrics.render(&router.app().fleet.snapshot());
+    assert!(
+        metrics.contains("vllm_router_pd_plans_total{cause=\"skipped\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vllm_router_pd_plans_total{cause=\"prefilled\"} 1"),
+        "{metrics}"
+    );
+}
+
+fn rank_of(r: &RequestRecord) -> Option<String> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == "x-data-parallel-rank")
+        .map(|(_, v)| v.clone())
+}
+
+#[tokio::test]
+async fn data_parallel_ranks_are_routed_like_workers_and_probed_once_per_url() {
+    let workers = sims([SimConfig {
+        data_parallel_size: 3,
+        ..SimConfig::default()
+    }])
+    .await;
+    let router = router_with(&workers, |a| {
+        a.intra_node_data_parallel_size = 3;
+    })
+    .await;
+    for _ in 0..6 {
+        let reply = post_json(
+            &format!("{}/v1/chat/completions", router.url()),
+            chat(MODEL, false),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.header("x-vllm-router-worker").contains('#'));
+    }
+    let mut ranks: Vec<String> = inference(workers[0].records())
+        .iter()
+        .filter_map(rank_of)
+        .collect();
+    ranks.sort();
+    assert_eq!(
+        ranks,
+        ["0", "0", "1", "1", "2", "2"],
+        "round robin over the ranks"
+    );
+    // One server, one start-up model list and one probe per interval, not one per rank.
+    let stats = workers[0].stats();
+    assert_eq!(stats.by_path.get("/v1/models"), Some(&1), "{stats:?}");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let probes = workers[0]
+        .stats()
+        .by_path
+        .get("/health")
+        .copied()
+        .unwrap_or(0);
+    assert!((1..=3).contains(&probes), "{probes} probes in ~2 intervals");
+}
+
+#[tokio::test]
+async fn data_parallel_ranks_work_in_pd_mode() {
+    let ranked = |role| SimConfig {
+        role,
+        data_parallel_size: 2,
+        ..SimConfig::default()
+    };
+    let prefill = sims([ranked(Role::Prefill)]).await;
+    let decode = sims([ranked(Role::Decode)]).await;
+    let router = pd_router(&prefill, &decode, |a| a.intra_node_data_parallel_size = 2).await;
+    for _ in 0..4 {
+        let reply = post_json(
+            &format!("{}/v1/chat/completions", router.url()),
+            chat(MODEL, true),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+    }
+    for side in [&prefill, &decode] {
+        let records = all_records(side);
+        let mut ranks: Vec<String> = records.iter().filter_map(rank_of).collect();
+        ranks.sort();
+        assert_eq!(ranks, ["0", "0", "1", "1"]);
+        // Each rank served its own requests.
+        assert!(
+            records
+                .iter()
+                .all(|r| rank_of(r) == Some(r.dp_rank.to_string()))
+        );
+    }
+    // Rank 1 of the prefill named its own engine to the decode leg.
+    let engines: Vec<String> = all_records(&decode)
+        .iter()
+        .map(|r| {
+            r.kv_transfer_params.as_ref().unwrap()["remote_engine_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let base = &prefill[0].config().engine_id;
+    assert!(
+        engines.contains(base) && engines.contains(&format!("{base}_dp1")),
+        "{engines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused_in_pd_mode() {
+    let (prefill, decode) = pd_sims(1, 1).await;
+    let router = pd_router(&prefill, &decode, |_| {}).await;
+    let reply = send(
+        Method::POST,
+        &format!("{}/v1/chat/completions", router.url()),
+        &[("content-type", "application/json")],
+        "[1,2,3]",
+    )
+    .await;
+    reply.assert_error(400);
+    assert!(all_records(&prefill).is_empty() && all_records(&decode).is_empty());
+}
+
+#[tokio::test]
+async fn mooncake_names_the_prefill_engine_and_one_transfer_id_in_both_legs() {
+    // A prefill whose bootstrap server does not answer is passed over for one that does
+    // (the simulator serves Mooncake's `/query` on its own port).
+    let (prefill, decode) = pd_sims(2, 1).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let router = router_with(&[], |a| {
+        a.vllm_pd_disaggregation = true;
+        a.kv_connector = Some(vllm_router::cli::KvConnector::Mooncake);
+        a.prefill = vec![
+            prefill[0].url(),
+            dead_port.to_string(),
+            prefill[1].url(),
+            prefill[1].addr().port().to_string(),
+        ];
+        a.decode = vec![decode[0].url()];
+        a.prefill_policy = Some(vllm_router::policy::PolicyKind::RoundRobin);
+    })
+    .await;
+    for stream in [false, true] {
+        let reply = post_json(
+            &format!("{}/v1/chat/completions", router.url()),
+            chat(MODEL, stream),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    assert!(inference(prefill[0].records()).is_empty());
+    let p = inference(prefill[1].records());
+    let d = inference(decode[0].records());
+    assert_eq!((p.len(), d.len()), (2, 2));
+    for (p, d) in p.iter().zip(&d) {
+        assert_eq!(p.request_id, d.request_id);
+        let (pk, dk) = (
+            p.kv_transfer_params.as_ref().unwrap(),
+            d.kv_transfer_params.as_ref().unwrap(),
+        );
+        assert_eq!(pk["do_remote_decode"], true);
+        assert_eq!(pk["do_remote_prefill"], false);
+        assert_eq!(dk["do_remote_prefill"], true);
+        assert_eq!(dk["do_remote_decode"], false);
+        assert_eq!(pk["transfer_id"], dk["transfer_id"]);
+        assert!(pk["transfer_id"].as_str().is_some_and(|t| t.len() == 32));
+        assert_eq!(
+            dk["remote_bootstrap_addr"],
+            format!("http://127.0.0.1:{}", prefill[1].addr().port())
+        );
+        assert_eq!(dk["remote_engine_id"], prefill[1].config().engine_id);
+        assert_eq!(dk["remote_dp_rank"], 0);
+        assert!(!p.stream);
+        assert_eq!(d.cached_tokens, d.prompt_tokens);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_mooncake_prefill_cancels_the_waiting_decode() {
+    let prefill = sims([SimConfig {
+        role: Role::Prefill,
+        ttft: Duration::from_millis(300),
+        ..SimConfig::default()
+    }])
+    .await;
+    let decode = sims([SimConfig {
+        role: Role::Decode,
+        ttft: Duration::from_secs(5),
+        ..SimConfig::default()
+    }])
+    .await;
+    let router = router_with(&[], |a| {
+        a.vllm_pd_disaggregation = true;
+        a.kv_connector = Some(vllm_router::cli::KvConnector::Mooncake);
+        a.prefill = vec![prefill[0].url(), prefill[0].addr().port().to_string()];
+        a.decode = vec![decode[0].url()];
+    })
+    .await;
+    prefill[0].set_error_rate(1.0);
+    let started = Instant::now();
+    let reply = post_json(
+        &format!("{}/v1/chat/completions", router.url()),
+        chat(MODEL, false),
+    )
+    .await;
+    reply.assert_error(502);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "no wait for the decode"
+    );
+    let cancelled = eventually(Duration::from_secs(2), || {
+        decode[0].records().iter().find_map(|r| r.cancelled_at)
+    })
+    .await;
+    assert!(cancelled.saturating_duration_since(started) < Duration::from_secs(3));
+}
