@@ -44,6 +44,10 @@ pub struct DemoArgs {
     /// Routing policy.
     #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
     pub policy: PolicyKind,
+    /// Prefill/decode disaggregation: --workers prefill workers and as many decode workers,
+    /// with the P/D defaults (the policy flag is then ignored).
+    #[arg(long)]
+    pub pd: bool,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,

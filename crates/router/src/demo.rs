@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use vllm_sim::{SimConfig, SimServer};
+use vllm_sim::{Role, SimConfig, SimServer};
 
 use crate::cli::{DemoArgs, RouterArgs};
 use crate::config::Config;
@@ -51,19 +51,37 @@ pub enum DemoError {
 
 /// Run the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
-    let mut workers: Vec<SimServer> = Vec::with_capacity(usize::from(args.workers));
-    for _ in 0..args.workers {
-        workers.push(
-            vllm_sim::spawn(demo_worker())
-                .await
-                .map_err(DemoError::Worker)?,
-        );
+    let roles: Vec<Role> = if args.pd {
+        [Role::Prefill, Role::Decode]
+            .into_iter()
+            .flat_map(|r| std::iter::repeat_n(r, usize::from(args.workers)))
+            .collect()
+    } else {
+        vec![Role::Mixed; usize::from(args.workers)]
+    };
+    let mut workers: Vec<SimServer> = Vec::with_capacity(roles.len());
+    for role in roles {
+        let config = SimConfig {
+            role,
+            ..demo_worker()
+        };
+        workers.push(vllm_sim::spawn(config).await.map_err(DemoError::Worker)?);
     }
+    let urls = |role: Role| -> Vec<String> {
+        workers
+            .iter()
+            .filter(|w| w.config().role == role)
+            .map(SimServer::url)
+            .collect()
+    };
     let config = Config::from_args(RouterArgs {
         host: args.host.clone(),
         port: args.port,
-        worker_urls: workers.iter().map(SimServer::url).collect(),
-        policy: Some(args.policy),
+        worker_urls: urls(Role::Mixed),
+        vllm_pd_disaggregation: args.pd,
+        prefill: urls(Role::Prefill),
+        decode: urls(Role::Decode),
+        policy: (!args.pd).then_some(args.policy),
         prometheus_port: 0,
         worker_startup_timeout_secs: 10,
         log_level: args.log_level,
@@ -83,7 +101,14 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
 }
 
 fn banner(url: &str, workers: &[SimServer]) -> String {
-    let fleet: Vec<String> = workers.iter().map(|w| format!("  - {}", w.url())).collect();
+    let fleet: Vec<String> = workers
+        .iter()
+        .map(|w| match w.config().role {
+            Role::Mixed => format!("  - {}", w.url()),
+            Role::Prefill => format!("  - {} (prefill)", w.url()),
+            Role::Decode => format!("  - {} (decode)", w.url()),
+        })
+        .collect();
     format!(
         r#"vllm-router listening on {url}
 simulated vLLM workers serving `{DEMO_MODEL}`:
