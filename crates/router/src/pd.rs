@@ -142,7 +142,7 @@ impl Pd {
                 model: model.map(str::to_owned),
             });
         };
-        if plan.skips_prefill(&chosen.0) {
+        if self.skips_prefill(&chosen.0, request.route_req.prompt) {
             app.metrics.pd_plan("skipped");
             tracing::debug!(
                 request_id = request.route_req.request_id,
@@ -169,6 +169,21 @@ impl Pd {
             KvConnector::Nixl => plan.nixl(prefill, decode, chosen).await,
             KvConnector::Mooncake => plan.mooncake(prefill, decode, chosen).await,
         }
+    }
+
+    /// Prompt tokens not expected in `decode`'s prefix cache (text at 4 bytes a token).
+    pub(crate) fn uncached_tokens(&self, decode: &Worker, prompt: Option<&str>) -> usize {
+        let Some(prompt) = prompt else { return 0 };
+        let chain = chain_hashes(prompt.as_bytes());
+        let matched = self.affinity.matched_bytes(decode, &chain);
+        prompt.len().saturating_sub(matched) / BYTES_PER_TOKEN
+    }
+
+    /// Conditional prefill: fewer than `--pd-min-uncached-tokens` of the prompt's tokens are
+    /// not expected in `decode`'s cache.
+    pub(crate) fn skips_prefill(&self, decode: &Worker, prompt: Option<&str>) -> bool {
+        let min = self.config.min_uncached_tokens as usize;
+        min > 0 && prompt.is_some() && self.uncached_tokens(decode, prompt) < min
     }
 
     /// The prompt's block chain, when conditional prefill is on and the prompt is known.
@@ -202,21 +217,6 @@ impl<'a> Plan<'a> {
             candidates,
             self.request.deadline,
         )
-    }
-
-    /// Conditional prefill: the prompt's tokens not expected in `decode`'s cache are fewer
-    /// than `--pd-min-uncached-tokens`.
-    fn skips_prefill(&self, decode: &Worker) -> bool {
-        let min = self.pd.config.min_uncached_tokens as usize;
-        let Some(prompt) = self.request.route_req.prompt.filter(|_| min > 0) else {
-            return false;
-        };
-        let matched_bytes = self
-            .chain
-            .as_deref()
-            .map_or(0, |chain| self.pd.affinity.matched_bytes(decode, chain));
-        let uncached = prompt.len().saturating_sub(matched_bytes) / BYTES_PER_TOKEN;
-        uncached < min
     }
 
     /// NIXL: prefill (with failover) until an answer carries its transfer parameters, then

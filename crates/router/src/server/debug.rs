@@ -2,7 +2,8 @@
 //! and headers are those of the inference request; `?path=` names its route (default
 //! `/v1/chat/completions`). The answer lists every candidate with its load terms, the
 //! policy's score and predicted prefix overlap where it has them, and the choice with its
-//! reason.
+//! reason. In P/D mode, chat and completions are explained per leg (prefill and decode pools
+//! and policies), with the conditional-prefill estimate for the decode worker chosen.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,8 @@ use serde_json::json;
 
 use super::App;
 use crate::error::ApiError;
+use crate::fleet::Pool;
+use crate::policy::{Policy, RouteRequest};
 use crate::proxy::{self, peek};
 
 /// Query of `/debug/route`.
@@ -55,16 +58,55 @@ async fn explanation(
     }
     let (parts, body) = request.into_parts();
     let body = proxy::read_body(&parts.headers, body, app.config.max_payload_size.get()).await?;
-    let peeked = peek::peek(
-        parts.headers.get(header::CONTENT_TYPE),
-        &body,
-        app.policy.wants_prompt(),
-    )
-    .await?;
-    let candidates = proxy::candidates(app, crate::fleet::Pool::Any, peeked.model.as_deref())?;
+    let pd = app.pd.as_ref().filter(|_| crate::pd::applies(path));
+    let wants_prompt = pd.map_or(app.policy.wants_prompt(), crate::pd::Pd::wants_prompt);
+    let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, wants_prompt).await?;
     let req = proxy::route_request(app, path, &parts.headers, &body, &peeked, "debug");
-    let explained = app.policy.explain(&req, &candidates);
+    let Some(pd) = pd else {
+        let mut single = explain_pool(app, app.policy.as_ref(), Pool::Any, &req)?;
+        if let Some(object) = single.as_object_mut() {
+            object.insert("model".into(), json!(req.model));
+            object.insert("session_key".into(), json!(req.session_key));
+        }
+        return Ok(single);
+    };
+    let prefill = explain_pool(app, pd.prefill_policy(), Pool::Prefill, &req)?;
+    let decode_candidates = proxy::candidates(app, Pool::Decode, req.model)?;
+    let decode = explain_pool(app, pd.decode_policy(), Pool::Decode, &req)?;
+    // Conditional prefill, as the plan would judge it for the decode worker chosen here.
+    let conditional = pd
+        .decode_policy()
+        .explain(&req, &decode_candidates)
+        .decision
+        .and_then(|d| decode_candidates.get(d.index))
+        .map(|worker| {
+            let uncached = pd.uncached_tokens(worker, req.prompt);
+            json!({
+                "min_uncached_tokens": pd.config().min_uncached_tokens,
+                "estimated_uncached_tokens": uncached,
+                "skips_prefill": pd.skips_prefill(worker, req.prompt),
+            })
+        });
+    Ok(json!({
+        "plan": "prefill_decode",
+        "kv_connector": pd.config().connector.name(),
+        "model": req.model,
+        "session_key": req.session_key,
+        "prefill": prefill,
+        "decode": decode,
+        "conditional_prefill": conditional,
+    }))
+}
 
+/// How `policy` sees the candidates of `pool` for `req`.
+fn explain_pool(
+    app: &App,
+    policy: &dyn Policy,
+    pool: Pool,
+    req: &RouteRequest<'_>,
+) -> Result<serde_json::Value, ApiError> {
+    let candidates = proxy::candidates(app, pool, req.model)?;
+    let explained = policy.explain(req, &candidates);
     let now = Instant::now();
     let rows: Vec<serde_json::Value> = candidates
         .iter()
@@ -73,6 +115,8 @@ async fn explanation(
             let load = w.load(now);
             json!({
                 "url": w.url(),
+                "rank": w.rank(),
+                "role": w.role().name(),
                 "capacity": w.capacity(),
                 "in_flight": load.in_flight,
                 "engine": load.engine.map(|e| json!({
@@ -90,13 +134,12 @@ async fn explanation(
     let choice = explained.decision.map(|d| {
         json!({
             "url": candidates[d.index].url(),
+            "rank": candidates[d.index].rank(),
             "reason": d.reason,
         })
     });
     Ok(json!({
-        "policy": app.policy.name(),
-        "model": req.model,
-        "session_key": req.session_key,
+        "policy": policy.name(),
         "prompt_blocks": explained.prompt_blocks,
         "candidates": rows,
         "choice": choice,

@@ -645,3 +645,39 @@ async fn a_failed_mooncake_prefill_cancels_the_waiting_decode() {
     .await;
     assert!(cancelled.saturating_duration_since(started) < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn debug_route_explains_both_legs_and_the_conditional_prefill() {
+    let (prefill, decode) = pd_sims(2, 2).await;
+    let router = pd_router(&prefill, &decode, |a| {
+        a.pd_min_uncached_tokens = 16;
+        a.policy = None;
+        a.prefill_policy = None;
+        a.decode_policy = None;
+    })
+    .await;
+    let explained = post_json(&format!("{}/debug/route", router.url()), chat(MODEL, false)).await;
+    assert_eq!(explained.status, 200);
+    let v = explained.json();
+    assert_eq!(v["plan"], "prefill_decode");
+    assert_eq!(v["prefill"]["policy"], "cache_aware");
+    assert_eq!(v["decode"]["policy"], "least_load");
+    assert_eq!(v["prefill"]["candidates"].as_array().unwrap().len(), 2);
+    assert!(
+        v["decode"]["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["role"] == "decode")
+    );
+    assert_eq!(v["conditional_prefill"]["skips_prefill"], true, "{v}");
+    // Embeddings have no P/D meaning: one pool of every worker.
+    let embed = post_json(
+        &format!("{}/debug/route?path=/v1/embeddings", router.url()),
+        json!({"model": MODEL, "input": "x"}),
+    )
+    .await
+    .json();
+    assert_eq!(embed["candidates"].as_array().unwrap().len(), 4, "{embed}");
+    assert!(all_records(&prefill).is_empty() && all_records(&decode).is_empty());
+}
