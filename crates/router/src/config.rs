@@ -173,6 +173,8 @@ pub struct DiscoveryConfig {
     pub address: String,
     /// Silence after which an instance is dropped.
     pub expiry: Duration,
+    /// Data-parallel ranks behind each registered instance (`--intra-node-data-parallel-size`).
+    pub ranks: NonZeroU32,
 }
 
 /// When and how a failed attempt is retried on another worker.
@@ -329,6 +331,7 @@ fn with_capacities(urls: Vec<WorkerUrl>, raw: &[String]) -> Result<Vec<WorkerSpe
 fn pd_config(
     args: &RouterArgs,
     workers: &mut Vec<WorkerSpec>,
+    ranks: NonZeroU32,
 ) -> Result<Option<PdConfig>, ConfigError> {
     let enabled = args.vllm_pd_disaggregation || args.vllm_discovery_address.is_some();
     if !enabled {
@@ -405,6 +408,7 @@ fn pd_config(
             Some(DiscoveryConfig {
                 address: address.clone(),
                 expiry: Duration::from_secs_f64(expiry),
+                ranks,
             })
         }
         None => None,
@@ -597,9 +601,9 @@ impl Config {
             workers.push(url);
         }
         let mut workers = with_capacities(workers, &args.worker_capacity)?;
-        let pd = pd_config(&args, &mut workers)?;
         let ranks = NonZeroU32::new(args.intra_node_data_parallel_size)
             .ok_or_else(|| invalid("--intra-node-data-parallel-size", 0, "must be at least 1"))?;
+        let pd = pd_config(&args, &mut workers, ranks)?;
         for w in &mut workers {
             w.ranks = ranks;
         }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use breaker::{Breaker, BreakerState, Ticket};
 pub use exposition::EngineMetrics;
-pub use health::{spawn_health_loop, wait_for_startup};
+pub use health::{admit, spawn_health_loop, wait_for_startup};
 pub use load::{EngineLoad, EngineSample, Load};
 pub use scrape::spawn_scrape_loop;
 pub use worker::{InFlight, Worker, X_DATA_PARALLEL_RANK};

@@ -7,6 +7,7 @@
 //! - [`admission`]: the concurrency limit, bounded FIFO queue and rate limit in front of it all.
 //! - [`cli`]: the command line, compatible with vllm-project/router's flags.
 //! - [`config`]: the one validated, typed configuration every other module reads.
+//! - [`discovery`]: workers that register themselves (vLLM's ZMQ service discovery).
 //! - [`fleet`]: workers, the lock-free fleet snapshot, its single writer task, health probes.
 //! - [`policy`]: the [`policy::Policy`] trait and one file per routing policy.
 //! - [`prefix`]: prefix indexes of what each worker likely holds in its KV cache.
@@ -21,6 +22,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod fleet;
 pub mod pd;

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::admission::Admission;
 use crate::config::Config;
+use crate::discovery;
 use crate::error::ApiError;
 use crate::fleet::{self, Fleet};
 use crate::pd::Pd;
@@ -90,7 +91,8 @@ impl App {
                 "this policy is not available in this version; round_robin serves in its place"
             );
         }
-        if config.workers.is_empty() {
+        let discovery_config = config.pd.as_ref().and_then(|pd| pd.discovery.as_ref());
+        if config.workers.is_empty() && discovery_config.is_none() {
             tracing::warn!("no workers given: every inference request will be answered 503");
         }
         let policy = config.policy.build(&config.policy_config);
@@ -105,12 +107,30 @@ impl App {
         let admission = Admission::new(config.admission.clone());
         let retry_budget =
             RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
+        let mut background = Vec::new();
+        // Before the start-up wait, so instances can register while static workers load.
+        if let Some(discovery_config) = discovery_config {
+            match discovery::start(
+                discovery_config,
+                &config,
+                Arc::clone(&fleet),
+                upstream.clone(),
+            )
+            .await
+            {
+                Ok(task) => background.push(task),
+                Err(error) => tracing::error!(
+                    %error,
+                    "P2P NCCL discovery is off: no vLLM instance can register with this router"
+                ),
+            }
+        }
         fleet::wait_for_startup(&fleet, &upstream, &config).await;
-        let mut background = vec![fleet::spawn_health_loop(
+        background.push(fleet::spawn_health_loop(
             Arc::clone(&fleet),
             upstream.clone(),
             &config,
-        )];
+        ));
         if let Some(interval) = config.load_scrape_interval {
             background.push(fleet::spawn_scrape_loop(
                 Arc::clone(&fleet),

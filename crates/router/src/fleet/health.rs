@@ -69,6 +69,18 @@ async fn refresh(
     }
 }
 
+/// Ask a worker that just joined for its models, once: on an answer it is healthy now rather
+/// than after the probe rounds a recovering worker needs. `false` when it did not answer (the
+/// health loop keeps trying it).
+pub async fn admit(
+    fleet: &Fleet,
+    upstream: &Upstream,
+    worker: &Arc<Worker>,
+    timeout: Duration,
+) -> bool {
+    refresh(fleet, upstream, worker, timeout).await
+}
+
 /// Wait, up to the start-up timeout, until every worker has listed its models. Workers still
 /// silent then stay unhealthy; the health loop keeps trying them.
 pub async fn wait_for_startup(fleet: &Fleet, upstream: &Upstream, config: &Config) {
