@@ -638,14 +638,14 @@ impl Config {
         let cache_aware = cache_aware(&args)?;
         let retry = retry(&args)?;
         let listener = listener_config(&args)?;
-        if let Some(rate) = args.rate_limit_tokens_per_second {
-            if !(rate > 0.0 && rate.is_finite()) {
-                return Err(invalid(
-                    "--rate-limit-tokens-per-second",
-                    rate,
-                    "must be above 0",
-                ));
-            }
+        if let Some(rate) = args.rate_limit_tokens_per_second
+            && !(rate > 0.0 && rate.is_finite())
+        {
+            return Err(invalid(
+                "--rate-limit-tokens-per-second",
+                rate,
+                "must be above 0",
+            ));
         }
         let admission = AdmissionConfig {
             max_concurrent: NonZeroUsize::new(args.max_concurrent_requests),

@@ -46,7 +46,7 @@ async fn run(args: RouterArgs) -> anyhow::Result<()> {
         None => None,
     };
     let addr = listener.local_addr()?;
-    let app = App::start(config).await;
+    let app = App::start(config).await?;
     if let Some(metrics) = metrics_listener {
         tracing::info!(addr = %metrics.local_addr()?, "metrics listener");
         tokio::spawn(server::serve_metrics(

@@ -514,10 +514,10 @@ impl<'a> Plan<'a> {
     /// worker now holds.
     fn finish(mut self, mut answer: Answer) -> Response {
         answer.accept(self.app);
-        if answer.response.status().is_success() {
-            if let Some(chain) = self.chain.take() {
-                self.pd.affinity.insert(&answer.worker, &chain);
-            }
+        if answer.response.status().is_success()
+            && let Some(chain) = self.chain.take()
+        {
+            self.pd.affinity.insert(&answer.worker, &chain);
         }
         self.respond(answer)
     }

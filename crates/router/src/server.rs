@@ -84,7 +84,8 @@ pub struct App {
 impl App {
     /// Start the fleet, wait (up to the start-up timeout) for workers to list their models,
     /// and start health probing. Must be called inside a Tokio runtime.
-    pub async fn start(config: Config) -> Arc<Self> {
+    /// Fails only when a listener of its own (the discovery socket) cannot bind.
+    pub async fn start(config: Config) -> Result<Arc<Self>, discovery::DiscoveryError> {
         if !config.policy.is_available() {
             tracing::warn!(
                 policy = config.policy.name(),
@@ -110,20 +111,15 @@ impl App {
         let mut background = Vec::new();
         // Before the start-up wait, so instances can register while static workers load.
         if let Some(discovery_config) = discovery_config {
-            match discovery::start(
-                discovery_config,
-                &config,
-                Arc::clone(&fleet),
-                upstream.clone(),
-            )
-            .await
-            {
-                Ok(task) => background.push(task),
-                Err(error) => tracing::error!(
-                    %error,
-                    "P2P NCCL discovery is off: no vLLM instance can register with this router"
-                ),
-            }
+            background.push(
+                discovery::start(
+                    discovery_config,
+                    &config,
+                    Arc::clone(&fleet),
+                    upstream.clone(),
+                )
+                .await?,
+            );
         }
         fleet::wait_for_startup(&fleet, &upstream, &config).await;
         background.push(fleet::spawn_health_loop(
@@ -138,7 +134,7 @@ impl App {
                 interval,
             ));
         }
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             config,
             fleet,
             policy,
@@ -151,7 +147,7 @@ impl App {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             background,
-        })
+        }))
     }
 }
 
@@ -244,7 +240,7 @@ impl RouterHandle {
     /// Start the fleet and serve on `listener` in a background task.
     pub async fn spawn(listener: TcpListener, config: Config) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let app = App::start(config).await;
+        let app = App::start(config).await.map_err(std::io::Error::other)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(listener, Arc::clone(&app), async move {
             let _ = stopped.await;

@@ -155,7 +155,7 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
             let mut n = 0u64;
             while Instant::now() < deadline {
                 n += 1;
-                if (n + c) % 2 == 0 {
+                if (n + c).is_multiple_of(2) {
                     stream_once(addr, &tally).await;
                 } else {
                     let r = post_json(
@@ -261,10 +261,10 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
     for (_, servers, _) in fleet.lock().iter() {
         for s in servers {
             for r in s.records() {
-                if (200..300).contains(&r.status) {
-                    if let Some(id) = r.request_id {
-                        *answered.entry(id).or_default() += 1;
-                    }
+                if (200..300).contains(&r.status)
+                    && let Some(id) = r.request_id
+                {
+                    *answered.entry(id).or_default() += 1;
                 }
             }
         }

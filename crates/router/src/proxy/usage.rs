@@ -63,13 +63,13 @@ impl UsageWatch {
 
     /// The body ended cleanly: report the error if the worker reported its usage.
     pub fn finish(self) {
-        if let (Some(prompt), Some(cached)) = (self.prompt_tokens, self.cached_tokens) {
-            if prompt > 0 {
-                self.metrics.prefix_prediction(
-                    self.predicted_hit,
-                    cached.min(prompt) as f64 / prompt as f64,
-                );
-            }
+        if let (Some(prompt), Some(cached)) = (self.prompt_tokens, self.cached_tokens)
+            && prompt > 0
+        {
+            self.metrics.prefix_prediction(
+                self.predicted_hit,
+                cached.min(prompt) as f64 / prompt as f64,
+            );
         }
     }
 
