@@ -44,8 +44,9 @@ use crate::fleet::{Pool, Worker};
 use crate::policy::{Decision, Policy, PolicyConfig};
 use crate::prefix::chain_hashes;
 use crate::proxy::headers::X_REQUEST_ID;
-use crate::proxy::{self, Answer, Held, Inbound, Leg, Stage};
+use crate::proxy::{self, Answer, Inbound, Leg, Stage};
 use crate::server::App;
+use crate::upstream::UpstreamBody;
 
 /// The parameters of a NIXL prefill leg: "compute, keep the blocks for a remote decode".
 const NIXL_PREFILL_PARAMS: &str = r#"{"do_remote_decode":true,"do_remote_prefill":false,"remote_engine_id":null,"remote_block_ids":null,"remote_host":null,"remote_port":null}"#;
@@ -229,44 +230,18 @@ impl<'a> Plan<'a> {
     ) -> Result<Response, ApiError> {
         let request = self.request;
         let prefill_body = body::prefill(&self.fields, Some(NIXL_PREFILL_PARAMS));
-        let params = loop {
-            let sent = prefill
-                .send(None, |w| {
-                    request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
-                })
-                .await;
-            let mut answer = match sent {
-                Ok(answer) => answer,
-                Err(error) => return self.prefill_failed(decode, chosen, error).await,
-            };
-            let status = answer.response.status();
-            if status.is_client_error() {
-                // The client's request is at fault: the decode worker would refuse it too.
-                answer.accept(self.app);
-                return Ok(self.respond(answer));
+        let build = |w: &Worker| {
+            request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
+        };
+        let params = match run_prefill(self.app, &mut prefill, build, Check::Params).await {
+            Prefilled::Ready(Some(params), _) => params,
+            Prefilled::Ready(None, _) => {
+                return Err(ApiError::Internal(
+                    "prefill checked without its parameters".into(),
+                ));
             }
-            let params = if status.is_success() {
-                transfer_params(&mut answer, request.deadline).await
-            } else {
-                // Nothing reached the client yet, so any failed prefill may move on.
-                Err(format!("the prefill answered {status}"))
-            };
-            match params {
-                Ok(params) => {
-                    answer.accept(self.app);
-                    break params;
-                }
-                Err(reason) => {
-                    let error = ApiError::BadGateway {
-                        worker: answer.worker.url().to_owned(),
-                        reason,
-                    };
-                    tracing::warn!(request_id = request.route_req.request_id, worker = answer.worker.label(), %error, "prefill answer unusable");
-                    if let Err(error) = prefill.reject(answer, error).await {
-                        return self.prefill_failed(decode, chosen, error).await;
-                    }
-                }
-            }
+            Prefilled::Refused(answer) => return Ok(self.respond(answer)),
+            Prefilled::Failed(error) => return self.prefill_failed(decode, chosen, error).await,
         };
         self.app.metrics.pd_plan("prefilled");
         let body = body::decode(&self.fields, &params);
@@ -303,41 +278,14 @@ impl<'a> Plan<'a> {
                 headers.insert(X_REQUEST_ID.clone(), value);
                 Ok(headers)
             };
-            let prefilled = loop {
-                let sent = prefill
-                    .send(None, |w| {
-                        request.upstream_request(w, prefill_body.clone(), headers_for(&id_for(w))?)
-                    })
-                    .await;
-                let mut answer = match sent {
-                    Ok(answer) => answer,
-                    Err(error) => return self.prefill_failed(decodes, chosen, error).await,
-                };
-                let status = answer.response.status();
-                if status.is_client_error() {
-                    answer.accept(self.app);
-                    return Ok(self.respond(answer));
-                }
-                // The answer is read to its end (the connection returns to the pool).
-                let read = if status.is_success() {
-                    read_limited(&mut answer, request.deadline).await.map(drop)
-                } else {
-                    Err(format!("the prefill answered {status}"))
-                };
-                match read {
-                    Ok(()) => {
-                        answer.accept(self.app);
-                        break Arc::clone(&answer.worker);
-                    }
-                    Err(reason) => {
-                        let error = ApiError::BadGateway {
-                            worker: answer.worker.url().to_owned(),
-                            reason,
-                        };
-                        if let Err(error) = prefill.reject(answer, error).await {
-                            return self.prefill_failed(decodes, chosen, error).await;
-                        }
-                    }
+            let build = |w: &Worker| {
+                request.upstream_request(w, prefill_body.clone(), headers_for(&id_for(w))?)
+            };
+            let prefilled = match run_prefill(self.app, &mut prefill, build, Check::Read).await {
+                Prefilled::Ready(_, worker) => worker,
+                Prefilled::Refused(answer) => return Ok(self.respond(answer)),
+                Prefilled::Failed(error) => {
+                    return self.prefill_failed(decodes, chosen, error).await;
                 }
             };
             let headers = headers_for(&id_for(&prefilled))?;
@@ -523,23 +471,76 @@ impl<'a> Plan<'a> {
     }
 
     fn respond(mut self, answer: Answer) -> Response {
-        let Answer {
-            response,
-            worker,
-            guard,
-            decision,
-            ..
-        } = answer;
-        let Some(slot) = self.slot.take() else {
-            return ApiError::Internal("response already sent".into()).into_response();
+        match self.slot.take() {
+            Some(slot) => proxy::respond(self.app, answer, slot, self.request.deadline),
+            None => ApiError::Internal("response already sent".into()).into_response(),
+        }
+    }
+}
+
+/// What makes a prefill answer usable.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// A whole answer carrying a `kv_transfer_params` object (NIXL).
+    Params,
+    /// A whole answer (P2P NCCL: the id carried everything), read so the connection is reused.
+    Read,
+}
+
+/// How a prefill leg ended.
+enum Prefilled {
+    /// A worker's answer passed the check: the transfer parameters, when checked for.
+    Ready(Option<String>, Arc<Worker>),
+    /// The client's request was refused (4xx): the decode worker would refuse it too.
+    Refused(Answer),
+    /// Every attempt failed.
+    Failed(ApiError),
+}
+
+/// Send the prefill leg until an answer passes `check`. Nothing has reached the client yet, so
+/// any failed prefill (connect, reset, timeout, any 5xx, an answer `check` refuses) may move on
+/// to another prefill worker, within the retry limits.
+async fn run_prefill(
+    app: &App,
+    leg: &mut Leg<'_>,
+    build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
+    check: Check,
+) -> Prefilled {
+    loop {
+        let mut answer = match leg.send(None, &build).await {
+            Ok(answer) => answer,
+            Err(error) => return Prefilled::Failed(error),
         };
-        let held = Held {
-            guard,
-            slot,
-            decision,
-            deadline: self.request.deadline,
+        let status = answer.response.status();
+        if status.is_client_error() {
+            answer.accept(app);
+            return Prefilled::Refused(answer);
+        }
+        let deadline = leg.deadline();
+        let checked = if !status.is_success() {
+            Err(format!("the prefill answered {status}"))
+        } else {
+            match check {
+                Check::Params => transfer_params(&mut answer, deadline).await.map(Some),
+                Check::Read => read_limited(&mut answer, deadline).await.map(|_| None),
+            }
         };
-        proxy::respond(self.app, response, &worker, held)
+        match checked {
+            Ok(value) => {
+                answer.accept(app);
+                return Prefilled::Ready(value, Arc::clone(&answer.worker));
+            }
+            Err(reason) => {
+                let error = ApiError::BadGateway {
+                    worker: answer.worker.url().to_owned(),
+                    reason,
+                };
+                tracing::warn!(worker = answer.worker.label(), %error, "prefill failed");
+                if let Err(error) = leg.reject(answer, error).await {
+                    return Prefilled::Failed(error);
+                }
+            }
+        }
     }
 }
 

@@ -166,6 +166,18 @@ async fn single(
         })
         .await?;
     answer.accept(app);
+    Ok(respond(app, answer, slot, request.deadline))
+}
+
+/// The worker's answer, streamed back through a [`TrackedBody`] that holds its in-flight count
+/// and the admission slot, watches its usage when the policy predicted a cache hit, and ends a
+/// broken or stalled stream (or one past `deadline`) with an error event.
+pub(crate) fn respond(
+    app: &App,
+    answer: Answer,
+    slot: crate::admission::Permit,
+    deadline: Instant,
+) -> Response {
     let Answer {
         response,
         worker,
@@ -173,38 +185,6 @@ async fn single(
         decision,
         ..
     } = answer;
-    let held = Held {
-        guard,
-        slot,
-        decision,
-        deadline: request.deadline,
-    };
-    Ok(respond(app, response, &worker, held))
-}
-
-/// What a response keeps until its body ends.
-pub(crate) struct Held {
-    pub(crate) guard: crate::fleet::InFlight,
-    pub(crate) slot: crate::admission::Permit,
-    pub(crate) decision: crate::policy::Decision,
-    pub(crate) deadline: Instant,
-}
-
-/// The worker's response, streamed back through a [`TrackedBody`] that holds its in-flight
-/// count, watches its usage when the policy predicted a cache hit, and ends a broken or stalled
-/// stream with an error event.
-pub(crate) fn respond(
-    app: &App,
-    response: http::Response<hyper::body::Incoming>,
-    worker: &Worker,
-    held: Held,
-) -> Response {
-    let Held {
-        guard,
-        slot,
-        decision,
-        deadline,
-    } = held;
     let (mut head, upstream_body) = response.into_parts();
     headers::strip_hop_by_hop(&mut head.headers);
     head.headers.insert(

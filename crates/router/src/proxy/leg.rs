@@ -124,6 +124,11 @@ impl<'a> Leg<'a> {
         }
     }
 
+    /// When the whole request must be over.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Let the policy choose a worker now, taking it out of the candidates: for plans that
     /// must know a leg's worker before sending anything (it is then passed to [`Leg::send`]).
     pub(crate) fn choose(&mut self) -> Option<(Arc<Worker>, Decision)> {

@@ -20,6 +20,24 @@ fn role(role: Role) -> SimConfig {
     }
 }
 
+/// A worker of `role` answering every inference request with a 500.
+fn failing(role: Role) -> SimConfig {
+    SimConfig {
+        role,
+        error_rate: 1.0,
+        ..SimConfig::default()
+    }
+}
+
+fn assert_ok(reply: &Reply) {
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
 async fn pd_sims(prefill: usize, decode: usize) -> (Vec<SimServer>, Vec<SimServer>) {
     (
         sims((0..prefill).map(|_| role(Role::Prefill))).await,
@@ -41,6 +59,15 @@ async fn pd_router(
         a.decode_policy = Some(vllm_router::policy::PolicyKind::RoundRobin);
         tweak(a);
     })
+    .await
+}
+
+/// A small chat completion through `router`.
+async fn chat_via(router: &RouterHandle, stream: bool) -> Reply {
+    post_json(
+        &format!("{}/v1/chat/completions", router.url()),
+        chat(MODEL, stream),
+    )
     .await
 }
 
@@ -85,12 +112,7 @@ async fn nixl_round_trip(stream: bool) {
         body.clone(),
     )
     .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
     assert_eq!(reply.header("x-request-id"), "pd-req-1");
     let text = String::from_utf8_lossy(&reply.body).into_owned();
     if stream {
@@ -159,12 +181,7 @@ async fn completions_go_through_the_plan_too() {
 async fn a_failing_prefill_is_retried_on_another_prefill_worker() {
     // The first prefill worker answers 500; one "prefill" is really a decode worker, whose
     // answer lacks kv_transfer_params: both must be passed over for the good one.
-    let broken = sims([SimConfig {
-        role: Role::Prefill,
-        error_rate: 1.0,
-        ..SimConfig::default()
-    }])
-    .await;
+    let broken = sims([failing(Role::Prefill)]).await;
     let paramless = sims([role(Role::Decode)]).await;
     let good = sims([role(Role::Prefill)]).await;
     let decode = sims([role(Role::Decode)]).await;
@@ -175,17 +192,8 @@ async fn a_failing_prefill_is_retried_on_another_prefill_worker() {
     })
     .await;
     for _ in 0..3 {
-        let reply = post_json(
-            &format!("{}/v1/chat/completions", router.url()),
-            chat(MODEL, false),
-        )
-        .await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        let reply = chat_via(&router, false).await;
+        assert_ok(&reply);
     }
     let decoded = all_records(&decode);
     assert_eq!(decoded.len(), 3);
@@ -203,19 +211,10 @@ async fn a_failing_prefill_is_retried_on_another_prefill_worker() {
 
 #[tokio::test]
 async fn a_prefill_failure_is_an_error_not_a_silent_recompute() {
-    let prefill = sims([SimConfig {
-        role: Role::Prefill,
-        error_rate: 1.0,
-        ..SimConfig::default()
-    }])
-    .await;
+    let prefill = sims([failing(Role::Prefill)]).await;
     let decode = sims([role(Role::Decode)]).await;
     let router = pd_router(&prefill, &decode, |_| {}).await;
-    let reply = post_json(
-        &format!("{}/v1/chat/completions", router.url()),
-        chat(MODEL, false),
-    )
-    .await;
+    let reply = chat_via(&router, false).await;
     reply.assert_error(502);
     assert!(
         all_records(&decode).is_empty(),
@@ -227,11 +226,7 @@ async fn a_prefill_failure_is_an_error_not_a_silent_recompute() {
         a.pd_recompute_on_prefill_failure = true;
     })
     .await;
-    let reply = post_json(
-        &format!("{}/v1/chat/completions", router.url()),
-        chat(MODEL, false),
-    )
-    .await;
+    let reply = chat_via(&router, false).await;
     assert_eq!(reply.status, 200);
     let d = all_records(&decode);
     assert_eq!(d.len(), 1);
@@ -249,17 +244,8 @@ async fn a_decode_failing_before_its_first_byte_is_retried_with_the_same_paramet
     // The first decode worker in rotation dies: connections are refused.
     decode[0].kill();
     for stream in [false, true] {
-        let reply = post_json(
-            &format!("{}/v1/chat/completions", router.url()),
-            chat(MODEL, stream),
-        )
-        .await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        let reply = chat_via(&router, stream).await;
+        assert_ok(&reply);
     }
     assert_eq!(inference(decode[1].records()).len(), 2);
     // A decode answering a retryable status is passed over with the prefill's parameters.
@@ -270,17 +256,8 @@ async fn a_decode_failing_before_its_first_byte_is_retried_with_the_same_paramet
         a.retry_on_status = vec![500];
     })
     .await;
-    let reply = post_json(
-        &format!("{}/v1/chat/completions", router.url()),
-        chat(MODEL, false),
-    )
-    .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    let reply = chat_via(&router, false).await;
+    assert_ok(&reply);
     let (failed, served) = (
         inference(decode[0].records()),
         inference(decode[1].records()),
@@ -452,11 +429,7 @@ async fn data_parallel_ranks_are_routed_like_workers_and_probed_once_per_url() {
     })
     .await;
     for _ in 0..6 {
-        let reply = post_json(
-            &format!("{}/v1/chat/completions", router.url()),
-            chat(MODEL, false),
-        )
-        .await;
+        let reply = chat_via(&router, false).await;
         assert_eq!(reply.status, 200);
         assert!(reply.header("x-vllm-router-worker").contains('#'));
     }
@@ -494,11 +467,7 @@ async fn data_parallel_ranks_work_in_pd_mode() {
     let decode = sims([ranked(Role::Decode)]).await;
     let router = pd_router(&prefill, &decode, |a| a.intra_node_data_parallel_size = 2).await;
     for _ in 0..4 {
-        let reply = post_json(
-            &format!("{}/v1/chat/completions", router.url()),
-            chat(MODEL, true),
-        )
-        .await;
+        let reply = chat_via(&router, true).await;
         assert_eq!(reply.status, 200);
     }
     for side in [&prefill, &decode] {
@@ -567,17 +536,8 @@ async fn mooncake_names_the_prefill_engine_and_one_transfer_id_in_both_legs() {
     })
     .await;
     for stream in [false, true] {
-        let reply = post_json(
-            &format!("{}/v1/chat/completions", router.url()),
-            chat(MODEL, stream),
-        )
-        .await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        let reply = chat_via(&router, stream).await;
+        assert_ok(&reply);
     }
     assert!(inference(prefill[0].records()).is_empty());
     let p = inference(prefill[1].records());
@@ -629,11 +589,7 @@ async fn a_failed_mooncake_prefill_cancels_the_waiting_decode() {
     .await;
     prefill[0].set_error_rate(1.0);
     let started = Instant::now();
-    let reply = post_json(
-        &format!("{}/v1/chat/completions", router.url()),
-        chat(MODEL, false),
-    )
-    .await;
+    let reply = chat_via(&router, false).await;
     reply.assert_error(502);
     assert!(
         started.elapsed() < Duration::from_secs(3),
