@@ -2,13 +2,17 @@
 //!
 //! One request path, bytes in and bytes out: a request is read (within the payload limit),
 //! peeked for the few fields routing needs, matched to the workers that serve its model,
-//! handed to a [`policy`], forwarded by [`proxy`], and streamed back frame by frame.
+//! handed to a [`policy`], forwarded by [`proxy`], and streamed back frame by frame. A request
+//! is a plan of legs: one leg, or a prefill leg and a decode leg ([`pd`]), all through the same
+//! forwarding engine.
 //!
 //! - [`admission`]: the concurrency limit, bounded FIFO queue and rate limit in front of it all.
 //! - [`cli`]: the command line, compatible with vllm-project/router's flags.
 //! - [`config`]: the one validated, typed configuration every other module reads.
 //! - [`discovery`]: workers that register themselves (vLLM's ZMQ service discovery).
-//! - [`fleet`]: workers, the lock-free fleet snapshot, its single writer task, health probes.
+//! - [`fleet`]: workers (roles, data-parallel ranks), the lock-free fleet snapshot, its single
+//!   writer task, health probes and load scrapes.
+//! - [`pd`]: prefill/decode plans (NIXL, P2P NCCL, Mooncake) and conditional prefill.
 //! - [`policy`]: the [`policy::Policy`] trait and one file per routing policy.
 //! - [`prefix`]: prefix indexes of what each worker likely holds in its KV cache.
 //! - [`proxy`]: peek, upstream forwarding, header rules and the in-flight tracking body.
