@@ -14,6 +14,7 @@ use std::sync::Arc;
 use clap::ValueEnum;
 use http::HeaderMap;
 
+pub(crate) use cache_aware::index_capacity;
 pub use cache_aware::{CacheAwareConfig, Terms};
 
 use crate::fleet::{Snapshot, Worker};

@@ -1,7 +1,7 @@
 //! What each decode worker is expected to hold in its prefix cache, for conditional prefill:
 //! the prompts of the requests it decoded (a decode worker keeps the blocks it received or
 //! computed), in the same chained blocks as the cache-aware policy, least recently used
-//! forgotten first.
+//! forgotten first, within the worker's KV capacity.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::fleet::Worker;
+use crate::policy::index_capacity;
 use crate::prefix::{BLOCK_BYTES, PrefixIndex};
 
 /// Per decode worker, the prompt blocks it was last sent.
@@ -16,8 +17,9 @@ use crate::prefix::{BLOCK_BYTES, PrefixIndex};
 pub(crate) struct Affinity {
     indexes: Mutex<HashMap<u64, PrefixIndex>>,
     clock: AtomicU64,
-    /// Blocks each index may hold.
-    capacity: usize,
+    /// Bytes of prompt text each index may hold, at most (a worker's KV capacity from its
+    /// metrics lowers it: a worker never holds more than fits).
+    max_bytes: u64,
 }
 
 impl Affinity {
@@ -26,9 +28,7 @@ impl Affinity {
         Self {
             indexes: Mutex::default(),
             clock: AtomicU64::new(1),
-            capacity: usize::try_from(max_bytes / BLOCK_BYTES as u64)
-                .unwrap_or(usize::MAX)
-                .max(1),
+            max_bytes,
         }
     }
 
@@ -46,11 +46,12 @@ impl Affinity {
             return;
         }
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let capacity = index_capacity(worker, self.max_bytes).max(1);
         let mut indexes = self.indexes.lock();
         let index = indexes.entry(worker.id()).or_default();
         index.insert(chain, now);
-        if index.len() > self.capacity + self.capacity / 8 {
-            index.evict_to(self.capacity);
+        if index.len() > capacity + capacity / 8 {
+            index.evict_to(capacity);
         }
     }
 }

@@ -33,6 +33,17 @@ use crate::prefix::{BLOCK_BYTES, PrefixIndex, chain_hashes};
 /// Bytes of prompt text per token, for sizing an index from a KV capacity in tokens.
 const BYTES_PER_TOKEN: u64 = 4;
 
+/// Blocks of prompt text an index of `worker` may hold: `max_bytes` of text, or the worker's
+/// KV capacity from `vllm:cache_config_info` if smaller (the worker cannot hold more).
+pub(crate) fn index_capacity(worker: &Worker, max_bytes: u64) -> usize {
+    let by_flag = max_bytes / BLOCK_BYTES as u64;
+    let by_kv = worker.engine_sample().and_then(|s| {
+        let tokens = u64::from(s.metrics.block_size?) * s.metrics.num_gpu_blocks?;
+        Some(tokens * BYTES_PER_TOKEN / BLOCK_BYTES as u64)
+    });
+    usize::try_from(by_kv.map_or(by_flag, |kv| kv.min(by_flag))).unwrap_or(usize::MAX)
+}
+
 /// Settings of [`CacheAware`], with vllm-project/router's flag meanings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CacheAwareConfig {
@@ -105,12 +116,7 @@ impl CacheAware {
 
     /// Blocks of prompt text `worker`'s index may hold.
     fn capacity(&self, worker: &Worker) -> usize {
-        let by_flag = self.config.max_tree_size / BLOCK_BYTES as u64;
-        let by_kv = worker.engine_sample().and_then(|s| {
-            let tokens = u64::from(s.metrics.block_size?) * s.metrics.num_gpu_blocks?;
-            Some(tokens * BYTES_PER_TOKEN / BLOCK_BYTES as u64)
-        });
-        usize::try_from(by_kv.map_or(by_flag, |kv| kv.min(by_flag))).unwrap_or(usize::MAX)
+        index_capacity(worker, self.config.max_tree_size)
     }
 
     /// Every candidate's terms for a prompt of `chain`.
