@@ -27,7 +27,7 @@ mod mooncake;
 
 use std::sync::Arc;
 
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Limited};
@@ -121,7 +121,6 @@ impl Pd {
         let fields = Fields::parse(request.body)?;
         let model = request.route_req.model;
         let decodes = proxy::candidates(app, Pool::Decode, model)?;
-        let prefills = proxy::candidates(app, Pool::Prefill, model)?;
         let mut decode = Leg::new(
             app,
             Stage::Decode,
@@ -135,15 +134,17 @@ impl Pd {
             pd: self,
             request,
             fields,
-            chain: self.chain(request),
-            slot: Some(slot),
+            chain: self.chain(request.route_req.prompt),
+            slot,
         };
         let Some(chosen) = decode.choose() else {
-            return Err(ApiError::NoWorker {
-                model: model.map(str::to_owned),
-            });
+            return Err(decode.no_worker());
         };
-        if self.skips_prefill(&chosen.0, request.route_req.prompt) {
+        let skips = match (request.route_req.prompt, &plan.chain) {
+            (Some(prompt), Some(chain)) => self.skips_prefill(&chosen.0, prompt, chain),
+            _ => false,
+        };
+        if skips {
             app.metrics.pd_plan("skipped");
             tracing::debug!(
                 request_id = request.route_req.request_id,
@@ -158,7 +159,7 @@ impl Pd {
         // A pair is of one connector: discovered (P2P NCCL) decode workers pair with
         // discovered prefill workers, static ones with static ones.
         let p2p = chosen.0.zmq_address().is_some();
-        let prefills: Vec<Arc<Worker>> = prefills
+        let prefills: Vec<Arc<Worker>> = proxy::candidates(app, Pool::Prefill, model)?
             .into_iter()
             .filter(|w| w.zmq_address().is_some() == p2p)
             .collect();
@@ -172,27 +173,27 @@ impl Pd {
         }
     }
 
-    /// Prompt tokens not expected in `decode`'s prefix cache (text at 4 bytes a token).
-    pub(crate) fn uncached_tokens(&self, decode: &Worker, prompt: Option<&str>) -> usize {
-        let Some(prompt) = prompt else { return 0 };
-        let chain = chain_hashes(prompt.as_bytes());
-        let matched = self.affinity.matched_bytes(decode, &chain);
+    /// Tokens of `prompt` (whose blocks are `chain`) not expected in `decode`'s prefix cache
+    /// (text at 4 bytes a token).
+    pub(crate) fn uncached_tokens(&self, decode: &Worker, prompt: &str, chain: &[u64]) -> usize {
+        let matched = self.affinity.matched_bytes(decode, chain);
         prompt.len().saturating_sub(matched) / BYTES_PER_TOKEN
     }
 
     /// Conditional prefill: fewer than `--pd-min-uncached-tokens` of the prompt's tokens are
     /// not expected in `decode`'s cache.
-    pub(crate) fn skips_prefill(&self, decode: &Worker, prompt: Option<&str>) -> bool {
+    pub(crate) fn skips_prefill(&self, decode: &Worker, prompt: &str, chain: &[u64]) -> bool {
         let min = self.config.min_uncached_tokens as usize;
-        min > 0 && prompt.is_some() && self.uncached_tokens(decode, prompt) < min
+        min > 0 && self.uncached_tokens(decode, prompt, chain) < min
     }
 
-    /// The prompt's block chain, when conditional prefill is on and the prompt is known.
-    fn chain(&self, request: &Inbound<'_>) -> Option<Vec<u64>> {
+    /// The prompt's block chain, hashed once per request, when conditional prefill is on and
+    /// the prompt is known.
+    pub(crate) fn chain(&self, prompt: Option<&str>) -> Option<Vec<u64>> {
         if self.config.min_uncached_tokens == 0 {
             return None;
         }
-        request.route_req.prompt.map(|p| chain_hashes(p.as_bytes()))
+        prompt.map(|p| chain_hashes(p.as_bytes()))
     }
 }
 
@@ -203,8 +204,8 @@ struct Plan<'a> {
     request: &'a Inbound<'a>,
     fields: Fields<'a>,
     chain: Option<Vec<u64>>,
-    /// The admission slot, held by the response body once there is one.
-    slot: Option<crate::admission::Permit>,
+    /// The admission slot, handed to the response body.
+    slot: crate::admission::Permit,
 }
 
 impl<'a> Plan<'a> {
@@ -233,13 +234,8 @@ impl<'a> Plan<'a> {
         let build = |w: &Worker| {
             request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
         };
-        let params = match run_prefill(self.app, &mut prefill, build, Check::Params).await {
-            Prefilled::Ready(Some(params), _) => params,
-            Prefilled::Ready(None, _) => {
-                return Err(ApiError::Internal(
-                    "prefill checked without its parameters".into(),
-                ));
-            }
+        let params = match run_prefill(self.app, &mut prefill, None, build, transfer_params).await {
+            Prefilled::Ready(params, _) => params,
             Prefilled::Refused(answer) => return Ok(self.respond(answer)),
             Prefilled::Failed(error) => return self.prefill_failed(decode, chosen, error).await,
         };
@@ -281,8 +277,8 @@ impl<'a> Plan<'a> {
             let build = |w: &Worker| {
                 request.upstream_request(w, prefill_body.clone(), headers_for(&id_for(w))?)
             };
-            let prefilled = match run_prefill(self.app, &mut prefill, build, Check::Read).await {
-                Prefilled::Ready(_, worker) => worker,
+            let prefilled = match run_prefill(self.app, &mut prefill, None, build, whole).await {
+                Prefilled::Ready((), worker) => worker,
                 Prefilled::Refused(answer) => return Ok(self.respond(answer)),
                 Prefilled::Failed(error) => {
                     return self.prefill_failed(decodes, chosen, error).await;
@@ -339,9 +335,7 @@ impl<'a> Plan<'a> {
         // The prefill worker comes first: the decode leg names its engine.
         let (p, p_decision, engine) = loop {
             let Some((p, decision)) = prefill.choose() else {
-                let error = ApiError::NoWorker {
-                    model: request.route_req.model.map(str::to_owned),
-                };
+                let error = prefill.no_worker();
                 return self.prefill_failed(decode, chosen, error).await;
             };
             match self.pd.bootstrap.engine(app, &p).await {
@@ -378,22 +372,17 @@ impl<'a> Plan<'a> {
             Vec::new(),
             request.deadline,
         );
+        let build = |w: &Worker| {
+            request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
+        };
         let prefill_done = async {
-            let mut answer = one
-                .send(Some((p, p_decision)), |w| {
-                    request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
-                })
-                .await?;
-            let status = answer.response.status();
-            let _ = read_limited(&mut answer, request.deadline).await;
-            if status.is_success() {
-                answer.accept(app);
-                Ok(())
-            } else {
-                Err(ApiError::BadGateway {
+            match run_prefill(app, &mut one, Some((p, p_decision)), build, whole).await {
+                Prefilled::Ready((), _) => Ok(()),
+                Prefilled::Refused(answer) => Err(ApiError::BadGateway {
                     worker: answer.worker.url().to_owned(),
-                    reason: format!("prefill answered {status}"),
-                })
+                    reason: format!("prefill answered {}", answer.response.status()),
+                }),
+                Prefilled::Failed(error) => Err(error),
             }
         };
         let mut decode = decode;
@@ -401,23 +390,19 @@ impl<'a> Plan<'a> {
             request.upstream_request(w, decode_body.clone(), request.to_worker.clone())
         });
         tokio::pin!(prefill_done, decode_answer);
-        let mut prefilled = false;
-        let mut answered: Option<Answer> = None;
-        while !(prefilled && answered.is_some()) {
-            tokio::select! {
-                done = &mut prefill_done, if !prefilled => {
-                    // A failed prefill leaves the decode waiting for blocks that never come:
-                    // it is dropped (cancelled) with this future.
-                    done?;
-                    prefilled = true;
-                }
-                sent = &mut decode_answer, if answered.is_none() => answered = Some(sent?),
+        // The answer goes out once the prefill finished and the decode answered. A failed
+        // prefill leaves the decode waiting for blocks that never come: it is dropped
+        // (cancelled) with its future.
+        let answer = tokio::select! {
+            done = &mut prefill_done => {
+                done?;
+                decode_answer.await?
             }
-        }
-        let Some(answer) = answered else {
-            return Err(ApiError::Internal(
-                "Mooncake plan ended without an answer".into(),
-            ));
+            sent = &mut decode_answer => {
+                let answer = sent?;
+                prefill_done.await?;
+                answer
+            }
         };
         app.metrics.pd_plan("prefilled");
         Ok(self.finish(answer))
@@ -470,44 +455,34 @@ impl<'a> Plan<'a> {
         self.respond(answer)
     }
 
-    fn respond(mut self, answer: Answer) -> Response {
-        match self.slot.take() {
-            Some(slot) => proxy::respond(self.app, answer, slot, self.request.deadline),
-            None => ApiError::Internal("response already sent".into()).into_response(),
-        }
+    fn respond(self, answer: Answer) -> Response {
+        proxy::respond(self.app, answer, self.slot, self.request.deadline)
     }
 }
 
-/// What makes a prefill answer usable.
-#[derive(Debug, Clone, Copy)]
-enum Check {
-    /// A whole answer carrying a `kv_transfer_params` object (NIXL).
-    Params,
-    /// A whole answer (P2P NCCL: the id carried everything), read so the connection is reused.
-    Read,
-}
-
 /// How a prefill leg ended.
-enum Prefilled {
-    /// A worker's answer passed the check: the transfer parameters, when checked for.
-    Ready(Option<String>, Arc<Worker>),
+enum Prefilled<T> {
+    /// A worker's whole answer passed the check, which gave this.
+    Ready(T, Arc<Worker>),
     /// The client's request was refused (4xx): the decode worker would refuse it too.
     Refused(Answer),
     /// Every attempt failed.
     Failed(ApiError),
 }
 
-/// Send the prefill leg until an answer passes `check`. Nothing has reached the client yet, so
-/// any failed prefill (connect, reset, timeout, any 5xx, an answer `check` refuses) may move on
-/// to another prefill worker, within the retry limits.
-async fn run_prefill(
+/// Send the prefill leg (to `first` if given) until a whole answer passes `check`. Nothing has
+/// reached the client yet, so any failed prefill (connect, reset, timeout, any 5xx, an answer
+/// `check` refuses) may move on to another prefill worker, within the retry limits. Answers
+/// are read to their end, so their connections return to the pool.
+async fn run_prefill<T>(
     app: &App,
     leg: &mut Leg<'_>,
+    mut first: Option<(Arc<Worker>, Decision)>,
     build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
-    check: Check,
-) -> Prefilled {
+    check: fn(&[u8]) -> Result<T, String>,
+) -> Prefilled<T> {
     loop {
-        let mut answer = match leg.send(None, &build).await {
+        let mut answer = match leg.send(first.take(), &build).await {
             Ok(answer) => answer,
             Err(error) => return Prefilled::Failed(error),
         };
@@ -516,14 +491,12 @@ async fn run_prefill(
             answer.accept(app);
             return Prefilled::Refused(answer);
         }
-        let deadline = leg.deadline();
-        let checked = if !status.is_success() {
-            Err(format!("the prefill answered {status}"))
+        let checked = if status.is_success() {
+            read_limited(&mut answer, leg.deadline())
+                .await
+                .and_then(|bytes| check(&bytes))
         } else {
-            match check {
-                Check::Params => transfer_params(&mut answer, deadline).await.map(Some),
-                Check::Read => read_limited(&mut answer, deadline).await.map(|_| None),
-            }
+            Err(format!("the prefill answered {status}"))
         };
         match checked {
             Ok(value) => {
@@ -544,6 +517,12 @@ async fn run_prefill(
     }
 }
 
+/// Any whole answer will do (P2P NCCL and Mooncake: the request id or transfer id carried
+/// everything).
+fn whole(_: &[u8]) -> Result<(), String> {
+    Ok(())
+}
+
 /// Read the rest of a (small) answer within the deadline.
 async fn read_limited(answer: &mut Answer, deadline: Instant) -> Result<Bytes, String> {
     let body = Limited::new(answer.response.body_mut(), MAX_PREFILL_ANSWER);
@@ -555,14 +534,13 @@ async fn read_limited(answer: &mut Answer, deadline: Instant) -> Result<Bytes, S
 }
 
 /// The `kv_transfer_params` object of a NIXL prefill answer, as its original text.
-async fn transfer_params(answer: &mut Answer, deadline: Instant) -> Result<String, String> {
+fn transfer_params(bytes: &[u8]) -> Result<String, String> {
     #[derive(Deserialize)]
     struct PrefillAnswer<'a> {
         #[serde(borrow)]
         kv_transfer_params: Option<&'a RawValue>,
     }
-    let bytes = read_limited(answer, deadline).await?;
-    let parsed: PrefillAnswer<'_> = serde_json::from_slice(&bytes)
+    let parsed: PrefillAnswer<'_> = serde_json::from_slice(bytes)
         .map_err(|e| format!("the prefill answer is not JSON: {e}"))?;
     match parsed.kv_transfer_params {
         Some(raw) if raw.get().trim_start().starts_with('{') => Ok(raw.get().to_owned()),

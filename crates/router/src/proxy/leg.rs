@@ -138,9 +138,14 @@ impl<'a> Leg<'a> {
 
     /// The error to answer when no attempt could be made or all failed.
     fn exhausted(&mut self) -> ApiError {
-        self.last_failure.take().unwrap_or(ApiError::NoWorker {
+        self.last_failure.take().unwrap_or_else(|| self.no_worker())
+    }
+
+    /// No worker of the leg's pool can take the request.
+    pub(crate) fn no_worker(&self) -> ApiError {
+        ApiError::NoWorker {
             model: self.req.model.map(str::to_owned),
-        })
+        }
     }
 
     /// Send to `first` if given, else to the policy's choice, and on to other candidates until
@@ -219,9 +224,7 @@ impl<'a> Leg<'a> {
                         tracing::warn!(worker = worker.url(), error = %cause(&error), "worker unreachable; out of rotation until its probes succeed");
                     }
                     app.metrics.retried("connect");
-                    self.last_failure = Some(ApiError::NoWorker {
-                        model: self.req.model.map(str::to_owned),
-                    });
+                    self.last_failure = Some(self.no_worker());
                     continue;
                 }
                 Ok(Err(error)) => {

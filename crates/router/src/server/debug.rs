@@ -17,8 +17,9 @@ use serde_json::json;
 
 use super::App;
 use crate::error::ApiError;
-use crate::fleet::Pool;
+use crate::fleet::{Pool, Worker};
 use crate::policy::{Policy, RouteRequest};
+use crate::prefix::chain_hashes;
 use crate::proxy::{self, peek};
 
 /// Query of `/debug/route`.
@@ -63,30 +64,25 @@ async fn explanation(
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, wants_prompt).await?;
     let req = proxy::route_request(app, path, &parts.headers, &body, &peeked, "debug");
     let Some(pd) = pd else {
-        let mut single = explain_pool(app, app.policy.as_ref(), Pool::Any, &req)?;
+        let (mut single, _) = explain_pool(app, app.policy.as_ref(), Pool::Any, &req)?;
         if let Some(object) = single.as_object_mut() {
             object.insert("model".into(), json!(req.model));
             object.insert("session_key".into(), json!(req.session_key));
         }
         return Ok(single);
     };
-    let prefill = explain_pool(app, pd.prefill_policy(), Pool::Prefill, &req)?;
-    let decode_candidates = proxy::candidates(app, Pool::Decode, req.model)?;
-    let decode = explain_pool(app, pd.decode_policy(), Pool::Decode, &req)?;
+    let (prefill, _) = explain_pool(app, pd.prefill_policy(), Pool::Prefill, &req)?;
+    let (decode, decode_choice) = explain_pool(app, pd.decode_policy(), Pool::Decode, &req)?;
     // Conditional prefill, as the plan would judge it for the decode worker chosen here.
-    let conditional = pd
-        .decode_policy()
-        .explain(&req, &decode_candidates)
-        .decision
-        .and_then(|d| decode_candidates.get(d.index))
-        .map(|worker| {
-            let uncached = pd.uncached_tokens(worker, req.prompt);
-            json!({
-                "min_uncached_tokens": pd.config().min_uncached_tokens,
-                "estimated_uncached_tokens": uncached,
-                "skips_prefill": pd.skips_prefill(worker, req.prompt),
-            })
-        });
+    let conditional = decode_choice.map(|worker| {
+        let prompt = req.prompt.unwrap_or_default();
+        let chain = chain_hashes(prompt.as_bytes());
+        json!({
+            "min_uncached_tokens": pd.config().min_uncached_tokens,
+            "estimated_uncached_tokens": pd.uncached_tokens(&worker, prompt, &chain),
+            "skips_prefill": req.prompt.is_some() && pd.skips_prefill(&worker, prompt, &chain),
+        })
+    });
     Ok(json!({
         "plan": "prefill_decode",
         "kv_connector": pd.config().connector.name(),
@@ -98,13 +94,13 @@ async fn explanation(
     }))
 }
 
-/// How `policy` sees the candidates of `pool` for `req`.
+/// How `policy` sees the candidates of `pool` for `req`, and the worker it would choose.
 fn explain_pool(
     app: &App,
     policy: &dyn Policy,
     pool: Pool,
     req: &RouteRequest<'_>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<(serde_json::Value, Option<Arc<Worker>>), ApiError> {
     let candidates = proxy::candidates(app, pool, req.model)?;
     let explained = policy.explain(req, &candidates);
     let now = Instant::now();
@@ -138,10 +134,16 @@ fn explain_pool(
             "reason": d.reason,
         })
     });
-    Ok(json!({
-        "policy": policy.name(),
-        "prompt_blocks": explained.prompt_blocks,
-        "candidates": rows,
-        "choice": choice,
-    }))
+    let chosen = explained
+        .decision
+        .and_then(|d| candidates.get(d.index).cloned());
+    Ok((
+        json!({
+            "policy": policy.name(),
+            "prompt_blocks": explained.prompt_blocks,
+            "candidates": rows,
+            "choice": choice,
+        }),
+        chosen,
+    ))
 }
