@@ -5,10 +5,9 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use http::HeaderName;
-use http::uri::{Authority, Scheme, Uri};
 
 use crate::admission::AdmissionConfig;
-use crate::cli::{KvConnector, LogLevel, RouterArgs};
+use crate::cli::{LogLevel, RouterArgs};
 use crate::policy::{CacheAwareConfig, PolicyConfig, PolicyKind};
 use crate::prefix::BLOCK_BYTES;
 
@@ -27,154 +26,16 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(flag: &'static str, value: impl ToString, reason: impl ToString) -> ConfigError {
+pub(crate) fn invalid(
+    flag: &'static str,
+    value: impl ToString,
+    reason: impl ToString,
+) -> ConfigError {
     ConfigError::Invalid {
         flag,
         value: value.to_string(),
         reason: reason.to_string(),
     }
-}
-
-/// The parsed base URL of one worker: scheme and authority plus an optional path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerUrl {
-    /// Canonical text, `http://host:port` with any path prefix and no trailing slash.
-    pub text: String,
-    /// Scheme (only `http` is served).
-    pub scheme: Scheme,
-    /// Host and port.
-    pub authority: Authority,
-    /// Path prefix put before every forwarded path, without a trailing slash ("" for none).
-    pub prefix: String,
-}
-
-impl WorkerUrl {
-    /// Parse a worker URL given under `flag`.
-    pub fn parse(flag: &'static str, raw: &str) -> Result<Self, ConfigError> {
-        let trimmed = raw.trim();
-        let uri: Uri = trimmed
-            .parse()
-            .map_err(|e| invalid(flag, raw, format_args!("not a URL ({e})")))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| invalid(flag, raw, "the URL needs a scheme, as in http://host:8000"))?;
-        if scheme != Scheme::HTTP {
-            return Err(invalid(
-                flag,
-                raw,
-                "only http:// workers are supported (terminate TLS in front of the worker)",
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| invalid(flag, raw, "the URL needs a host"))?;
-        if uri.query().is_some() {
-            return Err(invalid(flag, raw, "a worker URL cannot carry a query"));
-        }
-        let prefix = uri.path().trim_end_matches('/').to_owned();
-        let text = format!("{scheme}://{authority}{prefix}");
-        Ok(Self {
-            text,
-            scheme,
-            authority,
-            prefix,
-        })
-    }
-}
-
-/// The part a worker plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Role {
-    /// Serves whole requests.
-    #[default]
-    Regular,
-    /// Computes prompts for decode workers (P/D).
-    Prefill,
-    /// Generates from prompts a prefill worker computed (P/D).
-    Decode,
-}
-
-impl Role {
-    /// `regular`, `prefill` or `decode`: the label in logs, metrics and info routes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Regular => "regular",
-            Self::Prefill => "prefill",
-            Self::Decode => "decode",
-        }
-    }
-}
-
-/// A worker as configured: where it is, the part it plays and, when known, how many requests
-/// it serves at once (the TOML router's `max_concurrent_requests`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerSpec {
-    /// Its base URL.
-    pub url: WorkerUrl,
-    /// Requests it serves at once, when known.
-    pub capacity: Option<NonZeroU32>,
-    /// Regular, prefill or decode.
-    pub role: Role,
-    /// Data-parallel ranks behind the URL (1: no rank header is sent).
-    pub ranks: NonZeroU32,
-    /// A prefill worker's Mooncake bootstrap port, when given.
-    pub bootstrap_port: Option<u16>,
-    /// The engine's ZMQ address (`host:port`), for workers registered by P2P NCCL discovery.
-    pub zmq_address: Option<String>,
-}
-
-impl From<WorkerUrl> for WorkerSpec {
-    fn from(url: WorkerUrl) -> Self {
-        Self {
-            url,
-            capacity: None,
-            role: Role::Regular,
-            ranks: NonZeroU32::MIN,
-            bootstrap_port: None,
-            zmq_address: None,
-        }
-    }
-}
-
-impl WorkerSpec {
-    /// A worker at `url` playing `role`, one rank, nothing else known.
-    pub fn with_role(url: WorkerUrl, role: Role) -> Self {
-        Self {
-            role,
-            ..Self::from(url)
-        }
-    }
-}
-
-/// Prefill/decode disaggregation settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PdConfig {
-    /// How the KV cache moves between static workers (discovered ones use P2P NCCL).
-    pub connector: KvConnector,
-    /// Policy choosing the prefill worker.
-    pub prefill_policy: PolicyKind,
-    /// Policy choosing the decode worker.
-    pub decode_policy: PolicyKind,
-    /// Skip the prefill leg when fewer prompt tokens than this are expected to be uncached on
-    /// the chosen decode worker (0: always prefill).
-    pub min_uncached_tokens: u32,
-    /// When every prefill attempt failed, send the request to decode whole.
-    pub recompute_on_prefill_failure: bool,
-    /// The ZMQ ROUTER address of P2P NCCL discovery, when enabled.
-    pub discovery: Option<DiscoveryConfig>,
-}
-
-/// Where vLLM instances register (P2P NCCL) and when a silent one is dropped.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DiscoveryConfig {
-    /// `host:port` the ROUTER socket binds.
-    pub address: String,
-    /// Silence after which an instance is dropped.
-    pub expiry: Duration,
-    /// Data-parallel ranks behind each registered instance (`--intra-node-data-parallel-size`).
-    pub ranks: NonZeroU32,
 }
 
 /// When and how a failed attempt is retried on another worker.
@@ -303,138 +164,6 @@ pub struct Config {
     pub health: HealthConfig,
     /// Prefill/decode disaggregation, when enabled.
     pub pd: Option<PdConfig>,
-}
-
-/// Attach `URL=N` capacities to the listed workers.
-fn with_capacities(urls: Vec<WorkerUrl>, raw: &[String]) -> Result<Vec<WorkerSpec>, ConfigError> {
-    const FLAG: &str = "--worker-capacity";
-    let mut specs: Vec<WorkerSpec> = urls.into_iter().map(WorkerSpec::from).collect();
-    for entry in raw {
-        let (url, n) = entry
-            .rsplit_once('=')
-            .ok_or_else(|| invalid(FLAG, entry, "expected URL=N, as in http://gpu1:8000=8"))?;
-        let url = WorkerUrl::parse(FLAG, url)?;
-        let n: NonZeroU32 = n
-            .trim()
-            .parse()
-            .map_err(|_| invalid(FLAG, entry, "N must be a whole number of at least 1"))?;
-        let spec = specs
-            .iter_mut()
-            .find(|s| s.url == url)
-            .ok_or_else(|| invalid(FLAG, entry, "the URL is not among --worker-urls"))?;
-        spec.capacity = Some(n);
-    }
-    Ok(specs)
-}
-
-/// The P/D settings, adding the `--prefill` and `--decode` workers to `workers`.
-fn pd_config(
-    args: &RouterArgs,
-    workers: &mut Vec<WorkerSpec>,
-    ranks: NonZeroU32,
-) -> Result<Option<PdConfig>, ConfigError> {
-    let enabled = args.vllm_pd_disaggregation || args.vllm_discovery_address.is_some();
-    if !enabled {
-        if let Some(first) = args.prefill.first() {
-            return Err(invalid(
-                "--prefill",
-                first,
-                "prefill workers need --vllm-pd-disaggregation",
-            ));
-        }
-        if let Some(first) = args.decode.first() {
-            return Err(invalid(
-                "--decode",
-                first,
-                "decode workers need --vllm-pd-disaggregation",
-            ));
-        }
-        return Ok(None);
-    }
-    let mut add = |flag: &'static str, raw: &str, role: Role, bootstrap_port| {
-        let url = WorkerUrl::parse(flag, raw)?;
-        if workers.iter().any(|w| w.url == url) {
-            return Err(invalid(flag, raw, "listed twice"));
-        }
-        workers.push(WorkerSpec {
-            bootstrap_port,
-            ..WorkerSpec::with_role(url, role)
-        });
-        Ok(())
-    };
-    // `--prefill URL [PORT]` may repeat; its values arrive in one list, where every URL
-    // (it has a scheme) starts an entry and a port or `none` ends it.
-    let mut entries: Vec<(&str, Option<&str>)> = Vec::new();
-    for value in &args.prefill {
-        match entries.last_mut() {
-            Some((_, port @ None)) if !value.contains("://") => *port = Some(value),
-            _ => entries.push((value, None)),
-        }
-    }
-    for (url, port) in entries {
-        let bootstrap_port = match port.map(str::trim) {
-            None => None,
-            Some(p) if p.eq_ignore_ascii_case("none") => None,
-            Some(p) => Some(p.parse::<u16>().map_err(|_| {
-                invalid(
-                    "--prefill",
-                    p,
-                    "the bootstrap port must be a port number or 'none'",
-                )
-            })?),
-        };
-        add("--prefill", url, Role::Prefill, bootstrap_port)?;
-    }
-    for url in &args.decode {
-        add("--decode", url, Role::Decode, None)?;
-    }
-    let discovery = match &args.vllm_discovery_address {
-        Some(address) => {
-            if !address.contains(':') {
-                return Err(invalid(
-                    "--vllm-discovery-address",
-                    address,
-                    "expected host:port",
-                ));
-            }
-            let expiry = args.vllm_discovery_expiry_secs;
-            if !(expiry > 0.0 && expiry.is_finite()) {
-                return Err(invalid(
-                    "--vllm-discovery-expiry-secs",
-                    expiry,
-                    "must be above 0",
-                ));
-            }
-            Some(DiscoveryConfig {
-                address: address.clone(),
-                expiry: Duration::from_secs_f64(expiry),
-                ranks,
-            })
-        }
-        None => None,
-    };
-    let has = |role| workers.iter().any(|w| w.role == role);
-    if discovery.is_none() && !(has(Role::Prefill) && has(Role::Decode)) {
-        return Err(invalid(
-            "--vllm-pd-disaggregation",
-            "",
-            "P/D mode needs at least one --prefill and one --decode worker, or --vllm-discovery-address",
-        ));
-    }
-    Ok(Some(PdConfig {
-        connector: args.kv_connector.unwrap_or(KvConnector::Nixl),
-        prefill_policy: args
-            .prefill_policy
-            .or(args.policy)
-            .unwrap_or(PolicyKind::CacheAware),
-        decode_policy: args
-            .decode_policy
-            .or(args.policy)
-            .unwrap_or(PolicyKind::LeastLoad),
-        min_uncached_tokens: args.pd_min_uncached_tokens,
-        recompute_on_prefill_failure: args.pd_recompute_on_prefill_failure,
-        discovery,
-    }))
 }
 
 fn at_least_one(flag: &'static str, value: u32) -> Result<u32, ConfigError> {
@@ -757,5 +486,12 @@ impl Config {
     }
 }
 
+mod pd;
 #[cfg(test)]
 mod tests;
+mod workers;
+
+use pd::pd_config;
+pub use pd::{DiscoveryConfig, PdConfig};
+use workers::with_capacities;
+pub use workers::{Role, WorkerSpec, WorkerUrl};

@@ -1,4 +1,5 @@
 use super::*;
+use crate::cli::KvConnector;
 use clap::Parser;
 
 fn parse(argv: &[&str]) -> Result<Config, String> {

@@ -13,6 +13,9 @@ use vllm_sim::{RequestRecord, Role, SimConfig, SimServer};
 
 use crate::support::*;
 
+mod mooncake;
+mod ranks;
+
 fn role(role: Role) -> SimConfig {
     SimConfig {
         role,
@@ -410,95 +413,6 @@ async fn conditional_prefill_skips_short_prompts_and_prompts_the_decode_worker_h
     );
 }
 
-fn rank_of(r: &RequestRecord) -> Option<String> {
-    r.headers
-        .iter()
-        .find(|(k, _)| k == "x-data-parallel-rank")
-        .map(|(_, v)| v.clone())
-}
-
-#[tokio::test]
-async fn data_parallel_ranks_are_routed_like_workers_and_probed_once_per_url() {
-    let workers = sims([SimConfig {
-        data_parallel_size: 3,
-        ..SimConfig::default()
-    }])
-    .await;
-    let router = router_with(&workers, |a| {
-        a.intra_node_data_parallel_size = 3;
-    })
-    .await;
-    for _ in 0..6 {
-        let reply = chat_via(&router, false).await;
-        assert_eq!(reply.status, 200);
-        assert!(reply.header("x-vllm-router-worker").contains('#'));
-    }
-    let mut ranks: Vec<String> = inference(workers[0].records())
-        .iter()
-        .filter_map(rank_of)
-        .collect();
-    ranks.sort();
-    assert_eq!(
-        ranks,
-        ["0", "0", "1", "1", "2", "2"],
-        "round robin over the ranks"
-    );
-    // One server, one start-up model list and one probe per interval, not one per rank.
-    let stats = workers[0].stats();
-    assert_eq!(stats.by_path.get("/v1/models"), Some(&1), "{stats:?}");
-    tokio::time::sleep(Duration::from_millis(2300)).await;
-    let probes = workers[0]
-        .stats()
-        .by_path
-        .get("/health")
-        .copied()
-        .unwrap_or(0);
-    assert!((1..=3).contains(&probes), "{probes} probes in ~2 intervals");
-}
-
-#[tokio::test]
-async fn data_parallel_ranks_work_in_pd_mode() {
-    let ranked = |role| SimConfig {
-        role,
-        data_parallel_size: 2,
-        ..SimConfig::default()
-    };
-    let prefill = sims([ranked(Role::Prefill)]).await;
-    let decode = sims([ranked(Role::Decode)]).await;
-    let router = pd_router(&prefill, &decode, |a| a.intra_node_data_parallel_size = 2).await;
-    for _ in 0..4 {
-        let reply = chat_via(&router, true).await;
-        assert_eq!(reply.status, 200);
-    }
-    for side in [&prefill, &decode] {
-        let records = all_records(side);
-        let mut ranks: Vec<String> = records.iter().filter_map(rank_of).collect();
-        ranks.sort();
-        assert_eq!(ranks, ["0", "0", "1", "1"]);
-        // Each rank served its own requests.
-        assert!(
-            records
-                .iter()
-                .all(|r| rank_of(r) == Some(r.dp_rank.to_string()))
-        );
-    }
-    // Rank 1 of the prefill named its own engine to the decode leg.
-    let engines: Vec<String> = all_records(&decode)
-        .iter()
-        .map(|r| {
-            r.kv_transfer_params.as_ref().unwrap()["remote_engine_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    let base = &prefill[0].config().engine_id;
-    assert!(
-        engines.contains(base) && engines.contains(&format!("{base}_dp1")),
-        "{engines:?}"
-    );
-}
-
 #[tokio::test]
 async fn a_body_that_is_not_a_json_object_is_refused_in_pd_mode() {
     let (prefill, decode) = pd_sims(1, 1).await;
@@ -512,94 +426,6 @@ async fn a_body_that_is_not_a_json_object_is_refused_in_pd_mode() {
     .await;
     reply.assert_error(400);
     assert!(all_records(&prefill).is_empty() && all_records(&decode).is_empty());
-}
-
-#[tokio::test]
-async fn mooncake_names_the_prefill_engine_and_one_transfer_id_in_both_legs() {
-    // A prefill whose bootstrap server does not answer is passed over for one that does
-    // (the simulator serves Mooncake's `/query` on its own port).
-    let (prefill, decode) = pd_sims(2, 1).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let router = router_with(&[], |a| {
-        a.vllm_pd_disaggregation = true;
-        a.kv_connector = Some(vllm_router::cli::KvConnector::Mooncake);
-        a.prefill = vec![
-            prefill[0].url(),
-            dead_port.to_string(),
-            prefill[1].url(),
-            prefill[1].addr().port().to_string(),
-        ];
-        a.decode = vec![decode[0].url()];
-        a.prefill_policy = Some(vllm_router::policy::PolicyKind::RoundRobin);
-    })
-    .await;
-    for stream in [false, true] {
-        let reply = chat_via(&router, stream).await;
-        assert_ok(&reply);
-    }
-    assert!(inference(prefill[0].records()).is_empty());
-    let p = inference(prefill[1].records());
-    let d = inference(decode[0].records());
-    assert_eq!((p.len(), d.len()), (2, 2));
-    for (p, d) in p.iter().zip(&d) {
-        assert_eq!(p.request_id, d.request_id);
-        let (pk, dk) = (
-            p.kv_transfer_params.as_ref().unwrap(),
-            d.kv_transfer_params.as_ref().unwrap(),
-        );
-        assert_eq!(pk["do_remote_decode"], true);
-        assert_eq!(pk["do_remote_prefill"], false);
-        assert_eq!(dk["do_remote_prefill"], true);
-        assert_eq!(dk["do_remote_decode"], false);
-        assert_eq!(pk["transfer_id"], dk["transfer_id"]);
-        assert!(pk["transfer_id"].as_str().is_some_and(|t| t.len() == 32));
-        assert_eq!(
-            dk["remote_bootstrap_addr"],
-            format!("http://127.0.0.1:{}", prefill[1].addr().port())
-        );
-        assert_eq!(dk["remote_engine_id"], prefill[1].config().engine_id);
-        assert_eq!(dk["remote_dp_rank"], 0);
-        assert!(!p.stream);
-        assert_eq!(d.cached_tokens, d.prompt_tokens);
-    }
-}
-
-#[tokio::test]
-async fn a_failed_mooncake_prefill_cancels_the_waiting_decode() {
-    let prefill = sims([SimConfig {
-        role: Role::Prefill,
-        ttft: Duration::from_millis(300),
-        ..SimConfig::default()
-    }])
-    .await;
-    let decode = sims([SimConfig {
-        role: Role::Decode,
-        ttft: Duration::from_secs(5),
-        ..SimConfig::default()
-    }])
-    .await;
-    let router = router_with(&[], |a| {
-        a.vllm_pd_disaggregation = true;
-        a.kv_connector = Some(vllm_router::cli::KvConnector::Mooncake);
-        a.prefill = vec![prefill[0].url(), prefill[0].addr().port().to_string()];
-        a.decode = vec![decode[0].url()];
-    })
-    .await;
-    prefill[0].set_error_rate(1.0);
-    let started = Instant::now();
-    let reply = chat_via(&router, false).await;
-    reply.assert_error(502);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "no wait for the decode"
-    );
-    let cancelled = eventually(Duration::from_secs(2), || {
-        decode[0].records().iter().find_map(|r| r.cancelled_at)
-    })
-    .await;
-    assert!(cancelled.saturating_duration_since(started) < Duration::from_secs(3));
 }
 
 #[tokio::test]
