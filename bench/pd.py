@@ -41,8 +41,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, http_get, log, machine_line, start, start_listening, stop, tail, version_of, wait_ready
-from quality import DISPLAY, ROLE_MARKER_TOKENS, driver_args, fmt, last_line, shell
+from procs import SimFleet, free_port, get_json, http_get, log, start, stop, tail, wait_ready
+from quality import (DISPLAY, ROLE_MARKER_TOKENS, commands_block, driver_args, fmt, last_line,
+                     report_head, shell)
 
 MODEL = "sim-model"
 ROLES = ("prefill", "decode")
@@ -87,53 +88,24 @@ class FleetSpec:
         ]
 
 
-def get_json(url: str, timeout: float = 2.0):
-    status, body = http_get(url, timeout=timeout)
-    try:
-        return json.loads(body) if status == 200 else None
-    except ValueError:
-        return None
-
-
-class Fleet:
+class Fleet(SimFleet):
     """The running `vllm-sim` processes, one worker each, prefill workers first."""
 
     def __init__(self, spec: FleetSpec, sim_bin: str, workdir: Path):
+        super().__init__(sim_bin, workdir)
         self.spec = spec
-        self.sim_bin = sim_bin
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
-        self.urls: list[str] = []
 
-    def restart(self) -> None:
-        self.stop()
-        for w, role in enumerate(self.spec.roles()):
-            proc, urls = start_listening(self.spec.argv(self.sim_bin, role),
-                                         self.workdir / f"sim-{role}-{w}.log", 1, append=True)
-            self.procs.append(proc)
-            self.urls.extend(urls)
+    def workers(self) -> list[tuple[str, list[str]]]:
+        return [(f"{role}-{w}", self.spec.argv(self.sim_bin, role))
+                for w, role in enumerate(self.spec.roles())]
 
     def of(self, role: str) -> list[str]:
         return [u for u, r in zip(self.urls, self.spec.roles()) if r == role]
-
-    def stats(self) -> list[dict]:
-        return [get_json(url + "/sim/stats") or {} for url in self.urls]
 
     def records(self) -> list[list[dict]]:
         """Every worker's recorded chat requests, in arrival order."""
         return [[r for r in get_json(url + "/sim/records", timeout=30) or [] if r["path"] == CHAT]
                 for url in self.urls]
-
-    def check_alive(self) -> None:
-        for w, (proc, role) in enumerate(zip(self.procs, self.spec.roles())):
-            if proc.poll() is not None:
-                raise SystemExit(f"vllm-sim {role} worker {w} exited mid-run:\n"
-                                 f"{tail(self.workdir / f'sim-{role}-{w}.log')}")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            stop(proc)
-        self.procs, self.urls = [], []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,23 +659,11 @@ def scenario_report(sc: Scenario, results: list[Result], paths: Paths) -> list[s
                          f"{'; '.join(sorted(firsts)) or 'n/a'}")
     if sc.rounds > 1:
         lines += ["", "Per round:", ""] + rounds_table(results)
-    lines += ["", "Commands, in run order (worker URLs and ports differ per target):", "", "```"]
-    for r in results:
-        lines += [shell(r.router_cmd), shell(r.bench_cmd)]
-    lines += ["```", ""]
-    return lines
+    return lines + commands_block(results)
 
 
 def report(runs: list[tuple[Scenario, list[Result]]], paths: Paths, argv: list[str]) -> str:
-    lines = [
-        "# Prefill/decode disaggregation",
-        "",
-        f"Machine: {machine_line()}. Every process (workers, router, load generator) shares it.",
-        "",
-        f"Ours = `{version_of([paths.router, '--version'])}`; peer = `vllm-router` 0.1.17 from "
-        f"PyPI; load = `{version_of([paths.bench, '--version'])}` (streaming chat, "
-        f"`stream_options.include_usage`); workers = `{version_of([paths.sim, '--version'])}`.",
-        "",
+    lines = report_head("Prefill/decode disaggregation", paths) + [
         "TTFT is measured by the client to the first chunk carrying a choice, so in P/D mode it "
         "covers the prefill leg, the hand-over and the decode worker's first token. The "
         "simulator moves no KV cache: a decode worker handed `do_remote_prefill` starts as if "

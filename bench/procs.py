@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -144,3 +145,50 @@ def start_listening(argv: list[str], log_path: Path, count: int, append: bool = 
         if m := re.search(r"listening on (http://\S+)", line):
             urls.append(m.group(1).rstrip("/"))
     return proc, urls
+
+
+def get_json(url: str, timeout: float = 2.0):
+    """The JSON a `GET url` answered with 200, else None."""
+    status, body = http_get(url, timeout=timeout)
+    try:
+        return json.loads(body) if status == 200 else None
+    except ValueError:
+        return None
+
+
+class SimFleet:
+    """Running `vllm-sim` processes, one worker each, restarted together. Subclasses say which
+    workers to run: `workers()` gives each one's name (for its log) and command line."""
+
+    def __init__(self, sim_bin: str, workdir: Path):
+        self.sim_bin = sim_bin
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.urls: list[str] = []
+
+    def workers(self) -> list[tuple[str, list[str]]]:
+        raise NotImplementedError
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"sim-{name}.log"
+
+    def restart(self) -> None:
+        self.stop()
+        for name, argv in self.workers():
+            proc, urls = start_listening(argv, self.log_path(name), 1, append=True)
+            self.procs.append(proc)
+            self.urls.extend(urls)
+
+    def stats(self) -> list[dict]:
+        return [get_json(url + "/sim/stats") or {} for url in self.urls]
+
+    def check_alive(self) -> None:
+        for (name, _), proc in zip(self.workers(), self.procs):
+            if proc.poll() is not None:
+                raise SystemExit(f"vllm-sim worker {name} exited mid-run:\n"
+                                 f"{tail(self.log_path(name))}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+        self.procs, self.urls = [], []

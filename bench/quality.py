@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, http_get, log, machine_line, start, start_listening, stop, tail, version_of, wait_ready
+from procs import SimFleet, free_port, log, machine_line, start, stop, tail, version_of, wait_ready
 
 MODEL = "sim-model"
 # The simulator's chat template wraps each message in `<|role|>` (five tokens) and ends the
@@ -89,46 +89,15 @@ class FleetSpec:
         ]
 
 
-class Fleet:
+class Fleet(SimFleet):
     """The running `vllm-sim` processes, one worker each."""
 
     def __init__(self, spec: FleetSpec, sim_bin: str, workdir: Path):
+        super().__init__(sim_bin, workdir)
         self.spec = spec
-        self.sim_bin = sim_bin
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
-        self.urls: list[str] = []
 
-    def restart(self) -> None:
-        self.stop()
-        for w in range(self.spec.workers):
-            proc, urls = start_listening(self.spec.argv(self.sim_bin, w),
-                                         self.workdir / f"sim-{w}.log", 1, append=True)
-            self.procs.append(proc)
-            self.urls.extend(urls)
-
-    def stats(self) -> list[dict]:
-        out = []
-        for url in self.urls:
-            status, body = http_get(url + "/sim/stats")
-            try:
-                out.append(json.loads(body) if status == 200 else {})
-            except ValueError:
-                out.append({})
-        return out
-
-    def check_alive(self) -> None:
-        for w, proc in enumerate(self.procs):
-            if proc.poll() is not None:
-                raise SystemExit(f"vllm-sim worker {w} exited mid-run:\n"
-                                 f"{tail(self.workdir / f'sim-{w}.log')}")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            stop(proc)
-        self.procs, self.urls = [], []
-
-
+    def workers(self) -> list[tuple[str, list[str]]]:
+        return [(str(w), self.spec.argv(self.sim_bin, w)) for w in range(self.spec.workers)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,18 +382,23 @@ def scenario_report(sc: Scenario, results: list[Result], paths: Paths) -> list[s
     if failed:
         lines += ["", "Failures:", ""]
         lines += [f"- {r.name}: {r.failure}" for r in failed]
-    lines += ["", "Commands, in run order (worker URLs and ports differ per target):", "", "```"]
+    return lines + commands_block(results)
+
+
+
+
+def commands_block(results) -> list[str]:
+    """The router and load commands of every target, in run order."""
+    lines = ["", "Commands, in run order (worker URLs and ports differ per target):", "", "```"]
     for r in results:
         lines += [shell(r.router_cmd), shell(r.bench_cmd)]
-    lines += ["```", ""]
-    return lines
+    return lines + ["```", ""]
 
 
-
-
-def report(runs: list[tuple[Scenario, list[Result]]], paths: Paths, argv: list[str]) -> str:
-    lines = [
-        "# Routing quality",
+def report_head(title: str, paths) -> list[str]:
+    """A report's title, the machine and the versions of everything measured."""
+    return [
+        f"# {title}",
         "",
         f"Machine: {machine_line()}. Every process (workers, router, load generator) shares it.",
         "",
@@ -432,6 +406,11 @@ def report(runs: list[tuple[Scenario, list[Result]]], paths: Paths, argv: list[s
         f"PyPI; load = `{version_of([paths.bench, '--version'])}` (streaming chat, "
         f"`stream_options.include_usage`); workers = `{version_of([paths.sim, '--version'])}`.",
         "",
+    ]
+
+
+def report(runs: list[tuple[Scenario, list[Result]]], paths: Paths, argv: list[str]) -> str:
+    lines = report_head("Routing quality", paths) + [
         "TTFT is measured by the client to the first chunk carrying a choice; the cache-hit rate "
         "is Σ`cached_tokens` / Σ`prompt_tokens` from the workers' usage chunks. Requests per "
         "worker come from each worker's `/sim/stats` and include any warm-up requests.",
