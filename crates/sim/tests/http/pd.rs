@@ -1,26 +1,32 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vllm_sim::{Role, SimConfig, spawn};
+use vllm_sim::{Role, SimConfig, SimServer, spawn};
 
 use crate::support::{long_text, post_json};
 
-#[tokio::test]
-async fn prefill_hands_kv_params_to_decode() {
+/// A prefill worker with this engine id, and a decode worker whose own prefill is slow.
+async fn pair(engine_id: &str) -> (SimServer, SimServer) {
     let prefill = spawn(SimConfig {
         role: Role::Prefill,
-        engine_id: "prefill-engine".into(),
+        engine_id: engine_id.into(),
         ..SimConfig::default()
     })
     .await
-    .unwrap();
+    .expect("prefill starts");
     let decode = spawn(SimConfig {
         role: Role::Decode,
         prefill_per_token: Duration::from_millis(10),
         ..SimConfig::default()
     })
     .await
-    .unwrap();
+    .expect("decode starts");
+    (prefill, decode)
+}
+
+#[tokio::test]
+async fn prefill_hands_kv_params_to_decode() {
+    let (prefill, decode) = pair("prefill-engine").await;
     let prompt = long_text(100);
     let request = json!({"prompt": prompt, "max_tokens": 8});
 
@@ -78,20 +84,7 @@ async fn prefill_hands_kv_params_to_decode() {
 
 #[tokio::test]
 async fn mooncake_legs_and_decode_keeps_received_blocks_cached() {
-    let prefill = spawn(SimConfig {
-        role: Role::Prefill,
-        engine_id: "mc-prefill".into(),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let decode = spawn(SimConfig {
-        role: Role::Decode,
-        prefill_per_token: Duration::from_millis(10),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let (prefill, decode) = pair("mc-prefill").await;
     let prompt = long_text(100);
 
     // Mooncake's prefill leg carries only the flags and the router's transfer id.
