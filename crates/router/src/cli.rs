@@ -167,6 +167,29 @@ pub struct RouterArgs {
     /// its own, named in the `X-data-parallel-rank` header; health is probed once per URL.
     #[arg(long, default_value_t = 1)]
     pub intra_node_data_parallel_size: u32,
+    /// Find workers among Kubernetes pods (in-cluster config, or KUBECONFIG): a pod joins
+    /// when Running and Ready, leaves when not Ready, deleted or moved to another IP.
+    #[arg(long)]
+    pub service_discovery: bool,
+    /// Label selector of worker pods (`k=v`, space- or comma-separated; all must match).
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "K=V")]
+    pub selector: Vec<String>,
+    /// Label selector of prefill pods in P/D mode.
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "K=V")]
+    pub prefill_selector: Vec<String>,
+    /// Label selector of decode pods in P/D mode.
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "K=V")]
+    pub decode_selector: Vec<String>,
+    /// Namespace watched for worker pods [default: the router's own namespace in a cluster,
+    /// else the kubeconfig context's].
+    #[arg(long)]
+    pub service_discovery_namespace: Option<String>,
+    /// Port of vLLM's HTTP server on each discovered pod.
+    #[arg(long, default_value_t = 8000)]
+    pub service_discovery_port: u16,
+    /// Pod annotation that carries a prefill pod's Mooncake bootstrap port.
+    #[arg(long, default_value = "vllm.ai/bootstrap-port")]
+    pub bootstrap_port_annotation: String,
     /// Seconds a whole request may take, retries and streaming included: past it a pending
     /// request is answered 504 and a stream ends with an error event.
     #[arg(long, default_value_t = 1800)]

@@ -164,6 +164,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// Prefill/decode disaggregation, when enabled.
     pub pd: Option<PdConfig>,
+    /// Kubernetes pod discovery, when enabled.
+    pub service_discovery: Option<ServiceDiscoveryConfig>,
 }
 
 fn at_least_one(flag: &'static str, value: u32) -> Result<u32, ConfigError> {
@@ -332,7 +334,8 @@ impl Config {
         let mut workers = with_capacities(workers, &args.worker_capacity)?;
         let ranks = NonZeroU32::new(args.intra_node_data_parallel_size)
             .ok_or_else(|| invalid("--intra-node-data-parallel-size", 0, "must be at least 1"))?;
-        let pd = pd_config(&args, &mut workers, ranks)?;
+        let service_discovery = service_discovery(&args)?;
+        let pd = pd_config(&args, &mut workers, ranks, service_discovery.is_some())?;
         for w in &mut workers {
             w.ranks = ranks;
         }
@@ -469,6 +472,7 @@ impl Config {
                 )?,
             },
             pd,
+            service_discovery,
         })
     }
 
@@ -486,12 +490,15 @@ impl Config {
     }
 }
 
+mod kube;
 mod pd;
 #[cfg(test)]
 mod tests;
 mod workers;
 
+use kube::service_discovery;
+pub use kube::{Selector, ServiceDiscoveryConfig};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
 use workers::with_capacities;
-pub use workers::{Role, WorkerSpec, WorkerUrl};
+pub use workers::{Origin, Role, WorkerSpec, WorkerUrl};

@@ -42,6 +42,7 @@ pub(super) fn pd_config(
     args: &RouterArgs,
     workers: &mut Vec<WorkerSpec>,
     ranks: NonZeroU32,
+    pods_discovered: bool,
 ) -> Result<Option<PdConfig>, ConfigError> {
     let enabled = args.vllm_pd_disaggregation || args.vllm_discovery_address.is_some();
     if !enabled {
@@ -124,11 +125,11 @@ pub(super) fn pd_config(
         None => None,
     };
     let has = |role| workers.iter().any(|w| w.role == role);
-    if discovery.is_none() && !(has(Role::Prefill) && has(Role::Decode)) {
+    if discovery.is_none() && !pods_discovered && !(has(Role::Prefill) && has(Role::Decode)) {
         return Err(invalid(
             "--vllm-pd-disaggregation",
             "",
-            "P/D mode needs at least one --prefill and one --decode worker, or --vllm-discovery-address",
+            "P/D mode needs at least one --prefill and one --decode worker, --vllm-discovery-address or --service-discovery",
         ));
     }
     Ok(Some(PdConfig {

@@ -78,6 +78,33 @@ impl Role {
     }
 }
 
+/// Where a worker came from: a configuration reload only adds and removes workers it
+/// configured, never those an operator or a discovery mechanism added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Origin {
+    /// Flags, environment or the config file.
+    #[default]
+    Config,
+    /// The admin API.
+    Admin,
+    /// vLLM's P2P NCCL registration over ZMQ.
+    Zmq,
+    /// A Kubernetes pod.
+    Kubernetes,
+}
+
+impl Origin {
+    /// `config`, `admin`, `zmq` or `kubernetes`: the name in listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Admin => "admin",
+            Self::Zmq => "zmq",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
 /// A worker as configured: where it is, the part it plays and, when known, how many requests
 /// it serves at once (the TOML router's `max_concurrent_requests`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +121,8 @@ pub struct WorkerSpec {
     pub bootstrap_port: Option<u16>,
     /// The engine's ZMQ address (`host:port`), for workers registered by P2P NCCL discovery.
     pub zmq_address: Option<String>,
+    /// Where it came from.
+    pub origin: Origin,
 }
 
 impl From<WorkerUrl> for WorkerSpec {
@@ -105,6 +134,7 @@ impl From<WorkerUrl> for WorkerSpec {
             ranks: NonZeroU32::MIN,
             bootstrap_port: None,
             zmq_address: None,
+            origin: Origin::Config,
         }
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{PayloadError, Registration, decode};
-use crate::config::{DiscoveryConfig, Role, WorkerSpec};
+use crate::config::{DiscoveryConfig, Origin, Role, WorkerSpec};
 use crate::fleet::FleetEvent;
 
 /// Shortest time between two warnings about malformed messages; the ones in between are
@@ -101,6 +101,7 @@ impl Registry {
         let spec = WorkerSpec {
             ranks: self.ranks,
             zmq_address: Some(fresh.zmq_address.clone()),
+            origin: Origin::Zmq,
             ..WorkerSpec::with_role(url, role)
         };
         let key = spec.url.text.clone();
