@@ -1,7 +1,10 @@
 //! The command line. Flag names and meanings follow vllm-project/router so existing launch
 //! scripts keep working; `demo` is our own subcommand.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyKind;
 
@@ -54,8 +57,9 @@ pub struct DemoArgs {
 }
 
 /// How the KV cache moves from a prefill worker to a decode worker.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[value(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum KvConnector {
     /// NIXL: decode pulls the blocks the prefill's answer names.
     Nixl,
@@ -74,7 +78,8 @@ impl KvConnector {
 }
 
 /// Log verbosity, as vllm-project/router spells it.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
 pub enum LogLevel {
     /// Everything, including per-request traces.
     Trace,
@@ -84,9 +89,11 @@ pub enum LogLevel {
     Info,
     /// Problems only.
     #[value(alias = "warning")]
+    #[serde(alias = "warning")]
     Warn,
     /// Failures only.
     #[value(alias = "critical")]
+    #[serde(alias = "critical")]
     Error,
 }
 
@@ -103,9 +110,28 @@ impl LogLevel {
     }
 }
 
-/// The router's flags, compatible with vllm-project/router 0.1.x.
-#[derive(Args, Debug, Clone)]
+/// The router's flags, compatible with vllm-project/router 0.1.x. Each is also a config-file
+/// key (the flag's name with underscores) and an environment variable (`VLLM_ROUTER_` and the
+/// key in capitals); see [`crate::config::Sources`].
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct RouterArgs {
+    /// A TOML config file: the TOML router's `servers.toml`, or the native format (every flag
+    /// as a key, plus `[[workers]]`). Watched, and re-read on SIGHUP; changes apply live.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration (flags, environment and file), print it and exit: 0 when
+    /// valid, 2 when not.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Seconds between re-reads of the config file, besides watching it for changes (0: watch
+    /// only).
+    #[arg(long, default_value_t = 30)]
+    pub config_reload_interval_secs: u64,
+    /// Bearer key the admin API (`/workers`, `/add_worker`, ...) requires; without it, only
+    /// clients on loopback may call the admin API.
+    #[arg(long, value_name = "KEY")]
+    pub admin_api_key: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,

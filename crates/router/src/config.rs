@@ -1,7 +1,9 @@
 //! One validated, typed configuration. Raw flags become durations, non-zero sizes, header
 //! names and parsed worker URLs here; every error names the flag and the value at fault.
 
+use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -11,19 +13,76 @@ use crate::cli::{LogLevel, RouterArgs};
 use crate::policy::{CacheAwareConfig, PolicyConfig, PolicyKind};
 use crate::prefix::BLOCK_BYTES;
 
-/// A configuration value that cannot be used, with the flag it came from.
+/// A configuration value that cannot be used, with where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A flag's value is out of range or malformed.
-    #[error("invalid value '{value}' for '{flag}': {reason}")]
+    /// A setting's value is out of range or malformed.
+    #[error("invalid value '{value}' for {}: {reason}", at.clone().unwrap_or_else(|| format!("'{flag}'")))]
     Invalid {
-        /// The flag, spelled as on the command line.
+        /// The flag, spelled as on the command line ("" when the value has no flag).
         flag: &'static str,
         /// The value given.
         value: String,
         /// Why it is refused.
         reason: String,
+        /// Where it was given (`'--flag'`, `$VAR`, `'key' in FILE`), when known.
+        at: Option<String>,
     },
+    /// The command line cannot be parsed.
+    #[error("{reason}")]
+    Flags {
+        /// The parser's message.
+        reason: String,
+    },
+    /// The config file cannot be read or is not a config file.
+    #[error("config file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Name where a flag's value came from, using the places of the merged layers.
+    fn placed(self, places: &HashMap<String, Place>) -> Self {
+        match self {
+            Self::Invalid {
+                flag,
+                value,
+                reason,
+                at: None,
+            } if !flag.is_empty() => {
+                let key = layers::key_of(flag);
+                let at = places.get(&key).unwrap_or(&Place::Default).name(&key);
+                Self::Invalid {
+                    flag,
+                    value,
+                    reason,
+                    at: Some(at),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// A secret setting: compared, never shown (`Debug` prints a mask).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's text, for comparisons.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 pub(crate) fn invalid(
@@ -35,6 +94,7 @@ pub(crate) fn invalid(
         flag,
         value: value.to_string(),
         reason: reason.to_string(),
+        at: None,
     }
 }
 
@@ -166,6 +226,19 @@ pub struct Config {
     pub pd: Option<PdConfig>,
     /// Kubernetes pod discovery, when enabled.
     pub service_discovery: Option<ServiceDiscoveryConfig>,
+    /// The config file, watched for changes.
+    pub config_file: Option<PathBuf>,
+    /// Interval of re-reads of the config file besides watching it, or `None`.
+    pub config_reload_interval: Option<Duration>,
+    /// The key the admin API requires, or `None` for loopback clients only.
+    pub admin_api_key: Option<Secret>,
+    /// Only validate the configuration (`--check-config`).
+    pub check_only: bool,
+    /// Settings accepted without effect, to be logged when the configuration is applied.
+    pub warnings: Vec<String>,
+    /// Each setting given explicitly, as `(key, value, place)`, sorted by key (empty for
+    /// [`Config::from_args`]). Secrets are masked.
+    pub given: Vec<(String, String, Place)>,
 }
 
 fn at_least_one(flag: &'static str, value: u32) -> Result<u32, ConfigError> {
@@ -323,6 +396,11 @@ fn secs(flag: &'static str, value: u64, allow_zero: bool) -> Result<Duration, Co
 impl Config {
     /// Validate raw flags into a configuration.
     pub fn from_args(args: RouterArgs) -> Result<Self, ConfigError> {
+        Self::build(args, &[])
+    }
+
+    /// Validate merged settings and the config file's workers into a configuration.
+    fn build(args: RouterArgs, file_workers: &[FileWorker]) -> Result<Self, ConfigError> {
         let mut workers: Vec<WorkerUrl> = Vec::with_capacity(args.worker_urls.len());
         for raw in args.worker_urls.iter().filter(|u| !u.trim().is_empty()) {
             let url = WorkerUrl::parse("--worker-urls", raw)?;
@@ -335,10 +413,30 @@ impl Config {
         let ranks = NonZeroU32::new(args.intra_node_data_parallel_size)
             .ok_or_else(|| invalid("--intra-node-data-parallel-size", 0, "must be at least 1"))?;
         let service_discovery = service_discovery(&args)?;
-        let pd = pd_config(&args, &mut workers, ranks, service_discovery.is_some())?;
+        let pd_enabled = args.vllm_pd_disaggregation || args.vllm_discovery_address.is_some();
+        let mut from_file = Vec::with_capacity(file_workers.len());
+        for entry in file_workers {
+            let spec = entry.spec(ranks, pd_enabled)?;
+            if workers
+                .iter()
+                .chain(&from_file)
+                .any(|w: &WorkerSpec| w.url == spec.url)
+            {
+                return Err(entry.invalid(&spec.url.text, "listed twice"));
+            }
+            from_file.push(spec);
+        }
+        let pd = pd_config(
+            &args,
+            &mut workers,
+            &from_file,
+            ranks,
+            service_discovery.is_some(),
+        )?;
         for w in &mut workers {
             w.ranks = ranks;
         }
+        workers.extend(from_file);
         let max_payload_size = NonZeroUsize::new(args.max_payload_size)
             .ok_or_else(|| invalid("--max-payload-size", 0, "must be at least 1 byte"))?;
         let request_id_headers = header_names("--request-id-headers", &args.request_id_headers)?;
@@ -473,7 +571,52 @@ impl Config {
             },
             pd,
             service_discovery,
+            config_file: args.config,
+            config_reload_interval: (args.config_reload_interval_secs > 0)
+                .then(|| Duration::from_secs(args.config_reload_interval_secs)),
+            admin_api_key: args
+                .admin_api_key
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| Secret(k.trim().to_owned())),
+            check_only: args.check_config,
+            warnings: Vec::new(),
+            given: Vec::new(),
         })
+    }
+
+    /// What `--check-config` prints: the settings given and where, and the workers.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from("configuration is valid\n");
+        if let Some(file) = &self.config_file {
+            let _ = writeln!(out, "config file: {}", file.display());
+        }
+        let _ = writeln!(out, "settings given ({}):", self.given.len());
+        for (key, value, place) in &self.given {
+            let _ = writeln!(out, "  {key} = {value}    [{place}]");
+        }
+        let _ = writeln!(out, "workers ({}):", self.workers.len());
+        for w in &self.workers {
+            let _ = write!(
+                out,
+                "  {} role={} ranks={} weight={}",
+                w.url.text,
+                w.role.name(),
+                w.ranks,
+                w.weight
+            );
+            if let Some(c) = w.capacity {
+                let _ = write!(out, " capacity={c}");
+            }
+            if let Some(models) = &w.models {
+                let _ = write!(out, " models={}", models.join(","));
+            }
+            out.push('\n');
+        }
+        for warning in &self.warnings {
+            let _ = writeln!(out, "warning: {warning}");
+        }
+        out
     }
 
     /// Defaults with the given workers: the starting point for embedding and tests.
@@ -490,14 +633,18 @@ impl Config {
     }
 }
 
+mod file;
 mod kube;
+mod layers;
 mod pd;
 #[cfg(test)]
 mod tests;
 mod workers;
 
+use file::FileWorker;
 use kube::service_discovery;
 pub use kube::{Selector, ServiceDiscoveryConfig};
+pub use layers::{ENV_PREFIX, Place, Sources};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
 use workers::with_capacities;

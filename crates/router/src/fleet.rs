@@ -267,9 +267,24 @@ fn apply(members: &mut Vec<Member>, event: FleetEvent) -> bool {
                 .iter_mut()
                 .filter(|m| m.worker.url() == url)
                 .peekable();
-            match ranks.peek() {
-                Some(first) if first.models.as_deref() != Some(models.as_slice()) => {}
-                _ => return false,
+            let Some(first) = ranks.peek() else {
+                return false;
+            };
+            let models = match &first.worker.spec().models {
+                Some(routed) => {
+                    let kept: Vec<ModelCard> = models
+                        .into_iter()
+                        .filter(|c| routed.contains(&c.id))
+                        .collect();
+                    if kept.len() < routed.len() && first.models.is_none() {
+                        tracing::warn!(worker = %url, models = ?routed, "the worker does not list every model configured for it");
+                    }
+                    kept
+                }
+                None => models,
+            };
+            if first.models.as_deref() == Some(models.as_slice()) {
+                return false;
             }
             let names: Vec<&str> = models.iter().map(|c| c.id.as_str()).collect();
             tracing::info!(worker = %url, models = ?names, "worker models");

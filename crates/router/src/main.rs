@@ -5,22 +5,29 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tokio::net::TcpListener;
-use vllm_router::cli::{Cli, Command, RouterArgs};
-use vllm_router::config::Config;
+use vllm_router::cli::{Cli, Command};
+use vllm_router::config::Sources;
 use vllm_router::server::{self, App};
 use vllm_router::{demo, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let outcome = match cli.command {
         Some(Command::Demo(args)) => {
             telemetry::init(args.log_level);
             demo::run(args).await.map_err(anyhow::Error::from)
         }
-        None => run(cli.router).await,
+        None => match Sources::new(&matches, |name| std::env::var(name).ok()) {
+            Ok(sources) => run(sources).await,
+            Err(e) => Err(e.into()),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -31,9 +38,16 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: RouterArgs) -> anyhow::Result<()> {
-    let config = Config::from_args(args)?;
+async fn run(sources: Sources) -> anyhow::Result<()> {
+    let config = sources.load()?;
+    if config.check_only {
+        print!("{}", config.summary());
+        return Ok(());
+    }
     telemetry::init(config.log_level);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;

@@ -210,9 +210,33 @@ impl<T: ScoredPolicy> Policy for T {
     }
 }
 
+/// The candidate at position `n` (taken modulo the total weight) when each candidate takes as
+/// many consecutive positions as its weight: with equal weights, simply `n % len`.
+pub(crate) fn weighted_index(candidates: &[Arc<Worker>], n: u64) -> usize {
+    let total: u64 = candidates.iter().map(|w| u64::from(w.weight())).sum();
+    if total == candidates.len() as u64 {
+        return (n % total.max(1)) as usize;
+    }
+    let mut left = n % total.max(1);
+    for (i, w) in candidates.iter().enumerate() {
+        let weight = u64::from(w.weight());
+        if left < weight {
+            return i;
+        }
+        left -= weight;
+    }
+    0
+}
+
+/// The sum of the candidates' weights.
+pub(crate) fn total_weight(candidates: &[Arc<Worker>]) -> u64 {
+    candidates.iter().map(|w| u64::from(w.weight())).sum()
+}
+
 /// The policies `--policy` accepts, with vllm-project/router's names.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[value(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum PolicyKind {
     /// Each candidate in turn.
     RoundRobin,
@@ -320,6 +344,21 @@ pub(crate) mod test_support {
                 let url =
                     WorkerUrl::parse("--worker-urls", &format!("http://10.0.0.{i}:8000")).unwrap();
                 Arc::new(Worker::new(url))
+            })
+            .collect()
+    }
+
+    pub fn weighted(weights: &[u32]) -> Vec<Arc<Worker>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let url =
+                    WorkerUrl::parse("--worker-urls", &format!("http://10.0.0.{i}:8000")).unwrap();
+                Arc::new(Worker::new(crate::config::WorkerSpec {
+                    weight: std::num::NonZeroU32::new(w).unwrap(),
+                    ..crate::config::WorkerSpec::from(url)
+                }))
             })
             .collect()
     }

@@ -241,7 +241,7 @@ pub(crate) fn candidates(
     let breaker = &app.config.breaker;
     Ok(serving
         .iter()
-        .filter(|w| w.is_healthy() && w.breaker().admits(breaker, now))
+        .filter(|w| w.is_routable() && w.breaker().admits(breaker, now))
         .cloned()
         .collect())
 }

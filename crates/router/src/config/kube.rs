@@ -85,7 +85,8 @@ pub(super) fn service_discovery(
             "--service-discovery in P/D mode needs --prefill-selector and --decode-selector",
         ));
     }
-    if !pd && !(prefill_selector.is_empty() && decode_selector.is_empty()) {
+    let role_selectors = !prefill_selector.is_empty() || !decode_selector.is_empty();
+    if !pd && role_selectors {
         return Err(invalid(
             "--prefill-selector",
             prefill_selector.to_query() + &decode_selector.to_query(),

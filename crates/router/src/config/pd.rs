@@ -41,6 +41,7 @@ pub struct DiscoveryConfig {
 pub(super) fn pd_config(
     args: &RouterArgs,
     workers: &mut Vec<WorkerSpec>,
+    from_file: &[WorkerSpec],
     ranks: NonZeroU32,
     pods_discovered: bool,
 ) -> Result<Option<PdConfig>, ConfigError> {
@@ -64,7 +65,7 @@ pub(super) fn pd_config(
     }
     let mut add = |flag: &'static str, raw: &str, role: Role, bootstrap_port| {
         let url = WorkerUrl::parse(flag, raw)?;
-        if workers.iter().any(|w| w.url == url) {
+        if workers.iter().chain(from_file).any(|w| w.url == url) {
             return Err(invalid(flag, raw, "listed twice"));
         }
         workers.push(WorkerSpec {
@@ -124,7 +125,7 @@ pub(super) fn pd_config(
         }
         None => None,
     };
-    let has = |role| workers.iter().any(|w| w.role == role);
+    let has = |role| workers.iter().chain(from_file).any(|w| w.role == role);
     if discovery.is_none() && !pods_discovered && !(has(Role::Prefill) && has(Role::Decode)) {
         return Err(invalid(
             "--vllm-pd-disaggregation",

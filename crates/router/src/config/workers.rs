@@ -1,5 +1,6 @@
 //! Workers as configured: their URLs, roles, data-parallel ranks and capacities.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 
 use http::uri::{Authority, Scheme, Uri};
@@ -123,6 +124,12 @@ pub struct WorkerSpec {
     pub zmq_address: Option<String>,
     /// Where it came from.
     pub origin: Origin,
+    /// Its share of requests relative to other workers under `round_robin` and `random`.
+    pub weight: NonZeroU32,
+    /// The models routed to it, when restricted (of those it lists); `None` for all it lists.
+    pub models: Option<Vec<String>>,
+    /// Free-form labels, shown by the admin API.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl From<WorkerUrl> for WorkerSpec {
@@ -135,6 +142,9 @@ impl From<WorkerUrl> for WorkerSpec {
             bootstrap_port: None,
             zmq_address: None,
             origin: Origin::Config,
+            weight: NonZeroU32::MIN,
+            models: None,
+            labels: BTreeMap::new(),
         }
     }
 }

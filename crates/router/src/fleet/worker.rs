@@ -35,12 +35,14 @@ pub struct Worker {
     /// Shared by every rank of one URL: one server, one verdict.
     health: Arc<Health>,
     breaker: Breaker,
+    spec: WorkerSpec,
 }
 
 /// A server's health: shared by its data-parallel ranks, since they live and die together.
 #[derive(Debug, Default)]
 struct Health {
     healthy: AtomicBool,
+    draining: AtomicBool,
     failures: AtomicU32,
     good_probes: AtomicU32,
 }
@@ -93,7 +95,34 @@ impl Worker {
             served: AtomicU64::new(0),
             health,
             breaker: Breaker::default(),
+            spec: spec.clone(),
         }
+    }
+
+    /// The spec the worker was made from (every rank has its URL's spec).
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.spec
+    }
+
+    /// Its share of requests relative to others (`round_robin`, `random`).
+    pub fn weight(&self) -> u32 {
+        self.spec.weight.get()
+    }
+
+    /// Whether the worker is draining: it gets no new requests while its in-flight ones
+    /// finish. Shared by every rank of the URL.
+    pub fn is_draining(&self) -> bool {
+        self.health.draining.load(Ordering::Relaxed)
+    }
+
+    /// Start or stop draining; returns the previous state.
+    pub fn set_draining(&self, draining: bool) -> bool {
+        self.health.draining.swap(draining, Ordering::Relaxed)
+    }
+
+    /// Whether new requests may go to the worker: healthy and not draining.
+    pub fn is_routable(&self) -> bool {
+        self.is_healthy() && !self.is_draining()
     }
 
     /// The URL, with `#RANK` for one data-parallel rank of it: names the worker in logs,

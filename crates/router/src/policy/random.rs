@@ -18,7 +18,11 @@ impl Policy for Random {
         if candidates.is_empty() {
             return None;
         }
-        Some(Decision::new(fastrand::usize(..candidates.len()), "random"))
+        let n = fastrand::u64(..super::total_weight(candidates).max(1));
+        Some(Decision::new(
+            super::weighted_index(candidates, n),
+            "random",
+        ))
     }
 }
 
@@ -38,5 +42,18 @@ mod tests {
         });
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
         assert_eq!(with_request(|r| Random.pick(r, &[])), None);
+    }
+
+    #[test]
+    fn picks_in_proportion_to_weight() {
+        let ws = crate::policy::test_support::weighted(&[1, 4]);
+        let mut seen = [0usize; 2];
+        with_request(|r| {
+            for _ in 0..5000 {
+                seen[Random.pick(r, &ws).unwrap().index] += 1;
+            }
+        });
+        // Expected 1000 and 4000; far outside noise for a wrong (uniform) pick.
+        assert!((800..1200).contains(&seen[0]), "{seen:?}");
     }
 }

@@ -21,15 +21,18 @@ impl Policy for RoundRobin {
         if candidates.is_empty() {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(Decision::new(turn % candidates.len(), "next in turn"))
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) as u64;
+        Some(Decision::new(
+            super::weighted_index(candidates, turn),
+            "next in turn",
+        ))
     }
 
     fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
-        let turn = self.next.load(Ordering::Relaxed);
+        let turn = self.next.load(Ordering::Relaxed) as u64;
         Explanation {
             decision: (!candidates.is_empty())
-                .then(|| Decision::new(turn % candidates.len(), "next in turn")),
+                .then(|| Decision::new(super::weighted_index(candidates, turn), "next in turn")),
             ..Explanation::default()
         }
     }
@@ -48,5 +51,14 @@ mod tests {
             with_request(|r| (0..6).map(|_| policy.pick(r, &ws).unwrap().index).collect());
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         assert_eq!(with_request(|r| policy.pick(r, &[])), None);
+    }
+
+    #[test]
+    fn a_weight_takes_that_many_turns() {
+        let policy = RoundRobin::default();
+        let ws = crate::policy::test_support::weighted(&[1, 3]);
+        let picks: Vec<usize> =
+            with_request(|r| (0..8).map(|_| policy.pick(r, &ws).unwrap().index).collect());
+        assert_eq!(picks, [0, 1, 1, 1, 0, 1, 1, 1]);
     }
 }

@@ -1,0 +1,281 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::*;
+use crate::config::Role;
+
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name| vars.get(name).cloned()
+}
+
+fn load(argv: &[&str], vars: &[(&str, &str)], file: Option<&str>) -> Result<Config, String> {
+    let sources = Sources::from_argv(argv, env(vars)).map_err(|e| e.to_string())?;
+    match file {
+        Some(text) => sources.load_text(Path::new("router.toml"), text),
+        None => sources.load(),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn place_of(config: &Config, key: &str) -> Place {
+    config
+        .given
+        .iter()
+        .find(|(k, _, _)| k == key)
+        .map(|(_, _, p)| p.clone())
+        .unwrap_or(Place::Default)
+}
+
+#[test]
+fn each_layer_overrides_the_one_below() {
+    let file = Some("port = 1111\n");
+    let env_port = [("VLLM_ROUTER_PORT", "2222")];
+    assert_eq!(load(&[], &[], None).unwrap().port, 30000, "default");
+    assert_eq!(
+        load(&[], &[], file).unwrap().port,
+        1111,
+        "file over default"
+    );
+    let c = load(&[], &env_port, file).unwrap();
+    assert_eq!(c.port, 2222, "environment over file");
+    assert_eq!(place_of(&c, "port"), Place::Env("VLLM_ROUTER_PORT".into()));
+    let c = load(&["--port", "3333"], &env_port, file).unwrap();
+    assert_eq!(c.port, 3333, "flag over environment");
+    assert_eq!(place_of(&c, "port"), Place::Flag);
+    // A flag left at its default does not hide the file's value.
+    assert_eq!(load(&["--host", "0.0.0.0"], &[], file).unwrap().port, 1111);
+}
+
+#[test]
+fn our_variable_beats_the_legacy_one() {
+    assert_eq!(load(&[], &[("PORT", "9000")], None).unwrap().port, 9000);
+    let both = [("PORT", "9000"), ("VLLM_ROUTER_PORT", "9001")];
+    assert_eq!(load(&[], &both, None).unwrap().port, 9001);
+    let legacy = [
+        ("LOG_LEVEL", "WARNING"),
+        ("HEALTH_CHECK_INTERVAL", "2.5"),
+        ("REQUEST_TIMEOUT", "60"),
+    ];
+    let c = load(&[], &legacy, None).unwrap();
+    assert_eq!(c.log_level, crate::cli::LogLevel::Warn);
+    assert_eq!(c.health.interval, Duration::from_secs(3), "rounded up");
+    assert_eq!(c.timeouts.total, Duration::from_secs(60));
+}
+
+#[test]
+fn lists_and_switches_from_the_environment() {
+    let vars = [
+        ("VLLM_ROUTER_WORKER_URLS", "http://a:1,http://b:1"),
+        ("VLLM_ROUTER_DISABLE_RETRIES", "true"),
+        ("VLLM_ROUTER_POLICY", "round_robin"),
+    ];
+    let c = load(&[], &vars, None).unwrap();
+    assert_eq!(c.workers.len(), 2);
+    assert_eq!(c.retry.max_retries, 0);
+    assert_eq!(c.policy, PolicyKind::RoundRobin);
+    // A list from a higher layer replaces the lower one's whole.
+    let c = load(&["--worker-urls", "http://c:1"], &vars, None).unwrap();
+    let urls: Vec<&str> = c.workers.iter().map(|w| w.url.text.as_str()).collect();
+    assert_eq!(urls, ["http://c:1"]);
+    // A switch turned on in the file is turned off by the environment.
+    let c = load(
+        &[],
+        &[("VLLM_ROUTER_DISABLE_RETRIES", "0")],
+        Some("disable_retries = true"),
+    )
+    .unwrap();
+    assert_eq!(c.retry.max_retries, 3);
+}
+
+use crate::policy::PolicyKind;
+use std::time::Duration;
+
+#[test]
+fn errors_name_the_key_the_place_and_the_value() {
+    let e = load(&[], &[], Some("cache_threshold = 3")).unwrap_err();
+    assert!(
+        e.contains("'cache_threshold' in router.toml") && e.contains("'3'"),
+        "{e}"
+    );
+    let e = load(&[], &[], Some("cache_threshold = \"high\"")).unwrap_err();
+    assert!(
+        e.contains("'cache_threshold' in router.toml") && e.contains("high"),
+        "{e}"
+    );
+    let e = load(&[], &[("VLLM_ROUTER_CACHE_THRESHOLD", "2")], None).unwrap_err();
+    assert!(
+        e.contains("$VLLM_ROUTER_CACHE_THRESHOLD") && e.contains("'2'"),
+        "{e}"
+    );
+    let e = load(&[], &[("VLLM_ROUTER_PORT", "http")], None).unwrap_err();
+    assert!(e.contains("$VLLM_ROUTER_PORT") && e.contains("http"), "{e}");
+    let e = load(&[], &[("VLLM_ROUTER_DISABLE_RETRIES", "maybe")], None).unwrap_err();
+    assert!(e.contains("$VLLM_ROUTER_DISABLE_RETRIES"), "{e}");
+    let e = load(&["--cache-threshold", "2"], &[], None).unwrap_err();
+    assert!(
+        e.contains("'--cache-threshold'") && e.contains("'2'"),
+        "{e}"
+    );
+    let e = load(&[], &[], Some("cache_treshold = 0.5")).unwrap_err();
+    assert!(e.contains("unknown key 'cache_treshold'"), "{e}");
+    let e = load(&[], &[], Some("config = \"other.toml\"")).unwrap_err();
+    assert!(e.contains("unknown key 'config'"), "{e}");
+    let e = load(&[], &[], Some("port = ")).unwrap_err();
+    assert!(e.contains("router.toml"), "{e}");
+}
+
+const NATIVE: &str = r#"
+policy = "round_robin"
+vllm_pd_disaggregation = true
+
+[[workers]]
+url = "http://p1:8000"
+role = "prefill"
+bootstrap_port = 8998
+
+[[workers]]
+url = "http://d1:8000/"
+role = "decode"
+capacity = 8
+weight = 3
+ranks = 2
+models = ["llama"]
+labels = { zone = "a" }
+"#;
+
+#[test]
+fn the_native_file_gives_every_worker_field() {
+    let c = load(&[], &[], Some(NATIVE)).unwrap();
+    assert_eq!(c.policy, PolicyKind::RoundRobin);
+    let [p, d] = c.workers.as_slice() else {
+        panic!("{:?}", c.workers)
+    };
+    assert_eq!((p.role, p.bootstrap_port), (Role::Prefill, Some(8998)));
+    assert_eq!(d.url.text, "http://d1:8000");
+    assert_eq!(d.role, Role::Decode);
+    assert_eq!(d.capacity.map(|c| c.get()), Some(8));
+    assert_eq!((d.weight.get(), d.ranks.get()), (3, 2));
+    assert_eq!(d.models.as_deref(), Some(&["llama".to_owned()][..]));
+    assert_eq!(d.labels.get("zone").map(String::as_str), Some("a"));
+}
+
+#[test]
+fn file_workers_are_checked() {
+    let e = load(
+        &[],
+        &[],
+        Some("[[workers]]\nurl = \"http://a:1\"\nrole = \"prefill\""),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("'workers[0]' in router.toml") && e.contains("P/D"),
+        "{e}"
+    );
+    let e = load(
+        &[],
+        &[],
+        Some("[[workers]]\nurl = \"http://a:1\"\nweight = 0"),
+    )
+    .unwrap_err();
+    assert!(e.contains("weight must be at least 1"), "{e}");
+    let e = load(
+        &[],
+        &[],
+        Some("[[workers]]\nurl = \"http://a:1\"\ncolour = 1"),
+    )
+    .unwrap_err();
+    assert!(e.contains("'workers[0]'") && e.contains("colour"), "{e}");
+    let e = load(
+        &["--worker-urls", "http://a:1"],
+        &[],
+        Some("[[workers]]\nurl = \"http://a:1/\""),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("'workers[0]' in router.toml") && e.contains("listed twice"),
+        "{e}"
+    );
+    // Flags and the file's workers add up.
+    let c = load(
+        &["--worker-urls", "http://a:1"],
+        &[],
+        Some("[[workers]]\nurl = \"http://b:1\""),
+    )
+    .unwrap();
+    assert_eq!(c.workers.len(), 2);
+}
+
+const SERVERS_TOML: &str = r#"
+[servers]
+servers = [
+  { url = "http://gpu-1:8081", max_concurrent_requests = 3 },
+  { url = "http://gpu-2:8081", max_concurrent_requests = 5 },
+]
+
+[config]
+health_check_interval = 10
+health_check_timeout = 5
+health_check_min_success_rate = 0.8
+health_check_max_response_time = 2.0
+config_reload_interval = 15
+enable_active_health_check = true
+request_timeout = 120
+max_retries = 2
+retry_delay = 0.25
+"#;
+
+#[test]
+fn the_toml_routers_file_loads_unchanged() {
+    let c = load(&[], &[], Some(SERVERS_TOML)).unwrap();
+    let caps: Vec<(&str, u32)> = c
+        .workers
+        .iter()
+        .map(|w| (w.url.text.as_str(), w.capacity.map_or(0, |c| c.get())))
+        .collect();
+    assert_eq!(caps, [("http://gpu-1:8081", 3), ("http://gpu-2:8081", 5)]);
+    assert_eq!(c.port, 8888, "that router's port");
+    assert_eq!(c.health.interval, Duration::from_secs(10));
+    assert_eq!(
+        c.health.timeout,
+        Duration::from_secs(2),
+        "max response time"
+    );
+    assert_eq!(c.config_reload_interval, Some(Duration::from_secs(15)));
+    assert_eq!(c.timeouts.total, Duration::from_secs(120));
+    assert_eq!(c.retry.max_retries, 2);
+    assert_eq!(c.retry.initial_backoff, Duration::from_millis(250));
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert_eq!(
+        place_of(&c, "retry_max_retries"),
+        Place::File {
+            path: "router.toml".into(),
+            key: "config.max_retries".into()
+        }
+    );
+    // Its keys are validated like ours, named as written.
+    let bad = SERVERS_TOML.replace("max_retries = 2", "max_retries = -1");
+    let e = load(&[], &[], Some(&bad)).unwrap_err();
+    assert!(e.contains("'config.max_retries' in router.toml"), "{e}");
+    let e = load(&[], &[], Some("[servers]\nservers = []\n[config]\nfoo = 1")).unwrap_err();
+    assert!(e.contains("config.foo"), "{e}");
+    // Flags still win over it.
+    assert_eq!(
+        load(&["--port", "7000"], &[], Some(SERVERS_TOML))
+            .unwrap()
+            .port,
+        7000
+    );
+}
+
+#[test]
+fn secrets_are_masked_in_the_summary() {
+    let c = load(&["--admin-api-key", "s3cret-admin"], &[], None).unwrap();
+    let summary = c.summary();
+    assert!(!summary.contains("s3cret-admin"), "{summary}");
+    assert!(!format!("{c:?}").contains("s3cret-admin"));
+    assert_eq!(c.admin_api_key.unwrap().expose(), "s3cret-admin");
+}
