@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// What admission enforces. [`Default`] enforces nothing.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AdmissionConfig {
     /// Requests that may hold a slot at once; `None` is unlimited, and then nothing queues.
     pub max_concurrent: Option<NonZeroUsize>,

@@ -148,7 +148,7 @@ pub struct Timeouts {
 }
 
 /// How the router probes worker health.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     /// Time between probe rounds.
     pub interval: Duration,
@@ -182,7 +182,7 @@ pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
 
 /// The router's whole configuration, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Host to listen on.
     pub host: String,
@@ -226,6 +226,8 @@ pub struct Config {
     pub pd: Option<PdConfig>,
     /// Kubernetes pod discovery, when enabled.
     pub service_discovery: Option<ServiceDiscoveryConfig>,
+    /// Data-parallel ranks behind each worker URL unless its entry says otherwise.
+    pub data_parallel_size: NonZeroU32,
     /// The config file, watched for changes.
     pub config_file: Option<PathBuf>,
     /// Interval of re-reads of the config file besides watching it, or `None`.
@@ -571,6 +573,7 @@ impl Config {
             },
             pd,
             service_discovery,
+            data_parallel_size: ranks,
             config_file: args.config,
             config_reload_interval: (args.config_reload_interval_secs > 0)
                 .then(|| Duration::from_secs(args.config_reload_interval_secs)),
@@ -642,6 +645,7 @@ mod tests;
 mod workers;
 
 use file::FileWorker;
+pub use file::worker_from_json;
 use kube::service_discovery;
 pub use kube::{Selector, ServiceDiscoveryConfig};
 pub use layers::{ENV_PREFIX, Place, Sources};

@@ -82,6 +82,18 @@ pub enum ApiError {
         /// When trying again makes sense.
         retry_after: Duration,
     },
+    /// The request lacks the key a guarded route needs, or gives a wrong one.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The client may not call this route from where it is.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The request conflicts with the current state (a worker already present).
+    #[error("{0}")]
+    Conflict(String),
+    /// No worker has this id or URL.
+    #[error("no worker with id or URL '{0}'")]
+    UnknownWorker(String),
     /// A router defect; logged, answered 500.
     #[error("internal router error: {0}")]
     Internal(String),
@@ -121,6 +133,10 @@ impl ApiError {
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::UnknownWorker(_) => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,6 +151,10 @@ impl ApiError {
             Self::BadGateway { .. } => "BadGatewayError",
             Self::GatewayTimeout { .. } => "GatewayTimeoutError",
             Self::Overloaded { .. } => "RateLimitError",
+            Self::Unauthorized(_) => "AuthenticationError",
+            Self::Forbidden(_) => "PermissionDeniedError",
+            Self::Conflict(_) => "ConflictError",
+            Self::UnknownWorker(_) => "NotFoundError",
             Self::Internal(_) => "InternalServerError",
         }
     }

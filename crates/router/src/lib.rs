@@ -33,6 +33,7 @@ pub mod pd;
 pub mod policy;
 pub mod prefix;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

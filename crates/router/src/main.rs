@@ -9,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 use tokio::net::TcpListener;
 use vllm_router::cli::{Cli, Command};
 use vllm_router::config::Sources;
+use vllm_router::reload::Reloader;
 use vllm_router::server::{self, App};
 use vllm_router::{demo, telemetry};
 
@@ -61,6 +62,9 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
     };
     let addr = listener.local_addr()?;
     let app = App::start(config).await?;
+    let reloader = Reloader::new(Arc::clone(&app), sources);
+    reloader.spawn();
+    spawn_hangup(Arc::clone(&reloader));
     if let Some(metrics) = metrics_listener {
         tracing::info!(addr = %metrics.local_addr()?, "metrics listener");
         tokio::spawn(server::serve_metrics(
@@ -88,6 +92,27 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// SIGHUP re-reads the configuration.
+fn spawn_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        reloader.trigger();
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Exit status when a second signal cuts the drain short (128 + SIGINT, as shells report it).

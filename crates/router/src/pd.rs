@@ -306,7 +306,7 @@ impl<'a> Plan<'a> {
                     return Ok(self.finish(answer));
                 }
                 Err(error) => {
-                    let retry = &self.app.config.retry;
+                    let retry = &self.app.config().retry;
                     let next = (replans < retry.max_retries
                         && Instant::now() < request.deadline
                         && self.app.retry_budget.try_spend())

@@ -41,7 +41,7 @@ use crate::upstream::UpstreamBody;
 /// Forward one inference request. The response always carries `x-request-id`.
 pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let request_id = headers::request_id(&parts.headers, &app.config.request_id_headers);
+    let request_id = headers::request_id(&parts.headers, &app.config().request_id_headers);
     let mut response = match route(&app, parts, body, &request_id).await {
         Ok(response) => response,
         Err(error) => {
@@ -74,7 +74,7 @@ async fn route(
             retry_after: refused.retry_after(),
         }
     })?;
-    let body = read_body(&parts.headers, body, app.config.max_payload_size.get()).await?;
+    let body = read_body(&parts.headers, body, app.config().max_payload_size.get()).await?;
     let pd = app.pd.as_ref().filter(|_| pd::applies(parts.uri.path()));
     let want_prompt = match pd {
         Some(pd) => pd.wants_prompt(),
@@ -94,7 +94,7 @@ async fn route(
         body: &body,
         route_req,
         to_worker,
-        deadline: Instant::now() + app.config.timeouts.total,
+        deadline: Instant::now() + app.config().timeouts.total,
     };
     match pd {
         Some(pd) => pd.forward(app, &request, slot).await,
@@ -201,10 +201,10 @@ pub(crate) fn respond(
         .map(|p| usage::UsageWatch::new(p, Arc::clone(&app.metrics)));
     let limits = tracked::StreamLimits {
         sse,
-        idle: app.config.timeouts.stream_idle,
+        idle: app.config().timeouts.stream_idle,
         deadline,
-        total: app.config.timeouts.total,
-        failure_threshold: app.config.health.failure_threshold,
+        total: app.config().timeouts.total,
+        failure_threshold: app.config().health.failure_threshold,
         metrics: Arc::clone(&app.metrics),
         drain: Some(app.drain_signal()),
     };
@@ -238,7 +238,7 @@ pub(crate) fn candidates(
         }
     };
     let now = Instant::now();
-    let breaker = &app.config.breaker;
+    let breaker = &app.config().breaker;
     Ok(serving
         .iter()
         .filter(|w| w.is_routable() && w.breaker().admits(breaker, now))
@@ -261,7 +261,7 @@ pub(crate) fn route_request<'a>(
         headers,
         body,
         request_id,
-        session_key: peek::session_key(headers, &app.config.session_key_headers, peeked),
+        session_key: peek::session_key(headers, &app.config().session_key_headers, peeked),
         prompt: peeked.prompt.as_deref(),
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP application: inference routes forwarded by [`crate::proxy`], the router's own info
 //! routes, and the run loop that serves them on an already-bound listener.
 
+mod admin;
 mod debug;
 mod info;
 mod metrics;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admission::Admission;
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::discovery;
 use crate::error::ApiError;
 use crate::fleet::{self, Fleet};
@@ -29,6 +31,7 @@ use crate::pd::Pd;
 use crate::policy::Policy;
 use crate::proxy;
 use crate::proxy::RetryBudget;
+use crate::reload::Reloader;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -57,8 +60,8 @@ pub const INFERENCE_ROUTES: &[&str] = &[
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
 pub struct App {
-    /// The validated configuration.
-    pub config: Config,
+    /// The configuration in force: replaced whole by a reload.
+    config: Arc<ArcSwap<Config>>,
     /// The fleet.
     pub fleet: Arc<Fleet>,
     /// The routing policy of single-leg requests.
@@ -92,6 +95,8 @@ impl App {
                 "this policy is not available in this version; round_robin serves in its place"
             );
         }
+        let live = Arc::new(ArcSwap::from_pointee(config));
+        let config = live.load_full();
         let discovery_config = config.pd.as_ref().and_then(|pd| pd.discovery.as_ref());
         if config.workers.is_empty() && discovery_config.is_none() {
             tracing::warn!("no workers given: every inference request will be answered 503");
@@ -125,7 +130,7 @@ impl App {
         background.push(fleet::spawn_health_loop(
             Arc::clone(&fleet),
             upstream.clone(),
-            &config,
+            Arc::clone(&live),
         ));
         if let Some(interval) = config.load_scrape_interval {
             background.push(fleet::spawn_scrape_loop(
@@ -135,7 +140,7 @@ impl App {
             ));
         }
         Ok(Arc::new(Self {
-            config,
+            config: live,
             fleet,
             policy,
             pd,
@@ -152,6 +157,17 @@ impl App {
 }
 
 impl App {
+    /// The configuration in force now. Hold it for one step, not across awaits: a reload may
+    /// replace it.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The configuration's shared cell, for tasks that re-read it (health, scrape, reload).
+    pub fn live_config(&self) -> &Arc<ArcSwap<Config>> {
+        &self.config
+    }
+
     /// Every response still open ends now: streams with an error event, other bodies aborted.
     /// The serving loop calls this when a shutdown's drain deadline passes.
     pub fn end_streams(&self) {
@@ -188,7 +204,20 @@ pub fn routes(app: Arc<App>) -> Router {
     for path in INFERENCE_ROUTES {
         router = router.route(path, post(proxy::forward));
     }
+    let admin = Router::new()
+        .route("/workers", get(admin::list).post(admin::add))
+        .route("/workers/{id}", get(admin::get_one).delete(admin::remove))
+        .route("/workers/{id}/drain", post(admin::drain))
+        .route("/workers/{id}/resume", post(admin::resume))
+        .route("/add_worker", post(admin::add_worker))
+        .route("/remove_worker", post(admin::remove_worker))
+        .route("/list_workers", get(admin::list_workers))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            admin::guard,
+        ));
     router
+        .merge(admin)
         .route("/v1/models", get(info::models))
         .route("/health", get(info::health))
         .route("/liveness", get(info::liveness))
@@ -232,6 +261,7 @@ where
 pub struct RouterHandle {
     addr: SocketAddr,
     app: Arc<App>,
+    reloader: Option<(Arc<Reloader>, JoinHandle<()>)>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -248,9 +278,26 @@ impl RouterHandle {
         Ok(Self {
             addr,
             app,
+            reloader: None,
             stop: Some(stop),
             task,
         })
+    }
+
+    /// Load the configuration from `sources`, serve it as [`RouterHandle::spawn`] does, and
+    /// keep it live: the config file (when one is named) is watched and reloaded.
+    pub async fn spawn_with(listener: TcpListener, sources: Sources) -> std::io::Result<Self> {
+        let config = sources.load().map_err(std::io::Error::other)?;
+        let mut handle = Self::spawn(listener, config).await?;
+        let reloader = Reloader::new(Arc::clone(&handle.app), sources);
+        let task = reloader.spawn();
+        handle.reloader = Some((reloader, task));
+        Ok(handle)
+    }
+
+    /// The reloader, for a router started by [`RouterHandle::spawn_with`].
+    pub fn reloader(&self) -> Option<&Arc<Reloader>> {
+        self.reloader.as_ref().map(|(r, _)| r)
     }
 
     /// The address the router listens on.
@@ -283,6 +330,9 @@ impl RouterHandle {
 
 impl Drop for RouterHandle {
     fn drop(&mut self) {
+        if let Some((_, task)) = &self.reloader {
+            task.abort();
+        }
         self.task.abort();
     }
 }

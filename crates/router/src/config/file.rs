@@ -128,6 +128,27 @@ impl FileWorker {
     }
 }
 
+/// A worker given as JSON (the admin API's `POST /workers` body, in the file's worker format),
+/// named `at` in errors.
+pub fn worker_from_json(
+    value: serde_json::Value,
+    ranks: NonZeroU32,
+    pd: bool,
+    at: &str,
+) -> Result<WorkerSpec, ConfigError> {
+    let entry = WorkerEntry::deserialize(value).map_err(|e| ConfigError::Invalid {
+        flag: "",
+        value: String::new(),
+        reason: e.to_string(),
+        at: Some(at.to_owned()),
+    })?;
+    FileWorker {
+        entry,
+        at: at.to_owned(),
+    }
+    .spec(ranks, pd)
+}
+
 fn file_error(path: &Path, reason: impl ToString) -> ConfigError {
     ConfigError::File {
         path: path.to_owned(),

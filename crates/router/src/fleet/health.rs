@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -135,15 +136,26 @@ async fn probe(fleet: &Fleet, upstream: &Upstream, worker: &Arc<Worker>, health:
     }
 }
 
-/// Probe every worker each interval, for as long as the fleet lives.
-pub fn spawn_health_loop(fleet: Arc<Fleet>, upstream: Upstream, config: &Config) -> JoinHandle<()> {
-    let health = config.health.clone();
+/// Probe every worker each interval, for as long as the fleet lives. The health settings are
+/// re-read every round, so a reload changes them.
+pub fn spawn_health_loop(
+    fleet: Arc<Fleet>,
+    upstream: Upstream,
+    config: Arc<ArcSwap<Config>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(health.interval);
+        let mut interval = config.load().health.interval;
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
+            let health = config.load().health.clone();
+            if health.interval != interval {
+                interval = health.interval;
+                tick = tokio::time::interval_at(Instant::now() + interval, interval);
+                tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            }
             let snapshot = fleet.snapshot();
             let probes = snapshot
                 .servers()

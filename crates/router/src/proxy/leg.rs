@@ -86,7 +86,7 @@ impl Answer {
     pub(crate) fn accept(&mut self, app: &App) {
         if let Some(ticket) = self.ticket.take() {
             self.worker.record_success();
-            ticket.success(&app.config.breaker);
+            ticket.success(&app.config().breaker);
         }
     }
 }
@@ -157,8 +157,8 @@ impl<'a> Leg<'a> {
         build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
     ) -> Result<Answer, ApiError> {
         let app = self.app;
-        let breaker = &app.config.breaker;
-        let retry = &app.config.retry;
+        let breaker = &app.config().breaker;
+        let retry = &app.config().retry;
         loop {
             let (worker, decision) = match first.take() {
                 Some(chosen) => chosen,
@@ -183,7 +183,7 @@ impl<'a> Leg<'a> {
             let request = build(&worker)?;
             let guard = worker.begin();
             let left = self.deadline.saturating_duration_since(Instant::now());
-            let first_byte = app.config.timeouts.first_byte.min(left);
+            let first_byte = app.config().timeouts.first_byte.min(left);
             let sent = tokio::time::timeout(first_byte, app.upstream.send(request)).await;
             let url = || worker.url().to_owned();
             let (failure, cause, pause) = match sent {
@@ -241,7 +241,7 @@ impl<'a> Leg<'a> {
                 }
                 Err(_) => {
                     failed(&worker, ticket, app);
-                    let stage = if first_byte < app.config.timeouts.first_byte {
+                    let stage = if first_byte < app.config().timeouts.first_byte {
                         "total"
                     } else {
                         "first_byte"
@@ -286,7 +286,7 @@ impl<'a> Leg<'a> {
             failed(&worker, ticket, self.app);
         }
         drop(guard);
-        let pause = backoff(&self.app.config.retry, self.retries + 1, None);
+        let pause = backoff(&self.app.config().retry, self.retries + 1, None);
         if !self.may_retry(pause) {
             return Err(failure);
         }
@@ -297,7 +297,7 @@ impl<'a> Leg<'a> {
     /// A retry is possible only with retries and candidates left and time for the backoff;
     /// the budget is asked last, so it is spent only on a retry that happens.
     fn may_retry(&self, wait: Duration) -> bool {
-        self.retries < self.app.config.retry.max_retries
+        self.retries < self.app.config().retry.max_retries
             && !self.candidates.is_empty()
             && Instant::now() + wait < self.deadline
             && self.app.retry_budget.try_spend()
@@ -321,8 +321,8 @@ impl<'a> Leg<'a> {
 
 /// The attempt failed at the worker: it counts toward ejection and against its breaker.
 fn failed(worker: &Worker, ticket: Ticket, app: &App) {
-    worker.record_failure(app.config.health.failure_threshold);
-    ticket.failure(&app.config.breaker, Instant::now());
+    worker.record_failure(app.config().health.failure_threshold);
+    ticket.failure(&app.config().breaker, Instant::now());
 }
 
 /// The innermost cause of an upstream error, which names what actually failed.

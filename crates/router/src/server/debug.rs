@@ -58,7 +58,7 @@ async fn explanation(
         ));
     }
     let (parts, body) = request.into_parts();
-    let body = proxy::read_body(&parts.headers, body, app.config.max_payload_size.get()).await?;
+    let body = proxy::read_body(&parts.headers, body, app.config().max_payload_size.get()).await?;
     let pd = app.pd.as_ref().filter(|_| crate::pd::applies(path));
     let wants_prompt = pd.map_or(app.policy.wants_prompt(), crate::pd::Pd::wants_prompt);
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, wants_prompt).await?;

@@ -97,7 +97,7 @@ pub async fn about(State(app): State<Arc<App>>) -> Response {
         "description": "OpenAI-compatible load balancer for vLLM workers",
         "version": crate::VERSION,
         "policy": app.policy.name(),
-        "policy_requested": app.config.policy.name(),
+        "policy_requested": app.config().policy.name(),
         "pd": app.pd.as_ref().map(|pd| json!({
             "kv_connector": pd.config().connector.name(),
             "prefill_policy": pd.prefill_policy().name(),

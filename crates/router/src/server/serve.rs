@@ -45,7 +45,7 @@ pub async fn serve<F>(listener: TcpListener, app: Arc<App>, shutdown: F) -> io::
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let limits = app.config.listener;
+    let limits = app.config().listener;
     let router = super::routes(Arc::clone(&app));
     let http = Arc::new(builder(&limits));
     let (stop, stopping) = watch::channel(false);

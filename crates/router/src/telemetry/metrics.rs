@@ -53,6 +53,7 @@ pub struct Metrics {
     stream_errors: Family<Cause, Counter>,
     refusals: Family<Cause, Counter>,
     pd_plans: Family<Cause, Counter>,
+    reloads: Family<Cause, Counter>,
     prefix_error: Histogram,
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
@@ -100,6 +101,12 @@ impl Default for Metrics {
             "P/D requests by plan: prefilled (prefill then decode), skipped (conditional prefill sent it straight to decode), recomputed (every prefill failed; decode computed the prompt)",
             pd_plans.clone(),
         );
+        let reloads = Family::<Cause, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config file reloads by outcome: applied, unchanged, rejected (invalid; the running configuration stays)",
+            reloads.clone(),
+        );
         let prefix_error = Histogram::new(ERROR_BUCKETS);
         registry.register(
             "prefix_prediction_error",
@@ -138,6 +145,7 @@ impl Default for Metrics {
             stream_errors,
             refusals,
             pd_plans,
+            reloads,
             prefix_error,
             worker_healthy,
             worker_in_flight,
@@ -179,6 +187,11 @@ impl Metrics {
     /// Count a request refused by admission control.
     pub fn refused(&self, cause: &'static str) {
         self.refusals.get_or_create(&Cause { cause }).inc();
+    }
+
+    /// Count a config file reload by outcome.
+    pub fn config_reload(&self, outcome: &'static str) {
+        self.reloads.get_or_create(&Cause { cause: outcome }).inc();
     }
 
     /// Count a P/D request by the plan it took.

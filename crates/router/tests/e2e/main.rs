@@ -11,5 +11,6 @@ mod models;
 mod pd;
 mod policies;
 mod proxy;
+mod reload;
 mod resilience;
 mod streaming;

@@ -1,0 +1,295 @@
+//! The admin API on the main port: list, add, drain and remove workers.
+//!
+//! - `GET /workers`, `GET /workers/{id}`: the fleet, one entry per worker URL;
+//! - `POST /workers`: add a worker (body: `url`, and optionally `role`, `capacity`, `weight`,
+//!   `models`, `labels`, `bootstrap_port`, `ranks`, as in the config file's `[[workers]]`);
+//! - `DELETE /workers/{id}`: remove it; its in-flight requests finish;
+//! - `POST /workers/{id}/drain[?timeout_secs=N]`: no new requests; answers once its in-flight
+//!   requests finished (or the timeout passed); `POST /workers/{id}/resume` undoes it;
+//! - vllm-project/router's `POST /add_worker?url=`, `POST /remove_worker?url=`,
+//!   `GET /list_workers`.
+//!
+//! `{id}` is the worker's id from the listing or its URL (percent-encoded). With
+//! `--admin-api-key`, every admin route needs `Authorization: Bearer KEY`; without it, only
+//! clients on loopback may call them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::App;
+use crate::config::{Origin, WorkerUrl, worker_from_json};
+use crate::error::ApiError;
+use crate::fleet::{self, FleetEvent, Member};
+
+/// Longest drain wait a client may ask for.
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(3600);
+/// How often a drain looks at the in-flight count.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Let an admin request through: the admin key when one is set, else a loopback client.
+pub async fn guard(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = match &app.config().admin_api_key {
+        Some(key) => {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match given {
+                Some(given) if same(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
+                Some(_) => Err(ApiError::Unauthorized("invalid admin API key")),
+                None => Err(ApiError::Unauthorized(
+                    "the admin API needs 'Authorization: Bearer <admin API key>'",
+                )),
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(ApiError::Forbidden(
+            "the admin API is open to loopback clients only; set --admin-api-key to call it from elsewhere",
+        )),
+    };
+    match allowed {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Compare two secrets in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The id of a worker URL in listings: stable across replicas.
+fn id_of(url: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(url.as_bytes()))
+}
+
+/// One entry per server (its ranks together).
+fn describe(ranks: &[Member]) -> serde_json::Value {
+    let w = &ranks[0].worker;
+    let spec = w.spec();
+    let models: Vec<&str> = ranks[0]
+        .models
+        .iter()
+        .flat_map(|c| c.iter())
+        .map(|c| c.id.as_str())
+        .collect();
+    json!({
+        "id": id_of(w.url()),
+        "url": w.url(),
+        "role": w.role().name(),
+        "origin": spec.origin.name(),
+        "healthy": w.is_healthy(),
+        "draining": w.is_draining(),
+        "in_flight": ranks.iter().map(|m| m.worker.in_flight()).sum::<usize>(),
+        "requests_total": ranks.iter().map(|m| m.worker.served()).sum::<u64>(),
+        "ranks": spec.ranks.get(),
+        "capacity": spec.capacity,
+        "weight": spec.weight.get(),
+        "models": models,
+        "models_configured": spec.models,
+        "labels": spec.labels,
+        "bootstrap_port": spec.bootstrap_port,
+    })
+}
+
+/// The ranks of the worker named by `id` (its id or URL).
+fn find(app: &App, id: &str) -> Result<Vec<Member>, ApiError> {
+    let snapshot = app.fleet.snapshot();
+    let url = WorkerUrl::parse("", id).map(|u| u.text).ok();
+    snapshot
+        .servers()
+        .find(|ranks| {
+            let w = ranks[0].worker.url();
+            id_of(w) == id || url.as_deref() == Some(w)
+        })
+        .map(<[Member]>::to_vec)
+        .ok_or_else(|| ApiError::UnknownWorker(id.to_owned()))
+}
+
+/// `GET /workers`.
+pub async fn list(State(app): State<Arc<App>>) -> Response {
+    let snapshot = app.fleet.snapshot();
+    let workers: Vec<serde_json::Value> = snapshot.servers().map(describe).collect();
+    Json(json!({ "workers": workers })).into_response()
+}
+
+/// `GET /workers/{id}`.
+pub async fn get_one(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match find(&app, &id) {
+        Ok(ranks) => Json(describe(&ranks)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /workers`: add a worker from a JSON body.
+pub async fn add(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return ApiError::bad_request(format!("the body is not JSON: {e}"), None)
+                .into_response();
+        }
+    };
+    add_value(&app, value).await
+}
+
+async fn add_value(app: &Arc<App>, value: serde_json::Value) -> Response {
+    let config = app.config().clone();
+    let spec = match worker_from_json(
+        value,
+        config.data_parallel_size,
+        config.pd.is_some(),
+        "the request body",
+    ) {
+        Ok(spec) => spec,
+        Err(e) => return ApiError::bad_request(e.to_string(), None).into_response(),
+    };
+    let url = spec.url.text.clone();
+    if find(app, &url).is_ok() {
+        return ApiError::Conflict(format!("worker {url} is already in the fleet")).into_response();
+    }
+    let spec = crate::config::WorkerSpec {
+        origin: Origin::Admin,
+        ..spec
+    };
+    app.fleet.apply(FleetEvent::Add(spec)).await;
+    let ranks = match find(app, &url) {
+        Ok(ranks) => ranks,
+        Err(e) => return e.into_response(),
+    };
+    fleet::admit(
+        &app.fleet,
+        &app.upstream,
+        &ranks[0].worker,
+        config.health.timeout,
+    )
+    .await;
+    tracing::info!(worker = %url, "worker added through the admin API");
+    let ranks = find(app, &url).unwrap_or(ranks);
+    (StatusCode::CREATED, Json(describe(&ranks))).into_response()
+}
+
+/// `DELETE /workers/{id}`: remove the worker; its in-flight requests finish.
+pub async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    remove_id(&app, &id).await
+}
+
+async fn remove_id(app: &App, id: &str) -> Response {
+    let ranks = match find(app, id) {
+        Ok(ranks) => ranks,
+        Err(e) => return e.into_response(),
+    };
+    let url = ranks[0].worker.url().to_owned();
+    app.fleet.apply(FleetEvent::Remove(url.clone())).await;
+    tracing::info!(worker = %url, "worker removed through the admin API");
+    let mut entry = describe(&ranks);
+    entry["removed"] = json!(true);
+    Json(entry).into_response()
+}
+
+/// Query of a drain.
+#[derive(Debug, Deserialize)]
+pub struct DrainQuery {
+    timeout_secs: Option<f64>,
+}
+
+/// `POST /workers/{id}/drain`: no new requests; wait for the in-flight ones.
+pub async fn drain(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(query): Query<DrainQuery>,
+) -> Response {
+    let ranks = match find(&app, &id) {
+        Ok(ranks) => ranks,
+        Err(e) => return e.into_response(),
+    };
+    let wait = match query.timeout_secs {
+        None => app.config().listener.shutdown_timeout,
+        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_DRAIN_WAIT),
+        Some(s) => {
+            return ApiError::bad_request(
+                format!("timeout_secs must be 0 or more, not {s}"),
+                Some("timeout_secs"),
+            )
+            .into_response();
+        }
+    };
+    let url = ranks[0].worker.url().to_owned();
+    if !ranks[0].worker.set_draining(true) {
+        tracing::info!(worker = %url, "worker draining");
+    }
+    let in_flight = || ranks.iter().map(|m| m.worker.in_flight()).sum::<usize>();
+    let deadline = tokio::time::Instant::now() + wait;
+    while in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let left = in_flight();
+    let mut entry = describe(&ranks);
+    entry["drained"] = json!(left == 0);
+    Json(entry).into_response()
+}
+
+/// `POST /workers/{id}/resume`: end a drain.
+pub async fn resume(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match find(&app, &id) {
+        Ok(ranks) => {
+            if ranks[0].worker.set_draining(false) {
+                tracing::info!(worker = ranks[0].worker.url(), "worker resumed");
+            }
+            Json(describe(&ranks)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Query of the legacy routes.
+#[derive(Debug, Deserialize)]
+pub struct UrlQuery {
+    url: Option<String>,
+}
+
+fn url_param(query: UrlQuery) -> Result<String, ApiError> {
+    query
+        .url
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("the 'url' query parameter is required", Some("url")))
+}
+
+/// vllm-project/router's `POST /add_worker?url=`.
+pub async fn add_worker(State(app): State<Arc<App>>, Query(query): Query<UrlQuery>) -> Response {
+    match url_param(query) {
+        Ok(url) => add_value(&app, json!({ "url": url })).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// vllm-project/router's `POST /remove_worker?url=`.
+pub async fn remove_worker(State(app): State<Arc<App>>, Query(query): Query<UrlQuery>) -> Response {
+    match url_param(query) {
+        Ok(url) => remove_id(&app, &url).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// vllm-project/router's `GET /list_workers`: `{"urls": [...]}`.
+pub async fn list_workers(State(app): State<Arc<App>>) -> Response {
+    let snapshot = app.fleet.snapshot();
+    let urls: Vec<&str> = snapshot.servers().map(|r| r[0].worker.url()).collect();
+    Json(json!({ "urls": urls })).into_response()
+}
