@@ -65,10 +65,15 @@ impl Reloader {
     /// A reloader of `app` from `sources` (the flags and environment of the start, and the file
     /// they name).
     pub fn new(app: Arc<App>, sources: Sources) -> Arc<Self> {
+        // The text in force: a first event that does not change it is not a reload.
+        let text = sources
+            .file()
+            .and_then(|f| std::fs::read(f).ok())
+            .map(|t| hash(&t));
         Arc::new(Self {
             app,
             sources,
-            last_text: Mutex::new(None),
+            last_text: Mutex::new(text),
             wake: Notify::new(),
         })
     }

@@ -293,3 +293,81 @@ pub async fn list_workers(State(app): State<Arc<App>>) -> Response {
     let urls: Vec<&str> = snapshot.servers().map(|r| r[0].worker.url()).collect();
     Json(json!({ "urls": urls })).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use http::Request;
+    use tower_service::Service;
+
+    use super::*;
+    use crate::config::Config;
+
+    async fn status_from(peer: &str, key: Option<&str>, auth: Option<&str>) -> StatusCode {
+        let mut config = Config::with_workers(Vec::<String>::new()).unwrap();
+        config.admin_api_key = key.map(|k| {
+            crate::config::Sources::from_argv(["--admin-api-key", k], |_| None)
+                .unwrap()
+                .load()
+                .unwrap()
+                .admin_api_key
+                .unwrap()
+        });
+        let app = App::start(config).await.unwrap();
+        let mut routes = super::super::routes(app);
+        let mut request = Request::get("/workers");
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        routes.call(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn without_a_key_only_loopback_clients_get_in() {
+        assert_eq!(
+            status_from("127.0.0.1:5000", None, None).await,
+            StatusCode::OK
+        );
+        assert_eq!(status_from("[::1]:5000", None, None).await, StatusCode::OK);
+        assert_eq!(
+            status_from("10.1.2.3:5000", None, None).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status_from("10.1.2.3:5000", None, Some("Bearer anything")).await,
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_key_the_key_decides_wherever_the_client_is() {
+        let key = Some("k3y");
+        let right = Some("Bearer k3y");
+        assert_eq!(
+            status_from("10.1.2.3:5000", key, right).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_from("127.0.0.1:5000", key, None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status_from("10.1.2.3:5000", key, Some("Bearer k3")).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+        assert!(!same(b"", b"a"));
+    }
+}

@@ -1,9 +1,9 @@
 //! The client-facing listener under abuse and at shutdown: slow and oversized request heads,
 //! ambiguous framing, `X-Forwarded-For`, and the drain.
 
-use std::io::{BufRead, BufReader, ErrorKind};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -334,56 +334,9 @@ async fn past_the_shutdown_timeout_a_stream_ends_with_an_error_event() {
 
 /// The `vllm-router` binary on a free port in front of `worker`, and the address it serves.
 async fn router_process(worker: &SimServer, extra: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vllm-router"))
-        .args([
-            "--port",
-            "0",
-            "--prometheus-port",
-            "0",
-            "--log-level",
-            "warn",
-        ])
-        .args(["--worker-urls", &worker.url()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let addr = tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if let Some(addr) = line.strip_prefix("vllm-router listening on http://") {
-                return addr.parse::<SocketAddr>().unwrap();
-            }
-        }
-        panic!("the router never said where it listens");
-    })
-    .await
-    .unwrap();
-    (child, addr)
-}
-
-fn signal(child: &Child, name: &str) {
-    let sent = Command::new("kill")
-        .args([format!("-{name}"), child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-}
-
-async fn exit_code(child: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the router did not exit within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut args = vec!["--worker-urls".to_owned(), worker.url()];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    spawn_router(&args, &[]).await
 }
 
 #[tokio::test]

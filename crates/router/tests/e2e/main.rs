@@ -4,12 +4,14 @@
 
 mod support;
 
+mod admin;
 mod errors;
 mod hardening;
 mod info;
 mod models;
 mod pd;
 mod policies;
+mod processes;
 mod proxy;
 mod reload;
 mod resilience;

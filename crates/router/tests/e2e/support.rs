@@ -1,6 +1,8 @@
 //! Shared fixtures: simulated workers, a router in front of them, and a small HTTP client.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -211,5 +213,64 @@ pub async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T
             "condition not met within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The `vllm-router` binary on a free port (metrics off, quiet logs) with `args` and `env`
+/// added to a clean environment, and the address it serves. Killed when the child is dropped
+/// only if the test kills it; tests end it with [`signal`] or `kill`.
+pub async fn spawn_router(args: &[String], env: &[(&str, &str)]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vllm-router"))
+        .args([
+            "--port",
+            "0",
+            "--prometheus-port",
+            "0",
+            "--log-level",
+            "warn",
+        ])
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the router binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let addr = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("readable stdout");
+            if let Some(addr) = line.strip_prefix("vllm-router listening on http://") {
+                return addr.parse::<SocketAddr>().expect("an address");
+            }
+        }
+        panic!("the router never said where it listens");
+    })
+    .await
+    .expect("the reader ends");
+    (child, addr)
+}
+
+/// Send a signal (`TERM`, `HUP`, ...) to a child process.
+pub fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+}
+
+/// The exit code of `child`, waiting up to `within` (killed and failing past it).
+pub async fn exit_code(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("waitable") {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the router did not exit within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
