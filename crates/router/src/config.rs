@@ -73,6 +73,11 @@ impl ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret of this text.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
     /// The secret's text, for comparisons.
     pub fn expose(&self) -> &str {
         &self.0

@@ -308,14 +308,7 @@ mod tests {
 
     async fn status_from(peer: &str, key: Option<&str>, auth: Option<&str>) -> StatusCode {
         let mut config = Config::with_workers(Vec::<String>::new()).unwrap();
-        config.admin_api_key = key.map(|k| {
-            crate::config::Sources::from_argv(["--admin-api-key", k], |_| None)
-                .unwrap()
-                .load()
-                .unwrap()
-                .admin_api_key
-                .unwrap()
-        });
+        config.admin_api_key = key.map(crate::config::Secret::new);
         let app = App::start(config).await.unwrap();
         let mut routes = super::super::routes(app);
         let mut request = Request::get("/workers");
