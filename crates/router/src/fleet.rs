@@ -46,6 +46,17 @@ pub struct Member {
     pub models: Option<Arc<[ModelCard]>>,
 }
 
+impl Member {
+    /// The names of its models, empty until it listed them.
+    pub fn model_names(&self) -> Vec<&str> {
+        self.models
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|c| c.id.as_str())
+            .collect()
+    }
+}
+
 /// Which workers a request may go to: any, or those of one P/D role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pool {

@@ -64,6 +64,22 @@ enum RoleName {
 }
 
 impl FileWorker {
+    /// Read an entry given `at` (named in errors) from any serde value.
+    fn new<'de, D: serde::Deserializer<'de>>(value: D, at: String) -> Result<Self, ConfigError>
+    where
+        D::Error: std::fmt::Display,
+    {
+        match WorkerEntry::deserialize(value) {
+            Ok(entry) => Ok(Self { entry, at }),
+            Err(e) => Err(ConfigError::Invalid {
+                flag: "",
+                value: String::new(),
+                reason: e.to_string(),
+                at: Some(at),
+            }),
+        }
+    }
+
     /// An error about this entry.
     pub(super) fn invalid(&self, value: &str, reason: &str) -> ConfigError {
         ConfigError::Invalid {
@@ -136,17 +152,7 @@ pub fn worker_from_json(
     pd: bool,
     at: &str,
 ) -> Result<WorkerSpec, ConfigError> {
-    let entry = WorkerEntry::deserialize(value).map_err(|e| ConfigError::Invalid {
-        flag: "",
-        value: String::new(),
-        reason: e.to_string(),
-        at: Some(at.to_owned()),
-    })?;
-    FileWorker {
-        entry,
-        at: at.to_owned(),
-    }
-    .spec(ranks, pd)
+    FileWorker::new(value, at.to_owned())?.spec(ranks, pd)
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> ConfigError {
@@ -202,14 +208,7 @@ fn workers(path: &Path, key: &str, value: toml::Value) -> Result<Vec<FileWorker>
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            let at = format!("'{key}[{i}]' in {}", path.display());
-            let entry = WorkerEntry::deserialize(item).map_err(|e| ConfigError::Invalid {
-                flag: "",
-                value: String::new(),
-                reason: e.to_string(),
-                at: Some(at.clone()),
-            })?;
-            Ok(FileWorker { entry, at })
+            FileWorker::new(item, format!("'{key}[{i}]' in {}", path.display()))
         })
         .collect()
 }

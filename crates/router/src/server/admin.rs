@@ -83,12 +83,6 @@ fn id_of(url: &str) -> String {
 fn describe(ranks: &[Member]) -> serde_json::Value {
     let w = &ranks[0].worker;
     let spec = w.spec();
-    let models: Vec<&str> = ranks[0]
-        .models
-        .iter()
-        .flat_map(|c| c.iter())
-        .map(|c| c.id.as_str())
-        .collect();
     json!({
         "id": id_of(w.url()),
         "url": w.url(),
@@ -101,7 +95,7 @@ fn describe(ranks: &[Member]) -> serde_json::Value {
         "ranks": spec.ranks.get(),
         "capacity": spec.capacity,
         "weight": spec.weight.get(),
-        "models": models,
+        "models": ranks[0].model_names(),
         "models_configured": spec.models,
         "labels": spec.labels,
         "bootstrap_port": spec.bootstrap_port,

@@ -73,12 +73,6 @@ pub async fn about(State(app): State<Arc<App>>) -> Response {
         .members()
         .iter()
         .map(|m| {
-            let models: Vec<&str> = m
-                .models
-                .iter()
-                .flat_map(|c| c.iter())
-                .map(|c| c.id.as_str())
-                .collect();
             json!({
                 "url": m.worker.url(),
                 "role": m.worker.role().name(),
@@ -88,7 +82,7 @@ pub async fn about(State(app): State<Arc<App>>) -> Response {
                 "in_flight": m.worker.in_flight(),
                 "capacity": m.worker.capacity(),
                 "requests_total": m.worker.served(),
-                "models": models,
+                "models": m.model_names(),
             })
         })
         .collect();
