@@ -334,7 +334,7 @@ impl Config {
         let mut workers = with_capacities(workers, &args.worker_capacity)?;
         let ranks = NonZeroU32::new(args.intra_node_data_parallel_size)
             .ok_or_else(|| invalid("--intra-node-data-parallel-size", 0, "must be at least 1"))?;
-        let service_discovery = service_discovery(&args)?;
+        let service_discovery = service_discovery(&args, ranks)?;
         let pd = pd_config(&args, &mut workers, ranks, service_discovery.is_some())?;
         for w in &mut workers {
             w.ranks = ranks;
