@@ -7,6 +7,7 @@ mod support;
 mod errors;
 mod hardening;
 mod info;
+mod kube;
 mod models;
 mod pd;
 mod policies;
