@@ -419,7 +419,7 @@ impl Config {
         let mut workers = with_capacities(workers, &args.worker_capacity)?;
         let ranks = NonZeroU32::new(args.intra_node_data_parallel_size)
             .ok_or_else(|| invalid("--intra-node-data-parallel-size", 0, "must be at least 1"))?;
-        let service_discovery = service_discovery(&args)?;
+        let service_discovery = service_discovery(&args, ranks)?;
         let pd_enabled = args.vllm_pd_disaggregation || args.vllm_discovery_address.is_some();
         let mut from_file = Vec::with_capacity(file_workers.len());
         for entry in file_workers {

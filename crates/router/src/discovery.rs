@@ -1,22 +1,31 @@
-//! Workers that announce themselves: fleet membership from outside the command line.
+//! Workers found at run time: fleet membership from outside the command line.
 //!
 //! - [`zmq`]: vLLM's P2P NCCL service discovery (`--vllm-discovery-address`). Instances
 //!   register over a ZMQ socket as prefill or decode workers, keep sending heartbeats, and
 //!   leave the fleet when they fall silent.
+//! - [`kube`]: Kubernetes pods (`--service-discovery`). Pods matching a label selector join
+//!   while Running and Ready and leave when they stop being either, or are deleted.
 //!
 //! Discovered workers are ordinary fleet members, added and removed through
 //! [`crate::fleet::FleetEvent`]s; the request path does not know where a worker came from
 //! beyond what its [`crate::config::WorkerSpec`] says.
 
+pub mod kube;
 pub mod zmq;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, DiscoveryConfig};
-use crate::fleet::Fleet;
+use crate::config::{Config, DiscoveryConfig, ServiceDiscoveryConfig};
+use crate::fleet::{self, Fleet};
 use crate::upstream::Upstream;
+
+/// Times a newly discovered worker is asked for its models before the health loop takes over.
+const ADMIT_ATTEMPTS: u32 = 10;
+/// Pause between those attempts: an instance may announce itself before its HTTP server is up.
+const ADMIT_PAUSE: Duration = Duration::from_millis(500);
 
 /// Why discovery could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +38,15 @@ pub enum DiscoveryError {
         /// What the socket layer said.
         source: ::zeromq::ZmqError,
     },
+    /// Neither a kubeconfig (`KUBECONFIG`, `~/.kube/config`) nor an in-cluster service account
+    /// was found.
+    #[error(
+        "--service-discovery: no Kubernetes configuration found (set KUBECONFIG, or run in a pod with a service account): {0}"
+    )]
+    KubeConfig(::kube::config::InferConfigError),
+    /// A configuration was found but no client could be built from it.
+    #[error("--service-discovery: cannot build a Kubernetes client: {0}")]
+    KubeClient(::kube::Error),
 }
 
 /// Bind the discovery socket of `discovery` and spawn the loop that turns registrations into
@@ -48,4 +66,48 @@ pub async fn start(
     );
     let registry = zmq::Registry::new(discovery, &config.workers);
     Ok(listener.spawn(registry, fleet, upstream, config.health.timeout))
+}
+
+/// Find the Kubernetes API server (`KUBECONFIG`, `~/.kube/config`, else the pod's service
+/// account) and spawn the watch that turns `settings`' pods into fleet changes. Pods at the
+/// URL of one of `config`'s static workers are ignored. Must be called inside a Tokio runtime.
+pub async fn watch_pods(
+    settings: &ServiceDiscoveryConfig,
+    config: &Config,
+    fleet: Arc<Fleet>,
+    upstream: Upstream,
+) -> Result<JoinHandle<()>, DiscoveryError> {
+    let watch = kube::PodWatch::infer(settings.namespace.as_deref()).await?;
+    let pods = kube::Pods::new(settings, &config.workers);
+    tracing::info!(
+        namespace = watch.namespace(),
+        selectors = ?pods.selectors(),
+        port = settings.port,
+        "Kubernetes discovery: watching pods"
+    );
+    Ok(watch.spawn(pods, fleet, upstream, config.health.timeout))
+}
+
+/// Ask the worker at `url` for its models until it answers, it leaves, or the attempts run
+/// out (the health loop then brings it in when it answers).
+async fn admit(fleet: Arc<Fleet>, upstream: Upstream, url: String, timeout: Duration) {
+    for attempt in 0..ADMIT_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(ADMIT_PAUSE).await;
+        }
+        let snapshot = fleet.snapshot();
+        let Some(member) = snapshot.members().iter().find(|m| m.worker.url() == url) else {
+            return;
+        };
+        if member.worker.is_healthy()
+            || fleet::admit(&fleet, &upstream, &member.worker, timeout).await
+        {
+            return;
+        }
+    }
+    tracing::debug!(
+        worker = url,
+        attempts = ADMIT_ATTEMPTS,
+        "discovered worker does not list its models yet; the health probe keeps trying"
+    );
 }

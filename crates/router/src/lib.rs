@@ -9,7 +9,8 @@
 //! - [`admission`]: the concurrency limit, bounded FIFO queue and rate limit in front of it all.
 //! - [`cli`]: the command line, compatible with vllm-project/router's flags.
 //! - [`config`]: the one validated, typed configuration every other module reads.
-//! - [`discovery`]: workers that register themselves (vLLM's ZMQ service discovery).
+//! - [`discovery`]: workers that register themselves (vLLM's ZMQ service discovery) or are
+//!   found among Kubernetes pods.
 //! - [`fleet`]: workers (roles, data-parallel ranks), the lock-free fleet snapshot, its single
 //!   writer task, health probes and load scrapes.
 //! - [`pd`]: prefill/decode plans (NIXL, P2P NCCL, Mooncake) and conditional prefill.

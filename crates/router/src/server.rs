@@ -87,7 +87,8 @@ pub struct App {
 impl App {
     /// Start the fleet, wait (up to the start-up timeout) for workers to list their models,
     /// and start health probing. Must be called inside a Tokio runtime.
-    /// Fails only when a listener of its own (the discovery socket) cannot bind.
+    /// Fails only when a listener of its own (the discovery socket) cannot bind, or when
+    /// Kubernetes discovery finds no API server configuration.
     pub async fn start(config: Config) -> Result<Arc<Self>, discovery::DiscoveryError> {
         if !config.policy.is_available() {
             tracing::warn!(
@@ -98,7 +99,10 @@ impl App {
         let live = Arc::new(ArcSwap::from_pointee(config));
         let config = live.load_full();
         let discovery_config = config.pd.as_ref().and_then(|pd| pd.discovery.as_ref());
-        if config.workers.is_empty() && discovery_config.is_none() {
+        if config.workers.is_empty()
+            && discovery_config.is_none()
+            && config.service_discovery.is_none()
+        {
             tracing::warn!("no workers given: every inference request will be answered 503");
         }
         let policy = config.policy.build(&config.policy_config);
@@ -125,6 +129,10 @@ impl App {
                 )
                 .await?,
             );
+        }
+        if let Some(pods) = &config.service_discovery {
+            let watch = discovery::watch_pods(pods, &config, Arc::clone(&fleet), upstream.clone());
+            background.push(watch.await?);
         }
         fleet::wait_for_startup(&fleet, &upstream, &config).await;
         background.push(fleet::spawn_health_loop(

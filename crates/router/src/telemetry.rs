@@ -12,8 +12,13 @@ use crate::cli::LogLevel;
 /// Install the global subscriber once; later calls are ignored.
 pub fn init(level: LogLevel) {
     let lvl = level.as_directive();
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,vllm_router={lvl},vllm_sim={lvl}")));
+    // The kube client logs every failed request as an error; Kubernetes discovery reports
+    // those failures itself, at most once a minute.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,kube_client::client::builder=off,vllm_router={lvl},vllm_sim={lvl}"
+        ))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

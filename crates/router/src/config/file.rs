@@ -207,9 +207,7 @@ fn workers(path: &Path, key: &str, value: toml::Value) -> Result<Vec<FileWorker>
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| {
-            FileWorker::new(item, format!("'{key}[{i}]' in {}", path.display()))
-        })
+        .map(|(i, item)| FileWorker::new(item, format!("'{key}[{i}]' in {}", path.display())))
         .collect()
 }
 

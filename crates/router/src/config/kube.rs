@@ -1,6 +1,8 @@
 //! Kubernetes service discovery settings: which pods are workers, in which namespace, on
 //! which port, and in which P/D role.
 
+use std::num::NonZeroU32;
+
 use super::{ConfigError, invalid};
 use crate::cli::RouterArgs;
 
@@ -58,11 +60,14 @@ pub struct ServiceDiscoveryConfig {
     pub port: u16,
     /// The annotation naming a prefill pod's bootstrap port.
     pub bootstrap_port_annotation: String,
+    /// Data-parallel ranks behind each pod (`--intra-node-data-parallel-size`).
+    pub ranks: NonZeroU32,
 }
 
-/// The discovery settings, when `--service-discovery` is on.
+/// The discovery settings, when `--service-discovery` is on; each pod stands for `ranks`.
 pub(super) fn service_discovery(
     args: &RouterArgs,
+    ranks: NonZeroU32,
 ) -> Result<Option<ServiceDiscoveryConfig>, ConfigError> {
     let selector = Selector::parse("--selector", &args.selector)?;
     let prefill_selector = Selector::parse("--prefill-selector", &args.prefill_selector)?;
@@ -110,5 +115,6 @@ pub(super) fn service_discovery(
             .filter(|n| !n.trim().is_empty()),
         port: args.service_discovery_port,
         bootstrap_port_annotation: args.bootstrap_port_annotation.clone(),
+        ranks,
     }))
 }

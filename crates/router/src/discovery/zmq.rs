@@ -25,17 +25,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use zeromq::{Endpoint, RouterSocket, Socket, SocketRecv};
 
-use super::DiscoveryError;
+use super::{DiscoveryError, admit};
 use crate::config::{Role, WorkerUrl};
-use crate::fleet::{self, Fleet, FleetEvent};
+use crate::fleet::{Fleet, FleetEvent};
 use crate::upstream::Upstream;
 
 pub use registry::Registry;
 
-/// Times a newly registered worker is asked for its models before the health loop takes over.
-const ADMIT_ATTEMPTS: u32 = 10;
-/// Pause between those attempts: an instance may register before its HTTP server is up.
-const ADMIT_PAUSE: Duration = Duration::from_millis(500);
 /// Pause after the socket failed to deliver a message, so a broken socket does not spin.
 const RECV_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -205,30 +201,6 @@ async fn until(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Ask the worker at `url` for its models until it answers, it leaves, or the attempts run
-/// out (the health loop then brings it in when it answers).
-async fn admit(fleet: Arc<Fleet>, upstream: Upstream, url: String, timeout: Duration) {
-    for attempt in 0..ADMIT_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(ADMIT_PAUSE).await;
-        }
-        let snapshot = fleet.snapshot();
-        let Some(member) = snapshot.members().iter().find(|m| m.worker.url() == url) else {
-            return;
-        };
-        if member.worker.is_healthy()
-            || fleet::admit(&fleet, &upstream, &member.worker, timeout).await
-        {
-            return;
-        }
-    }
-    tracing::debug!(
-        worker = url,
-        attempts = ADMIT_ATTEMPTS,
-        "registered worker does not list its models yet; the health probe keeps trying"
-    );
 }
 
 #[cfg(test)]

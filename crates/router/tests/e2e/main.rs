@@ -8,6 +8,7 @@ mod admin;
 mod errors;
 mod hardening;
 mod info;
+mod kube;
 mod models;
 mod pd;
 mod policies;
