@@ -122,6 +122,8 @@ pub struct Sources {
     flags: Layer,
     env: Layer,
     file: Option<PathBuf>,
+    /// Environment variables ignored, to be logged.
+    notes: Vec<String>,
 }
 
 impl Sources {
@@ -141,14 +143,20 @@ impl Sources {
                 flags.set(&key, value, Place::Flag);
             }
         }
-        let env = env_layer(&env)?;
+        let mut notes = Vec::new();
+        let env = env_layer(&env, &mut notes)?;
         let file = [&flags, &env]
             .iter()
             .rev()
             .find_map(|layer| layer.values.get("config"))
             .and_then(Value::as_str)
             .map(PathBuf::from);
-        Ok(Self { flags, env, file })
+        Ok(Self {
+            flags,
+            env,
+            file,
+            notes,
+        })
     }
 
     /// Sources of these command-line arguments (without the program name) and environment.
@@ -221,6 +229,7 @@ impl Sources {
                 reason: e.to_string(),
             })?;
         let mut config = Config::build(args, &workers).map_err(|error| error.placed(&places))?;
+        config.warnings.extend(self.notes.iter().cloned());
         config.warnings.extend(notes);
         config.given = given;
         Ok(config)
@@ -259,14 +268,26 @@ pub(super) fn display_value(value: &Value) -> String {
 }
 
 /// The environment's settings: `VLLM_ROUTER_<KEY>` for every key, then the legacy names.
-fn env_layer(env: &impl Fn(&str) -> Option<String>) -> Result<Layer, ConfigError> {
+fn env_layer(
+    env: &impl Fn(&str) -> Option<String>,
+    notes: &mut Vec<String>,
+) -> Result<Layer, ConfigError> {
     let mut layer = Layer::default();
     let mut argv: Vec<String> = vec!["vllm-router".to_owned()];
     let mut from: HashMap<String, String> = HashMap::new();
     let base = defaults();
     for (key, default) in &base {
         let ours = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
-        let found = env(&ours).map(|v| (ours, v)).or_else(|| {
+        let value = env(&ours);
+        if let Some(raw) = &value
+            && is_service_link(key, raw)
+        {
+            notes.push(format!(
+                "${ours} is ignored: '{raw}' is a Kubernetes service link (a Service named vllm-router), not a port"
+            ));
+        }
+        let value = value.filter(|raw| !is_service_link(key, raw));
+        let found = value.map(|v| (ours, v)).or_else(|| {
             LEGACY_ENV
                 .iter()
                 .filter(|(_, k)| k == key)
@@ -332,6 +353,15 @@ fn env_error(error: &clap::Error, from: &HashMap<String, String>) -> ConfigError
             .and_then(|key| from.get(&key))
             .map(|var| format!("${var}")),
     }
+}
+
+/// Kubernetes gives every pod `<SERVICE>_PORT=tcp://IP:PORT` for each Service in its
+/// namespace: a Service named `vllm-router` would set `VLLM_ROUTER_PORT`.
+fn is_service_link(key: &str, raw: &str) -> bool {
+    key.ends_with("port")
+        && ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|p| raw.starts_with(p))
 }
 
 /// `true`/`false` as environment variables spell them.

@@ -67,6 +67,33 @@ fn our_variable_beats_the_legacy_one() {
 }
 
 #[test]
+fn kubernetes_service_links_are_not_settings() {
+    let vars = [
+        ("VLLM_ROUTER_PORT", "tcp://10.96.0.12:30000"),
+        ("VLLM_ROUTER_SERVICE_PORT", "30000"),
+        ("VLLM_ROUTER_PROMETHEUS_PORT", "tcp://10.96.0.13:29000"),
+    ];
+    let c = load(&[], &vars, None).unwrap();
+    assert_eq!(
+        (c.port, c.metrics_listen.clone().unwrap().1),
+        (30000, 29000)
+    );
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("service link"), "{:?}", c.warnings);
+    // A real value still counts, and so does the legacy variable behind a link.
+    let c = load(
+        &[],
+        &[
+            ("VLLM_ROUTER_PORT", "tcp://10.96.0.12:30000"),
+            ("PORT", "9000"),
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.port, 9000);
+}
+
+#[test]
 fn lists_and_switches_from_the_environment() {
     let vars = [
         ("VLLM_ROUTER_WORKER_URLS", "http://a:1,http://b:1"),
