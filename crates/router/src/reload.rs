@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
@@ -274,6 +275,27 @@ fn keep_fixed(next: &mut Config, running: &Config) -> Vec<&'static str> {
     changed
 }
 
+/// Whether an event on `path` may concern the config file named `name`: the file itself, or
+/// a Kubernetes ConfigMap's `..data` link and timestamped directories swapped under it.
+fn concerns(path: &Path, name: Option<&std::ffi::OsStr>) -> bool {
+    match path.file_name() {
+        Some(file) => Some(file) == name || file.as_encoded_bytes().starts_with(b".."),
+        None => false,
+    }
+}
+
+/// Whether a file event may change what the file says: not the router's own reads.
+fn is_change(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Any
+            | EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
+}
+
 fn hash(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
@@ -288,8 +310,13 @@ fn watch(file: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    let name = file.file_name().map(ToOwned::to_owned);
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if let Ok(event) = event
+            && is_change(&event.kind)
+            && event.paths.iter().any(|p| concerns(p, name.as_deref()))
+        {
+            tracing::trace!(kind = ?event.kind, paths = ?event.paths, "config file event");
             changed.notify_one();
         }
     };
@@ -303,5 +330,42 @@ fn watch(file: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher
             tracing::warn!(%error, dir = %dir.display(), "cannot watch the config file; it is re-read every config_reload_interval_secs");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn only_the_file_and_configmap_swaps_concern_it() {
+        let name = Some(std::ffi::OsStr::new("router.toml"));
+        assert!(concerns(Path::new("/etc/r/router.toml"), name));
+        assert!(concerns(Path::new("/etc/r/..data"), name));
+        assert!(concerns(Path::new("/etc/r/..2026_11_21_20_00_00.1"), name));
+        assert!(!concerns(Path::new("/etc/r/router.log"), name));
+        assert!(!concerns(Path::new("/etc/r/.router.toml.swp"), name));
+    }
+
+    #[test]
+    fn reads_of_the_file_are_not_changes() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Read)));
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Any)));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
+        assert!(is_change(&EventKind::Remove(RemoveKind::File)));
     }
 }
