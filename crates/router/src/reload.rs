@@ -97,15 +97,6 @@ impl Reloader {
             .sources
             .file()
             .and_then(|f| watch(f, Arc::clone(&changed)));
-        {
-            // The text in force: a first event that does not change it is not a reload.
-            let mut last = self.last_text.lock().await;
-            *last = self
-                .sources
-                .file()
-                .and_then(|f| std::fs::read(f).ok())
-                .map(|t| hash(&t));
-        }
         loop {
             let poll = self
                 .app

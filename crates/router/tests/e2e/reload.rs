@@ -279,3 +279,27 @@ async fn workers_added_by_the_admin_api_survive_a_reload() {
         .collect();
     assert_eq!(urls, vec![workers[0].url(), workers[1].url()]);
 }
+
+#[tokio::test]
+async fn the_reload_interval_catches_changes_the_watch_cannot_see() {
+    let workers = fast_sims(2).await;
+    let file = ConfigFile::new(&file_with("", &[&workers[0]]));
+    // Read through a link in another directory: writes to the file itself raise no event
+    // where the router watches, so only the re-read every second finds them.
+    let link = ConfigFile::new("");
+    std::fs::remove_file(&link.path).unwrap();
+    std::os::unix::fs::symlink(&file.path, &link.path).unwrap();
+    let router = router_from(&link).await;
+    std::fs::write(&file.path, file_with("", &[&workers[0], &workers[1]])).unwrap();
+    let mut tries = 0;
+    while worker_urls(&router).await.len() != 2 {
+        tries += 1;
+        assert!(
+            tries < 60,
+            "not reloaded: {:?} {}",
+            worker_urls(&router).await,
+            router.app().metrics.render(&router.app().fleet.snapshot())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
