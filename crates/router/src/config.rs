@@ -653,7 +653,7 @@ use file::FileWorker;
 pub use file::worker_from_json;
 use kube::service_discovery;
 pub use kube::{Selector, ServiceDiscoveryConfig};
-pub use layers::{ENV_PREFIX, Place, Sources};
+pub use layers::{ENV_PREFIX, Place, Sources, fingerprint};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
 use workers::with_capacities;

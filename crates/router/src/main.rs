@@ -40,7 +40,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(sources: Sources) -> anyhow::Result<()> {
-    let config = sources.load()?;
+    let (config, loaded) = sources.load_versioned()?;
     if config.check_only {
         print!("{}", config.summary());
         return Ok(());
@@ -62,7 +62,7 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
     };
     let addr = listener.local_addr()?;
     let app = App::start(config).await?;
-    let reloader = Reloader::new(Arc::clone(&app), sources);
+    let reloader = Reloader::new(Arc::clone(&app), sources, loaded);
     reloader.spawn();
     spawn_hangup(Arc::clone(&reloader));
     if let Some(metrics) = metrics_listener {

@@ -12,7 +12,6 @@
 //! An invalid file changes nothing: the error is logged and counted
 //! (`vllm_router_config_reloads_total{cause="rejected"}`).
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError, Origin, Sources, WorkerSpec};
+use crate::config::{Config, ConfigError, Origin, Sources, WorkerSpec, fingerprint};
 use crate::fleet::{self, FleetEvent};
 use crate::server::App;
 
@@ -64,17 +63,13 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader of `app` from `sources` (the flags and environment of the start, and the file
-    /// they name).
-    pub fn new(app: Arc<App>, sources: Sources) -> Arc<Self> {
-        // The text in force: a first event that does not change it is not a reload.
-        let text = sources
-            .file()
-            .and_then(|f| std::fs::read(f).ok())
-            .map(|t| hash(&t));
+    /// they name), whose configuration was loaded from the file text of fingerprint `loaded`
+    /// ([`Sources::load_versioned`]).
+    pub fn new(app: Arc<App>, sources: Sources, loaded: Option<u64>) -> Arc<Self> {
         Arc::new(Self {
             app,
             sources,
-            last_text: Mutex::new(text),
+            last_text: Mutex::new(loaded),
             wake: Notify::new(),
         })
     }
@@ -127,15 +122,25 @@ impl Reloader {
     /// read.
     async fn reload_if(&self, forced: bool) -> Result<Outcome, ConfigError> {
         let mut last = self.last_text.lock().await;
-        if let Some(path) = self.sources.file() {
-            let text = std::fs::read(path).ok().map(|t| hash(&t));
-            if !forced && text == *last {
-                return Ok(Outcome::Unchanged);
-            }
-            *last = text;
-        }
         let metrics = &self.app.metrics;
-        let next = match self.sources.load() {
+        // Read once: the text compared is the text applied.
+        let text = self
+            .sources
+            .file()
+            .map(|path| (path, std::fs::read_to_string(path)));
+        let now = match &text {
+            Some((_, Ok(text))) => Some(fingerprint(text)),
+            _ => None,
+        };
+        if !forced && now == *last {
+            return Ok(Outcome::Unchanged);
+        }
+        *last = now;
+        let next = match text {
+            Some((path, Ok(text))) => self.sources.load_text(path, &text),
+            _ => self.sources.load(),
+        };
+        let next = match next {
             Ok(next) => next,
             Err(error) => {
                 metrics.config_reload("rejected");
@@ -285,12 +290,6 @@ fn is_change(kind: &EventKind) -> bool {
             | EventKind::Remove(_)
             | EventKind::Access(AccessKind::Close(AccessMode::Write))
     )
-}
-
-fn hash(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
 }
 
 /// Watch the directory of `file` (editors and ConfigMaps replace files rather than write

@@ -295,9 +295,9 @@ impl RouterHandle {
     /// Load the configuration from `sources`, serve it as [`RouterHandle::spawn`] does, and
     /// keep it live: the config file (when one is named) is watched and reloaded.
     pub async fn spawn_with(listener: TcpListener, sources: Sources) -> std::io::Result<Self> {
-        let config = sources.load().map_err(std::io::Error::other)?;
+        let (config, loaded) = sources.load_versioned().map_err(std::io::Error::other)?;
         let mut handle = Self::spawn(listener, config).await?;
-        let reloader = Reloader::new(Arc::clone(&handle.app), sources);
+        let reloader = Reloader::new(Arc::clone(&handle.app), sources, loaded);
         let task = reloader.spawn();
         handle.reloader = Some((reloader, task));
         Ok(handle)

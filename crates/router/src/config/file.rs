@@ -162,10 +162,9 @@ fn file_error(path: &Path, reason: impl ToString) -> ConfigError {
     }
 }
 
-/// Read and parse the file at `path`.
-pub(super) fn read(path: &Path) -> Result<FileLayer, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
-    parse(path, &text)
+/// Read the file at `path`.
+pub(super) fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| file_error(path, e))
 }
 
 /// Parse a config file's text.

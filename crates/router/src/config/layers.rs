@@ -184,11 +184,20 @@ impl Sources {
 
     /// Read the file (when named), merge the layers and validate the result.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let file = match &self.file {
-            Some(path) => Some(file::read(path)?),
-            None => None,
-        };
-        self.load_with(file)
+        self.load_versioned().map(|(config, _)| config)
+    }
+
+    /// [`Sources::load`], with the [`fingerprint`] of the file text it read (`None` without a
+    /// file): a reload compares it with the file's text now.
+    pub fn load_versioned(&self) -> Result<(Config, Option<u64>), ConfigError> {
+        match &self.file {
+            Some(path) => {
+                let text = file::read_text(path)?;
+                let config = self.load_text(path, &text)?;
+                Ok((config, Some(fingerprint(&text))))
+            }
+            None => Ok((self.load_with(None)?, None)),
+        }
     }
 
     /// [`Sources::load`] with the file's text given rather than read (tests, `--check-config`
@@ -234,6 +243,11 @@ impl Sources {
         config.given = given;
         Ok(config)
     }
+}
+
+/// A fingerprint of a config file's text: equal texts, equal fingerprints.
+pub fn fingerprint(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
 /// A file value of the wrong type is refused naming its key, before anything is merged.
