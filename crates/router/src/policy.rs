@@ -210,14 +210,15 @@ impl<T: ScoredPolicy> Policy for T {
     }
 }
 
-/// The candidate at position `n` (taken modulo the total weight) when each candidate takes as
-/// many consecutive positions as its weight: with equal weights, simply `n % len`.
-pub(crate) fn weighted_index(candidates: &[Arc<Worker>], n: u64) -> usize {
+/// The candidate at position `at(total)` of a line where each candidate takes as many
+/// consecutive positions as its weight, `total` being the sum of the weights; `at` must answer
+/// below `total`. With equal weights, simply the candidate at that index.
+pub(crate) fn weighted_index(candidates: &[Arc<Worker>], at: impl FnOnce(u64) -> u64) -> usize {
     let total: u64 = candidates.iter().map(|w| u64::from(w.weight())).sum();
+    let mut left = at(total.max(1));
     if total == candidates.len() as u64 {
-        return (n % total.max(1)) as usize;
+        return left as usize;
     }
-    let mut left = n % total.max(1);
     for (i, w) in candidates.iter().enumerate() {
         let weight = u64::from(w.weight());
         if left < weight {
@@ -226,11 +227,6 @@ pub(crate) fn weighted_index(candidates: &[Arc<Worker>], n: u64) -> usize {
         left -= weight;
     }
     0
-}
-
-/// The sum of the candidates' weights.
-pub(crate) fn total_weight(candidates: &[Arc<Worker>]) -> u64 {
-    candidates.iter().map(|w| u64::from(w.weight())).sum()
 }
 
 /// The policies `--policy` accepts, with vllm-project/router's names.

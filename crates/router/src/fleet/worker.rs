@@ -12,20 +12,15 @@ use http::{HeaderValue, uri};
 
 use super::breaker::Breaker;
 use super::load::{EngineSample, Load};
-use crate::config::{Role, WorkerSpec, WorkerUrl};
+use crate::config::{Role, WorkerSpec};
 
 /// A vLLM server the router forwards to, or one data-parallel rank of one. Shared as
 /// `Arc<Worker>`; the fleet snapshot and every in-flight request hold clones, so a worker
 /// removed mid-stream lives until it ends.
 #[derive(Debug)]
 pub struct Worker {
-    url: WorkerUrl,
-    capacity: Option<NonZeroU32>,
-    role: Role,
     rank: Option<u32>,
     rank_header: Option<HeaderValue>,
-    bootstrap_port: Option<u16>,
-    zmq_address: Option<String>,
     id: u64,
     label: String,
     header: HeaderValue,
@@ -73,21 +68,15 @@ impl Worker {
     }
 
     fn rank_of(spec: &WorkerSpec, rank: Option<u32>, health: Arc<Health>) -> Self {
-        let url = spec.url.clone();
         let label = match rank {
-            Some(r) => format!("{}#{r}", url.text),
-            None => url.text.clone(),
+            Some(r) => format!("{}#{r}", spec.url.text),
+            None => spec.url.text.clone(),
         };
         let header = HeaderValue::from_str(&label).unwrap_or(HeaderValue::from_static("invalid"));
         Self {
             id: xxhash_rust::xxh3::xxh3_64(label.as_bytes()),
-            capacity: spec.capacity,
-            role: spec.role,
             rank,
             rank_header: rank.map(HeaderValue::from),
-            bootstrap_port: spec.bootstrap_port,
-            zmq_address: spec.zmq_address.clone(),
-            url,
             label,
             header,
             engine: ArcSwapOption::empty(),
@@ -133,7 +122,7 @@ impl Worker {
 
     /// Regular, prefill or decode.
     pub fn role(&self) -> Role {
-        self.role
+        self.spec.role
     }
 
     /// The data-parallel rank this worker stands for, when the URL has several.
@@ -148,22 +137,22 @@ impl Worker {
 
     /// A prefill worker's Mooncake bootstrap port, when configured.
     pub fn bootstrap_port(&self) -> Option<u16> {
-        self.bootstrap_port
+        self.spec.bootstrap_port
     }
 
     /// The engine's ZMQ address, for workers registered by P2P NCCL discovery.
     pub fn zmq_address(&self) -> Option<&str> {
-        self.zmq_address.as_deref()
+        self.spec.zmq_address.as_deref()
     }
 
     /// The worker's host, as in its URL.
     pub fn host(&self) -> &str {
-        self.url.authority.host()
+        self.spec.url.authority.host()
     }
 
     /// The worker's canonical base URL.
     pub fn url(&self) -> &str {
-        &self.url.text
+        &self.spec.url.text
     }
 
     /// The worker's circuit breaker.
@@ -173,7 +162,7 @@ impl Worker {
 
     /// Requests the worker serves at once, when configured.
     pub fn capacity(&self) -> Option<NonZeroU32> {
-        self.capacity
+        self.spec.capacity
     }
 
     /// A stable 64-bit id derived from the URL: the same on every router replica.
@@ -268,14 +257,14 @@ impl Worker {
 
     /// The upstream URI for a client's path and query.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let pq = if self.url.prefix.is_empty() {
+        let pq = if self.spec.url.prefix.is_empty() {
             PathAndQuery::try_from(path_and_query)?
         } else {
-            PathAndQuery::try_from(format!("{}{}", self.url.prefix, path_and_query))?
+            PathAndQuery::try_from(format!("{}{}", self.spec.url.prefix, path_and_query))?
         };
         let mut parts = uri::Parts::default();
-        parts.scheme = Some(self.url.scheme.clone());
-        parts.authority = Some(self.url.authority.clone());
+        parts.scheme = Some(self.spec.url.scheme.clone());
+        parts.authority = Some(self.spec.url.authority.clone());
         parts.path_and_query = Some(pq);
         Ok(Uri::from_parts(parts)?)
     }
@@ -304,7 +293,9 @@ mod tests {
     use super::*;
 
     fn worker(url: &str) -> Arc<Worker> {
-        Arc::new(Worker::new(WorkerUrl::parse("--worker-urls", url).unwrap()))
+        Arc::new(Worker::new(
+            crate::config::WorkerUrl::parse("--worker-urls", url).unwrap(),
+        ))
     }
 
     #[test]

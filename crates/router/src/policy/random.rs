@@ -18,11 +18,8 @@ impl Policy for Random {
         if candidates.is_empty() {
             return None;
         }
-        let n = fastrand::u64(..super::total_weight(candidates).max(1));
-        Some(Decision::new(
-            super::weighted_index(candidates, n),
-            "random",
-        ))
+        let index = super::weighted_index(candidates, |total| fastrand::u64(..total));
+        Some(Decision::new(index, "random"))
     }
 }
 

@@ -23,7 +23,7 @@ impl Policy for RoundRobin {
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed) as u64;
         Some(Decision::new(
-            super::weighted_index(candidates, turn),
+            super::weighted_index(candidates, |total| turn % total),
             "next in turn",
         ))
     }
@@ -31,8 +31,12 @@ impl Policy for RoundRobin {
     fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
         let turn = self.next.load(Ordering::Relaxed) as u64;
         Explanation {
-            decision: (!candidates.is_empty())
-                .then(|| Decision::new(super::weighted_index(candidates, turn), "next in turn")),
+            decision: (!candidates.is_empty()).then(|| {
+                Decision::new(
+                    super::weighted_index(candidates, |total| turn % total),
+                    "next in turn",
+                )
+            }),
             ..Explanation::default()
         }
     }
