@@ -1,7 +1,6 @@
 //! One validated, typed configuration. Raw flags become durations, non-zero sizes, header
 //! names and parsed worker URLs here; every error names the flag and the value at fault.
 
-use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,96 +11,6 @@ use crate::admission::AdmissionConfig;
 use crate::cli::{LogLevel, RouterArgs};
 use crate::policy::{CacheAwareConfig, PolicyConfig, PolicyKind};
 use crate::prefix::BLOCK_BYTES;
-
-/// A configuration value that cannot be used, with where it came from.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A setting's value is out of range or malformed.
-    #[error("invalid value '{value}' for {}: {reason}", at.clone().unwrap_or_else(|| format!("'{flag}'")))]
-    Invalid {
-        /// The flag, spelled as on the command line ("" when the value has no flag).
-        flag: &'static str,
-        /// The value given.
-        value: String,
-        /// Why it is refused.
-        reason: String,
-        /// Where it was given (`'--flag'`, `$VAR`, `'key' in FILE`), when known.
-        at: Option<String>,
-    },
-    /// The command line cannot be parsed.
-    #[error("{reason}")]
-    Flags {
-        /// The parser's message.
-        reason: String,
-    },
-    /// The config file cannot be read or is not a config file.
-    #[error("config file {}: {reason}", path.display())]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    /// Name where a flag's value came from, using the places of the merged layers.
-    fn placed(self, places: &HashMap<String, Place>) -> Self {
-        match self {
-            Self::Invalid {
-                flag,
-                value,
-                reason,
-                at: None,
-            } if !flag.is_empty() => {
-                let key = layers::key_of(flag);
-                let at = places.get(&key).unwrap_or(&Place::Default).name(&key);
-                Self::Invalid {
-                    flag,
-                    value,
-                    reason,
-                    at: Some(at),
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-/// A secret setting: compared, never shown (`Debug` prints a mask).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// A secret of this text.
-    pub fn new(text: impl Into<String>) -> Self {
-        Self(text.into())
-    }
-
-    /// The secret's text, for comparisons.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-pub(crate) fn invalid(
-    flag: &'static str,
-    value: impl ToString,
-    reason: impl ToString,
-) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        value: value.to_string(),
-        reason: reason.to_string(),
-        at: None,
-    }
-}
 
 /// When and how a failed attempt is retried on another worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -585,7 +494,7 @@ impl Config {
             admin_api_key: args
                 .admin_api_key
                 .filter(|k| !k.trim().is_empty())
-                .map(|k| Secret(k.trim().to_owned())),
+                .map(|k| Secret::new(k.trim())),
             check_only: args.check_config,
             warnings: Vec::new(),
             given: Vec::new(),
@@ -641,6 +550,7 @@ impl Config {
     }
 }
 
+mod error;
 mod file;
 mod kube;
 mod layers;
@@ -649,6 +559,8 @@ mod pd;
 mod tests;
 mod workers;
 
+pub(crate) use error::invalid;
+pub use error::{ConfigError, Secret};
 use file::FileWorker;
 pub use file::worker_from_json;
 use kube::service_discovery;

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -101,11 +102,11 @@ impl Layer {
     }
 }
 
-fn defaults() -> Map<String, Value> {
-    match serde_json::to_value(RouterArgs::default()) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    }
+/// Every setting at its default, by key; parsed once.
+fn defaults() -> &'static Map<String, Value> {
+    static DEFAULTS: LazyLock<Map<String, Value>> =
+        LazyLock::new(|| to_json(&RouterArgs::default()));
+    &DEFAULTS
 }
 
 fn to_json(args: &RouterArgs) -> Map<String, Value> {
@@ -214,7 +215,7 @@ impl Sources {
             Some(f) => (f.settings, f.workers, f.notes),
             None => (Layer::default(), Vec::new(), Vec::new()),
         };
-        check_file_types(&base, &settings)?;
+        check_file_types(base, &settings)?;
         for layer in [&settings, &self.env, &self.flags] {
             for (key, value) in &layer.values {
                 merged.insert(key.clone(), value.clone());
@@ -250,12 +251,19 @@ pub fn fingerprint(text: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
-/// A file value of the wrong type is refused naming its key, before anything is merged.
+/// A file value of the wrong type is refused naming its key, before anything is merged. The
+/// file's values are tried together, and one by one only to find the one at fault.
 fn check_file_types(base: &Map<String, Value>, file: &Layer) -> Result<(), ConfigError> {
-    for (key, value) in &file.values {
+    let with = |values: &mut dyn Iterator<Item = (&String, &Value)>| {
         let mut probe = base.clone();
-        probe.insert(key.clone(), value.clone());
-        if let Err(error) = serde_json::from_value::<RouterArgs>(Value::Object(probe)) {
+        probe.extend(values.map(|(k, v)| (k.clone(), v.clone())));
+        serde_json::from_value::<RouterArgs>(Value::Object(probe))
+    };
+    if with(&mut file.values.iter()).is_ok() {
+        return Ok(());
+    }
+    for (key, value) in &file.values {
+        if let Err(error) = with(&mut std::iter::once((key, value))) {
             let place = file.places.get(key).cloned().unwrap_or(Place::Default);
             return Err(ConfigError::Invalid {
                 flag: "",
@@ -290,7 +298,7 @@ fn env_layer(
     let mut argv: Vec<String> = vec!["vllm-router".to_owned()];
     let mut from: HashMap<String, String> = HashMap::new();
     let base = defaults();
-    for (key, default) in &base {
+    for (key, default) in base {
         let ours = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
         let value = env(&ours);
         if let Some(raw) = &value
