@@ -120,15 +120,8 @@ impl Pd {
     ) -> Result<Response, ApiError> {
         let fields = Fields::parse(request.body)?;
         let model = request.route_req.model;
-        let decodes = proxy::candidates(app, Pool::Decode, model)?;
-        let mut decode = Leg::new(
-            app,
-            Stage::Decode,
-            self.decode.as_ref(),
-            &request.route_req,
-            decodes,
-            request.deadline,
-        );
+        let decodes = proxy::candidates(app, &request.config, Pool::Decode, model)?;
+        let mut decode = Leg::new(app, Stage::Decode, self.decode.as_ref(), request, decodes);
         let plan = Plan {
             app,
             pd: self,
@@ -159,10 +152,11 @@ impl Pd {
         // A pair is of one connector: discovered (P2P NCCL) decode workers pair with
         // discovered prefill workers, static ones with static ones.
         let p2p = chosen.0.zmq_address().is_some();
-        let prefills: Vec<Arc<Worker>> = proxy::candidates(app, Pool::Prefill, model)?
-            .into_iter()
-            .filter(|w| w.zmq_address().is_some() == p2p)
-            .collect();
+        let prefills: Vec<Arc<Worker>> =
+            proxy::candidates(app, &request.config, Pool::Prefill, model)?
+                .into_iter()
+                .filter(|w| w.zmq_address().is_some() == p2p)
+                .collect();
         if p2p {
             return plan.p2p(prefills, decode, chosen).await;
         }
@@ -215,9 +209,8 @@ impl<'a> Plan<'a> {
             self.app,
             Stage::Prefill,
             self.pd.prefill.as_ref(),
-            &self.request.route_req,
+            self.request,
             candidates,
-            self.request.deadline,
         )
     }
 
@@ -234,7 +227,7 @@ impl<'a> Plan<'a> {
         let build = |w: &Worker| {
             request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
         };
-        let params = match run_prefill(self.app, &mut prefill, None, build, transfer_params).await {
+        let params = match run_prefill(&mut prefill, None, build, transfer_params).await {
             Prefilled::Ready(params, _) => params,
             Prefilled::Refused(answer) => return Ok(self.respond(answer)),
             Prefilled::Failed(error) => return self.prefill_failed(decode, chosen, error).await,
@@ -277,7 +270,7 @@ impl<'a> Plan<'a> {
             let build = |w: &Worker| {
                 request.upstream_request(w, prefill_body.clone(), headers_for(&id_for(w))?)
             };
-            let prefilled = match run_prefill(self.app, &mut prefill, None, build, whole).await {
+            let prefilled = match run_prefill(&mut prefill, None, build, whole).await {
                 Prefilled::Ready((), worker) => worker,
                 Prefilled::Refused(answer) => return Ok(self.respond(answer)),
                 Prefilled::Failed(error) => {
@@ -291,9 +284,8 @@ impl<'a> Plan<'a> {
                 self.app,
                 Stage::Decode,
                 self.pd.decode.as_ref(),
-                &request.route_req,
+                request,
                 Vec::new(),
-                request.deadline,
             );
             let sent = only
                 .send(Some(chosen), |w| {
@@ -306,7 +298,7 @@ impl<'a> Plan<'a> {
                     return Ok(self.finish(answer));
                 }
                 Err(error) => {
-                    let retry = &self.app.config().retry;
+                    let retry = &request.config.retry;
                     let next = (replans < retry.max_retries
                         && Instant::now() < request.deadline
                         && self.app.retry_budget.try_spend())
@@ -368,15 +360,14 @@ impl<'a> Plan<'a> {
             app,
             Stage::Prefill,
             self.pd.prefill.as_ref(),
-            &request.route_req,
+            request,
             Vec::new(),
-            request.deadline,
         );
         let build = |w: &Worker| {
             request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
         };
         let prefill_done = async {
-            match run_prefill(app, &mut one, Some((p, p_decision)), build, whole).await {
+            match run_prefill(&mut one, Some((p, p_decision)), build, whole).await {
                 Prefilled::Ready((), _) => Ok(()),
                 Prefilled::Refused(answer) => Err(ApiError::BadGateway {
                     worker: answer.worker.url().to_owned(),
@@ -446,7 +437,7 @@ impl<'a> Plan<'a> {
     /// The decode answer goes to the client; conditional prefill learns what the decode
     /// worker now holds.
     fn finish(mut self, mut answer: Answer) -> Response {
-        answer.accept(self.app);
+        answer.accept(&self.request.config);
         if answer.response.status().is_success()
             && let Some(chain) = self.chain.take()
         {
@@ -456,7 +447,7 @@ impl<'a> Plan<'a> {
     }
 
     fn respond(self, answer: Answer) -> Response {
-        proxy::respond(self.app, answer, self.slot, self.request.deadline)
+        proxy::respond(self.app, self.request, answer, self.slot)
     }
 }
 
@@ -475,7 +466,6 @@ enum Prefilled<T> {
 /// `check` refuses) may move on to another prefill worker, within the retry limits. Answers
 /// are read to their end, so their connections return to the pool.
 async fn run_prefill<T>(
-    app: &App,
     leg: &mut Leg<'_>,
     mut first: Option<(Arc<Worker>, Decision)>,
     build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
@@ -488,7 +478,7 @@ async fn run_prefill<T>(
         };
         let status = answer.response.status();
         if status.is_client_error() {
-            answer.accept(app);
+            answer.accept(leg.config());
             return Prefilled::Refused(answer);
         }
         let checked = if status.is_success() {
@@ -500,7 +490,7 @@ async fn run_prefill<T>(
         };
         match checked {
             Ok(value) => {
-                answer.accept(app);
+                answer.accept(leg.config());
                 return Prefilled::Ready(value, Arc::clone(&answer.worker));
             }
             Err(reason) => {

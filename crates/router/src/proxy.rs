@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 pub(crate) use self::leg::{Answer, Leg, Stage};
 use crate::admission::Refused;
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::{Pool, Worker, X_DATA_PARALLEL_RANK};
 use crate::pd;
@@ -41,8 +42,11 @@ use crate::upstream::UpstreamBody;
 /// Forward one inference request. The response always carries `x-request-id`.
 pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let request_id = headers::request_id(&parts.headers, &app.config().request_id_headers);
-    let mut response = match route(&app, parts, body, &request_id).await {
+    // One configuration for the whole request, however long it runs: a reload applies to
+    // the requests that arrive after it.
+    let config = app.live_config().load_full();
+    let request_id = headers::request_id(&parts.headers, &config.request_id_headers);
+    let mut response = match route(&app, config, parts, body, &request_id).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(request_id = ?request_id, status = error.status().as_u16(), %error, "request refused");
@@ -57,6 +61,7 @@ pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response 
 
 async fn route(
     app: &App,
+    config: Arc<Config>,
     parts: Parts,
     body: Body,
     request_id: &HeaderValue,
@@ -74,7 +79,7 @@ async fn route(
             retry_after: refused.retry_after(),
         }
     })?;
-    let body = read_body(&parts.headers, body, app.config().max_payload_size.get()).await?;
+    let body = read_body(&parts.headers, body, config.max_payload_size.get()).await?;
     let pd = app.pd.as_ref().filter(|_| pd::applies(parts.uri.path()));
     let want_prompt = match pd {
         Some(pd) => pd.wants_prompt(),
@@ -82,7 +87,14 @@ async fn route(
     };
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await?;
     let id = request_id.to_str().unwrap_or_default();
-    let route_req = route_request(app, parts.uri.path(), &parts.headers, &body, &peeked, id);
+    let route_req = route_request(
+        &config,
+        parts.uri.path(),
+        &parts.headers,
+        &body,
+        &peeked,
+        id,
+    );
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -94,7 +106,8 @@ async fn route(
         body: &body,
         route_req,
         to_worker,
-        deadline: Instant::now() + app.config().timeouts.total,
+        deadline: Instant::now() + config.timeouts.total,
+        config,
     };
     match pd {
         Some(pd) => pd.forward(app, &request, slot).await,
@@ -110,6 +123,8 @@ pub(crate) struct Inbound<'a> {
     /// The headers every leg starts from.
     pub(crate) to_worker: HeaderMap,
     pub(crate) deadline: Instant,
+    /// The configuration this request runs under.
+    pub(crate) config: Arc<Config>,
 }
 
 impl Inbound<'_> {
@@ -151,33 +166,27 @@ async fn single(
     request: &Inbound<'_>,
     slot: crate::admission::Permit,
 ) -> Result<Response, ApiError> {
-    let candidates = candidates(app, Pool::Any, request.route_req.model)?;
-    let mut leg = Leg::new(
-        app,
-        Stage::Single,
-        app.policy.as_ref(),
-        &request.route_req,
-        candidates,
-        request.deadline,
-    );
+    let candidates = candidates(app, &request.config, Pool::Any, request.route_req.model)?;
+    let mut leg = Leg::new(app, Stage::Single, app.policy.as_ref(), request, candidates);
     let mut answer = leg
         .send(None, |worker| {
             request.upstream_request(worker, request.body.clone(), request.to_worker.clone())
         })
         .await?;
-    answer.accept(app);
-    Ok(respond(app, answer, slot, request.deadline))
+    answer.accept(&request.config);
+    Ok(respond(app, request, answer, slot))
 }
 
 /// The worker's answer, streamed back through a [`TrackedBody`] that holds its in-flight count
 /// and the admission slot, watches its usage when the policy predicted a cache hit, and ends a
-/// broken or stalled stream (or one past `deadline`) with an error event.
+/// broken or stalled stream (or one past the request's deadline) with an error event.
 pub(crate) fn respond(
     app: &App,
+    request: &Inbound<'_>,
     answer: Answer,
     slot: crate::admission::Permit,
-    deadline: Instant,
 ) -> Response {
+    let config = &request.config;
     let Answer {
         response,
         worker,
@@ -201,10 +210,10 @@ pub(crate) fn respond(
         .map(|p| usage::UsageWatch::new(p, Arc::clone(&app.metrics)));
     let limits = tracked::StreamLimits {
         sse,
-        idle: app.config().timeouts.stream_idle,
-        deadline,
-        total: app.config().timeouts.total,
-        failure_threshold: app.config().health.failure_threshold,
+        idle: config.timeouts.stream_idle,
+        deadline: request.deadline,
+        total: config.timeouts.total,
+        failure_threshold: config.health.failure_threshold,
         metrics: Arc::clone(&app.metrics),
         drain: Some(app.drain_signal()),
     };
@@ -219,6 +228,7 @@ pub(crate) fn respond(
 /// 503) while no worker has listed its models yet.
 pub(crate) fn candidates(
     app: &App,
+    config: &Config,
     pool: Pool,
     model: Option<&str>,
 ) -> Result<Vec<Arc<Worker>>, ApiError> {
@@ -238,7 +248,7 @@ pub(crate) fn candidates(
         }
     };
     let now = Instant::now();
-    let breaker = &app.config().breaker;
+    let breaker = &config.breaker;
     Ok(serving
         .iter()
         .filter(|w| w.is_routable() && w.breaker().admits(breaker, now))
@@ -248,7 +258,7 @@ pub(crate) fn candidates(
 
 /// What the policy sees of a peeked request.
 pub(crate) fn route_request<'a>(
-    app: &App,
+    config: &Config,
     path: &'a str,
     headers: &'a HeaderMap,
     body: &'a [u8],
@@ -261,7 +271,7 @@ pub(crate) fn route_request<'a>(
         headers,
         body,
         request_id,
-        session_key: peek::session_key(headers, &app.config().session_key_headers, peeked),
+        session_key: peek::session_key(headers, &config.session_key_headers, peeked),
         prompt: peeked.prompt.as_deref(),
     }
 }

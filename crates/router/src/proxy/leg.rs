@@ -18,7 +18,9 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::Inbound;
 use super::retry::{backoff, retryable_status};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::{InFlight, Ticket, Worker};
 use crate::policy::{Decision, Policy, RouteRequest};
@@ -83,10 +85,10 @@ pub(crate) struct Answer {
 
 impl Answer {
     /// The answer is used: the worker did well.
-    pub(crate) fn accept(&mut self, app: &App) {
+    pub(crate) fn accept(&mut self, config: &Config) {
         if let Some(ticket) = self.ticket.take() {
             self.worker.record_success();
-            ticket.success(&app.config().breaker);
+            ticket.success(&config.breaker);
         }
     }
 }
@@ -97,6 +99,7 @@ pub(crate) struct Leg<'a> {
     stage: Stage,
     policy: &'a dyn Policy,
     req: &'a RouteRequest<'a>,
+    config: &'a Config,
     candidates: Vec<Arc<Worker>>,
     deadline: Instant,
     retries: u32,
@@ -108,20 +111,25 @@ impl<'a> Leg<'a> {
         app: &'a App,
         stage: Stage,
         policy: &'a dyn Policy,
-        req: &'a RouteRequest<'a>,
+        request: &'a Inbound<'a>,
         candidates: Vec<Arc<Worker>>,
-        deadline: Instant,
     ) -> Self {
         Self {
             app,
             stage,
             policy,
-            req,
+            req: &request.route_req,
+            config: &request.config,
             candidates,
-            deadline,
+            deadline: request.deadline,
             retries: 0,
             last_failure: None,
         }
+    }
+
+    /// The configuration the request runs under.
+    pub(crate) fn config(&self) -> &'a Config {
+        self.config
     }
 
     /// When the whole request must be over.
@@ -157,8 +165,8 @@ impl<'a> Leg<'a> {
         build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
     ) -> Result<Answer, ApiError> {
         let app = self.app;
-        let breaker = &app.config().breaker;
-        let retry = &app.config().retry;
+        let config = self.config;
+        let (breaker, retry) = (&config.breaker, &config.retry);
         loop {
             let (worker, decision) = match first.take() {
                 Some(chosen) => chosen,
@@ -183,7 +191,7 @@ impl<'a> Leg<'a> {
             let request = build(&worker)?;
             let guard = worker.begin();
             let left = self.deadline.saturating_duration_since(Instant::now());
-            let first_byte = app.config().timeouts.first_byte.min(left);
+            let first_byte = config.timeouts.first_byte.min(left);
             let sent = tokio::time::timeout(first_byte, app.upstream.send(request)).await;
             let url = || worker.url().to_owned();
             let (failure, cause, pause) = match sent {
@@ -192,7 +200,7 @@ impl<'a> Leg<'a> {
                     let pause = backoff(retry, self.retries + 1, Some(response.headers()));
                     let can_retry = retryable_status(retry, status) && self.may_retry(pause);
                     let ticket = if status.is_server_error() {
-                        failed(&worker, ticket, app);
+                        failed(&worker, ticket, config);
                         None
                     } else {
                         Some(ticket)
@@ -228,7 +236,7 @@ impl<'a> Leg<'a> {
                     continue;
                 }
                 Ok(Err(error)) => {
-                    failed(&worker, ticket, app);
+                    failed(&worker, ticket, config);
                     let failure = ApiError::BadGateway {
                         worker: url(),
                         reason: cause(&error),
@@ -240,8 +248,8 @@ impl<'a> Leg<'a> {
                     )
                 }
                 Err(_) => {
-                    failed(&worker, ticket, app);
-                    let stage = if first_byte < app.config().timeouts.first_byte {
+                    failed(&worker, ticket, config);
+                    let stage = if first_byte < config.timeouts.first_byte {
                         "total"
                     } else {
                         "first_byte"
@@ -283,10 +291,10 @@ impl<'a> Leg<'a> {
         } = answer;
         // Without a ticket the answer was a 5xx, already counted as the worker's failure.
         if let Some(ticket) = ticket {
-            failed(&worker, ticket, self.app);
+            failed(&worker, ticket, self.config);
         }
         drop(guard);
-        let pause = backoff(&self.app.config().retry, self.retries + 1, None);
+        let pause = backoff(&self.config.retry, self.retries + 1, None);
         if !self.may_retry(pause) {
             return Err(failure);
         }
@@ -297,7 +305,7 @@ impl<'a> Leg<'a> {
     /// A retry is possible only with retries and candidates left and time for the backoff;
     /// the budget is asked last, so it is spent only on a retry that happens.
     fn may_retry(&self, wait: Duration) -> bool {
-        self.retries < self.app.config().retry.max_retries
+        self.retries < self.config.retry.max_retries
             && !self.candidates.is_empty()
             && Instant::now() + wait < self.deadline
             && self.app.retry_budget.try_spend()
@@ -320,9 +328,9 @@ impl<'a> Leg<'a> {
 }
 
 /// The attempt failed at the worker: it counts toward ejection and against its breaker.
-fn failed(worker: &Worker, ticket: Ticket, app: &App) {
-    worker.record_failure(app.config().health.failure_threshold);
-    ticket.failure(&app.config().breaker, Instant::now());
+fn failed(worker: &Worker, ticket: Ticket, config: &Config) {
+    worker.record_failure(config.health.failure_threshold);
+    ticket.failure(&config.breaker, Instant::now());
 }
 
 /// The innermost cause of an upstream error, which names what actually failed.

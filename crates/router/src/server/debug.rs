@@ -58,11 +58,12 @@ async fn explanation(
         ));
     }
     let (parts, body) = request.into_parts();
-    let body = proxy::read_body(&parts.headers, body, app.config().max_payload_size.get()).await?;
+    let config = app.live_config().load_full();
+    let body = proxy::read_body(&parts.headers, body, config.max_payload_size.get()).await?;
     let pd = app.pd.as_ref().filter(|_| crate::pd::applies(path));
     let wants_prompt = pd.map_or(app.policy.wants_prompt(), crate::pd::Pd::wants_prompt);
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, wants_prompt).await?;
-    let req = proxy::route_request(app, path, &parts.headers, &body, &peeked, "debug");
+    let req = proxy::route_request(&config, path, &parts.headers, &body, &peeked, "debug");
     let Some(pd) = pd else {
         let (mut single, _) = explain_pool(app, app.policy.as_ref(), Pool::Any, &req)?;
         if let Some(object) = single.as_object_mut() {
@@ -101,7 +102,7 @@ fn explain_pool(
     pool: Pool,
     req: &RouteRequest<'_>,
 ) -> Result<(serde_json::Value, Option<Arc<Worker>>), ApiError> {
-    let candidates = proxy::candidates(app, pool, req.model)?;
+    let candidates = proxy::candidates(app, &app.config(), pool, req.model)?;
     let explained = policy.explain(req, &candidates);
     let now = Instant::now();
     let rows: Vec<serde_json::Value> = candidates
