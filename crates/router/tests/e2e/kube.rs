@@ -3,8 +3,7 @@
 //! that goes away, P/D roles, and the router binary finding its API server through
 //! `KUBECONFIG` and routing a request to a discovered pod.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -486,47 +485,6 @@ fn kubeconfig(api: &ApiServer, namespace: &str) -> std::path::PathBuf {
     path
 }
 
-/// The router binary with `kubeconfig` as `KUBECONFIG` and no in-cluster environment.
-fn router_command(kubeconfig: &std::path::Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vllm-router"));
-    command
-        .args([
-            "--port",
-            "0",
-            "--prometheus-port",
-            "0",
-            "--log-level",
-            "warn",
-        ])
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT");
-    command
-}
-
-/// Start the router and read the address it serves on.
-async fn listening(mut command: Command) -> (Child, String) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let addr = tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if let Some(addr) = line.strip_prefix("vllm-router listening on ") {
-                return addr.to_owned();
-            }
-        }
-        panic!("the router never said where it listens");
-    })
-    .await
-    .unwrap();
-    (child, addr)
-}
-
 #[tokio::test]
 async fn the_router_finds_its_api_server_through_kubeconfig_and_routes_to_a_pod() {
     let workers = fast_sims(1).await;
@@ -535,17 +493,16 @@ async fn the_router_finds_its_api_server_through_kubeconfig_and_routes_to_a_pod(
     let config = kubeconfig(&api, NS);
     let port = workers[0].addr().port().to_string();
     // No namespace flag: the kubeconfig context's namespace is watched.
-    let command = router_command(
-        &config,
-        &[
-            "--service-discovery",
-            "--selector",
-            "app=vllm",
-            "--service-discovery-port",
-            &port,
-        ],
-    );
-    let (mut child, router) = listening(command).await;
+    let args = [
+        "--service-discovery",
+        "--selector",
+        "app=vllm",
+        "--service-discovery-port",
+        &port,
+    ];
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let (mut child, addr) = spawn_router(&args, &[("KUBECONFIG", config.to_str().unwrap())]).await;
+    let router = format!("http://{addr}");
 
     // Served once the pod's worker has listed its models.
     let chat_url = format!("{router}/v1/chat/completions");
@@ -592,7 +549,13 @@ async fn the_router_finds_its_api_server_through_kubeconfig_and_routes_to_a_pod(
 #[tokio::test]
 async fn without_a_kubernetes_configuration_the_router_stops_at_start() {
     let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-kubeconfig");
-    let mut command = router_command(&missing, &["--service-discovery", "--selector", "app=vllm"]);
+    // A clean environment: no in-cluster variables either.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vllm-router"));
+    command
+        .args(["--port", "0", "--prometheus-port", "0"])
+        .args(["--service-discovery", "--selector", "app=vllm"])
+        .env_clear()
+        .env("KUBECONFIG", &missing);
     let run = tokio::task::spawn_blocking(move || command.output().unwrap());
     let output = tokio::time::timeout(WITHIN, run).await.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
