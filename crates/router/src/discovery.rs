@@ -95,13 +95,11 @@ async fn admit(fleet: Arc<Fleet>, upstream: Upstream, url: String, timeout: Dura
         if attempt > 0 {
             tokio::time::sleep(ADMIT_PAUSE).await;
         }
-        let snapshot = fleet.snapshot();
-        let Some(member) = snapshot.members().iter().find(|m| m.worker.url() == url) else {
-            return;
+        let healthy = match fleet.snapshot().server(&url) {
+            Some(ranks) => ranks[0].worker.is_healthy(),
+            None => return,
         };
-        if member.worker.is_healthy()
-            || fleet::admit(&fleet, &upstream, &member.worker, timeout).await
-        {
+        if healthy || fleet::admit_url(&fleet, &upstream, &url, timeout).await {
             return;
         }
     }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use breaker::{Breaker, BreakerState, Ticket};
 pub use exposition::EngineMetrics;
-pub use health::{admit, spawn_health_loop, wait_for_startup};
+pub use health::{admit, admit_url, spawn_health_loop, wait_for_startup};
 pub use load::{EngineLoad, EngineSample, Load};
 pub use scrape::spawn_scrape_loop;
 pub use worker::{InFlight, Worker, X_DATA_PARALLEL_RANK};
@@ -128,6 +128,11 @@ impl Snapshot {
     pub fn servers(&self) -> impl Iterator<Item = &[Member]> {
         self.members
             .chunk_by(|a, b| a.worker.url() == b.worker.url())
+    }
+
+    /// The members of the server at `url` (one per rank), when it is in the fleet.
+    pub fn server(&self, url: &str) -> Option<&[Member]> {
+        self.servers().find(|ranks| ranks[0].worker.url() == url)
     }
 
     /// The workers that serve `model` (healthy or not), or every worker with known models when

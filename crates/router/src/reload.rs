@@ -211,11 +211,7 @@ impl Reloader {
                 change.added.push(url.clone());
             }
             fleet.apply(FleetEvent::Add(spec)).await;
-            let snapshot = fleet.snapshot();
-            if let Some(member) = snapshot.members().iter().find(|m| m.worker.url() == url) {
-                let timeout = next.health.timeout;
-                fleet::admit(fleet, &self.app.upstream, &member.worker, timeout).await;
-            }
+            fleet::admit_url(fleet, &self.app.upstream, &url, next.health.timeout).await;
         }
         for url in leaving {
             if self.ours(&url) {
@@ -233,10 +229,8 @@ impl Reloader {
         self.app
             .fleet
             .snapshot()
-            .members()
-            .iter()
-            .find(|m| m.worker.url() == url)
-            .is_some_and(|m| m.worker.spec().origin == Origin::Config)
+            .server(url)
+            .is_some_and(|ranks| ranks[0].worker.spec().origin == Origin::Config)
     }
 }
 

@@ -82,6 +82,18 @@ pub async fn admit(
     refresh(fleet, upstream, worker, timeout).await
 }
 
+/// [`admit`] the worker at `url`, once; `false` when it is not in the fleet or did not answer.
+pub async fn admit_url(fleet: &Fleet, upstream: &Upstream, url: &str, timeout: Duration) -> bool {
+    let worker = fleet
+        .snapshot()
+        .server(url)
+        .map(|ranks| Arc::clone(&ranks[0].worker));
+    match worker {
+        Some(worker) => admit(fleet, upstream, &worker, timeout).await,
+        None => false,
+    }
+}
+
 /// Wait, up to the start-up timeout, until every worker has listed its models. Workers still
 /// silent then stay unhealthy; the health loop keeps trying them.
 pub async fn wait_for_startup(fleet: &Fleet, upstream: &Upstream, config: &Config) {

@@ -105,13 +105,11 @@ fn describe(ranks: &[Member]) -> serde_json::Value {
 /// The ranks of the worker named by `id` (its id or URL).
 fn find(app: &App, id: &str) -> Result<Vec<Member>, ApiError> {
     let snapshot = app.fleet.snapshot();
-    let url = WorkerUrl::parse("", id).map(|u| u.text).ok();
-    snapshot
-        .servers()
-        .find(|ranks| {
-            let w = ranks[0].worker.url();
-            id_of(w) == id || url.as_deref() == Some(w)
-        })
+    let by_url = WorkerUrl::parse("", id)
+        .ok()
+        .and_then(|u| snapshot.server(&u.text));
+    by_url
+        .or_else(|| snapshot.servers().find(|r| id_of(r[0].worker.url()) == id))
         .map(<[Member]>::to_vec)
         .ok_or_else(|| ApiError::UnknownWorker(id.to_owned()))
 }
@@ -163,20 +161,13 @@ async fn add_value(app: &Arc<App>, value: serde_json::Value) -> Response {
         ..spec
     };
     app.fleet.apply(FleetEvent::Add(spec)).await;
-    let ranks = match find(app, &url) {
-        Ok(ranks) => ranks,
-        Err(e) => return e.into_response(),
-    };
-    fleet::admit(
-        &app.fleet,
-        &app.upstream,
-        &ranks[0].worker,
-        config.health.timeout,
-    )
-    .await;
+    fleet::admit_url(&app.fleet, &app.upstream, &url, config.health.timeout).await;
     tracing::info!(worker = %url, "worker added through the admin API");
-    let ranks = find(app, &url).unwrap_or(ranks);
-    (StatusCode::CREATED, Json(describe(&ranks))).into_response()
+    match find(app, &url) {
+        Ok(ranks) => (StatusCode::CREATED, Json(describe(&ranks))).into_response(),
+        // Removed again between the two calls.
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `DELETE /workers/{id}`: remove the worker; its in-flight requests finish.
