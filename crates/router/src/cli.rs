@@ -110,6 +110,30 @@ impl LogLevel {
     }
 }
 
+/// How log lines are written.
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// When a log file in `--log-dir` is rotated.
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogRotation {
+    /// A new file every minute (for tests and very busy routers).
+    Minutely,
+    /// A new file every hour.
+    Hourly,
+    /// A new file every day.
+    Daily,
+    /// One file, never rotated.
+    Never,
+}
+
 /// The router's flags, compatible with vllm-project/router 0.1.x. Each is also a config-file
 /// key (the flag's name with underscores) and an environment variable (`VLLM_ROUTER_` and the
 /// key in capitals); see [`crate::config::Sources`].
@@ -322,6 +346,60 @@ pub struct RouterArgs {
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// Format of log lines on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Also write logs to files in this directory: `vllm-router.log` (everything),
+    /// `vllm-router.errors.log` (warnings and errors) and `vllm-router.jsonl` (JSON lines),
+    /// rotated by --log-rotation.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// When the log files in --log-dir start a new file.
+    #[arg(long, value_enum, default_value_t = LogRotation::Daily)]
+    pub log_rotation: LogRotation,
+    /// Files kept of each log in --log-dir, the current one included (older ones are deleted).
+    #[arg(long, default_value_t = 7)]
+    pub log_max_files: usize,
+    /// Send this bearer key to workers (vLLM's own `--api-key`) in place of the client's
+    /// `Authorization`; also used for the router's own calls to workers (models, health,
+    /// metrics). Without it, the client's header is forwarded as it came.
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Client API keys accepted as `Authorization: Bearer KEY` (space- or comma-separated).
+    /// With none here, in --api-keys-file or behind --api-key-validation-urls, inference is
+    /// open to every client.
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "KEY")]
+    pub api_keys: Vec<String>,
+    /// A file of client API keys, one per line (`#` starts a comment); re-read with the
+    /// config.
+    #[arg(long, value_name = "FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// URLs asked about a client key not in the static keys: the key is valid when one of them
+    /// answers 200 to a request bearing it (also `API_KEY_VALIDATION_URLS`, comma-separated).
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "URL")]
+    pub api_key_validation_urls: Vec<String>,
+    /// Seconds a key a validation URL accepted stays valid without asking again.
+    #[arg(long, default_value_t = 300)]
+    pub api_key_cache_ttl_secs: u64,
+    /// Seconds a key a validation URL refused stays refused without asking again.
+    #[arg(long, default_value_t = 10)]
+    pub api_key_rejected_ttl_secs: u64,
+    /// Keys remembered at most (valid and refused together); the oldest leave first.
+    #[arg(long, default_value_t = 10_000)]
+    pub api_key_cache_size: usize,
+    /// Milliseconds a validation URL may take to answer; past it, and while none answers, the
+    /// client gets 503 (its key is not refused).
+    #[arg(long, default_value_t = 2000)]
+    pub api_key_validation_timeout_ms: u64,
+    /// Origins allowed to call the router from a browser (CORS), such as
+    /// `https://app.example.com`; `*` allows any. None by default: no CORS headers at all.
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "ORIGIN")]
+    pub cors_allowed_origins: Vec<String>,
+    /// Export trace spans by OTLP over HTTP to this URL (e.g.
+    /// `http://collector:4318/v1/traces`). W3C `traceparent` is passed to workers either way.
+    #[arg(long, value_name = "URL")]
+    pub otlp_traces_endpoint: Option<String>,
     /// Seconds to wait at start for workers to answer `/v1/models`.
     #[arg(long, default_value_t = 600)]
     pub worker_startup_timeout_secs: u64,

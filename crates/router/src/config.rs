@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::admission::AdmissionConfig;
-use crate::cli::{LogLevel, RouterArgs};
+use crate::cli::{LogFormat, LogLevel, LogRotation, RouterArgs};
 use crate::policy::{CacheAwareConfig, PolicyConfig, PolicyKind};
 use crate::prefix::BLOCK_BYTES;
 
@@ -90,6 +90,21 @@ pub struct ListenerConfig {
     pub client_write_timeout: Duration,
 }
 
+/// Where and how the router logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Verbosity.
+    pub level: LogLevel,
+    /// Line format on stderr.
+    pub format: LogFormat,
+    /// Directory of the log files, when they are written.
+    pub dir: Option<PathBuf>,
+    /// When the files rotate.
+    pub rotation: LogRotation,
+    /// Files kept of each log.
+    pub max_files: NonZeroUsize,
+}
+
 /// The smallest `--max-header-bytes`: the HTTP/1 read buffer cannot be made smaller.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 /// The largest `--max-header-bytes`.
@@ -128,8 +143,16 @@ pub struct Config {
     pub request_id_headers: Vec<HeaderName>,
     /// Metrics listener address, or `None` when disabled.
     pub metrics_listen: Option<(String, u16)>,
-    /// Log verbosity.
-    pub log_level: LogLevel,
+    /// Logging.
+    pub log: LogConfig,
+    /// Client authentication.
+    pub auth: AuthConfig,
+    /// The bearer key sent to workers in place of the client's, when set.
+    pub worker_api_key: Option<Secret>,
+    /// Origins browsers may call from.
+    pub cors: CorsOrigins,
+    /// Where trace spans are exported (OTLP over HTTP), when they are.
+    pub otlp_traces_endpoint: Option<http::Uri>,
     /// How long start-up waits for workers to list their models.
     pub startup_timeout: Duration,
     /// Time between start-up checks of a worker not yet answering.
@@ -399,6 +422,15 @@ impl Config {
             queue_timeout: secs("--queue-timeout-secs", args.queue_timeout_secs, true)?,
             rate_limit_per_sec: args.rate_limit_tokens_per_second,
         };
+        let auth = auth_config(&args)?;
+        let cors = cors_origins(&args)?;
+        let worker_api_key = worker_api_key(&args);
+        let otlp_traces_endpoint = args
+            .otlp_traces_endpoint
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| security::http_url("--otlp-traces-endpoint", u))
+            .transpose()?;
         let metrics_listen = (args.prometheus_port != 0)
             .then(|| (args.prometheus_host.clone(), args.prometheus_port));
         Ok(Self {
@@ -453,7 +485,18 @@ impl Config {
             listener,
             request_id_headers,
             metrics_listen,
-            log_level: args.log_level,
+            log: LogConfig {
+                level: args.log_level,
+                format: args.log_format,
+                dir: args.log_dir.clone(),
+                rotation: args.log_rotation,
+                max_files: NonZeroUsize::new(args.log_max_files)
+                    .ok_or_else(|| invalid("--log-max-files", 0, "must be at least 1"))?,
+            },
+            auth,
+            worker_api_key,
+            cors,
+            otlp_traces_endpoint,
             startup_timeout: secs(
                 "--worker-startup-timeout-secs",
                 args.worker_startup_timeout_secs,
@@ -555,6 +598,7 @@ mod file;
 mod kube;
 mod layers;
 mod pd;
+mod security;
 #[cfg(test)]
 mod tests;
 mod workers;
@@ -568,5 +612,7 @@ pub use kube::{Selector, ServiceDiscoveryConfig};
 pub use layers::{ENV_PREFIX, Place, Sources, fingerprint};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
+pub use security::{AuthConfig, CorsOrigins};
+use security::{auth_config, cors_origins, worker_api_key};
 use workers::with_capacities;
 pub use workers::{Origin, Role, WorkerSpec, WorkerUrl};

@@ -45,7 +45,7 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
         print!("{}", config.summary());
         return Ok(());
     }
-    telemetry::init(config.log_level);
+    telemetry::init(config.log.level);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }

@@ -259,7 +259,8 @@ fn keep_fixed(next: &mut Config, running: &Config) -> Vec<&'static str> {
     keep!(retry.budget_min_per_sec => "retry_budget_min_per_sec");
     keep!(timeouts.connect => "connect_timeout_secs");
     keep!(load_scrape_interval => "load_scrape_interval_ms");
-    keep!(log_level => "log_level");
+    keep!(log => "log settings");
+    keep!(otlp_traces_endpoint => "otlp_traces_endpoint");
     next.config_file.clone_from(&running.config_file);
     next.check_only = running.check_only;
     changed

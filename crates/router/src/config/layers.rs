@@ -33,6 +33,7 @@ const LEGACY_ENV: &[(&str, &str)] = &[
     ("HEALTH_CHECK_INTERVAL", "health_check_interval_secs"),
     ("CONFIG_RELOAD_INTERVAL", "config_reload_interval_secs"),
     ("REQUEST_TIMEOUT", "request_timeout_secs"),
+    ("API_KEY_VALIDATION_URLS", "api_key_validation_urls"),
 ];
 
 /// Keys that choose how the configuration is loaded, and cannot be set from a file.

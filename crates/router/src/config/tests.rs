@@ -153,7 +153,7 @@ fn compatible_log_level_names_parse() {
         ("critical", LogLevel::Error),
         ("debug", LogLevel::Debug),
     ] {
-        assert_eq!(parse(&["--log-level", name]).unwrap().log_level, level);
+        assert_eq!(parse(&["--log-level", name]).unwrap().log.level, level);
     }
 }
 

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::*;
-use crate::config::Role;
+use crate::config::{Role, Secret};
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let vars: HashMap<String, String> = vars
@@ -61,7 +61,7 @@ fn our_variable_beats_the_legacy_one() {
         ("REQUEST_TIMEOUT", "60"),
     ];
     let c = load(&[], &legacy, None).unwrap();
-    assert_eq!(c.log_level, crate::cli::LogLevel::Warn);
+    assert_eq!(c.log.level, crate::cli::LogLevel::Warn);
     assert_eq!(c.health.interval, Duration::from_secs(3), "rounded up");
     assert_eq!(c.timeouts.total, Duration::from_secs(60));
 }
@@ -305,4 +305,58 @@ fn secrets_are_masked_in_the_summary() {
     assert!(!summary.contains("s3cret-admin"), "{summary}");
     assert!(!format!("{c:?}").contains("s3cret-admin"));
     assert_eq!(c.admin_api_key.unwrap().expose(), "s3cret-admin");
+}
+
+#[test]
+fn security_settings_from_flags_env_and_file() {
+    let c = load(&[], &[], None).unwrap();
+    assert!(!c.auth.is_required(), "open by default");
+    assert_eq!(c.cors, crate::config::CorsOrigins::None);
+    assert_eq!(c.worker_api_key, None);
+    let c = load(
+        &["--api-keys", "k1, Bearer k2", "--api-key", "upstream"],
+        &[(
+            "API_KEY_VALIDATION_URLS",
+            "http://auth-a/check,http://auth-b/check",
+        )],
+        None,
+    )
+    .unwrap();
+    let keys: Vec<&str> = c.auth.keys.iter().map(Secret::expose).collect();
+    assert_eq!(keys, ["k1", "k2"]);
+    assert_eq!(c.auth.validation_urls.len(), 2);
+    assert_eq!(
+        c.worker_api_key.as_ref().map(Secret::expose),
+        Some("upstream")
+    );
+    let dir = std::env::temp_dir().join(format!("vllm-router-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    std::fs::write(&file, "# team a\nalpha\n\n  beta  # rotated monthly\n").unwrap();
+    let path = file.to_str().unwrap();
+    let c = load(&["--api-keys-file", path], &[], None).unwrap();
+    let keys: Vec<&str> = c.auth.keys.iter().map(Secret::expose).collect();
+    assert_eq!(keys, ["alpha", "beta"]);
+    std::fs::write(&file, "# nobody yet\n").unwrap();
+    let c = load(&["--api-keys-file", path], &[], None).unwrap();
+    assert!(c.auth.is_required(), "an empty keys file refuses everyone");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let c = load(
+        &[],
+        &[],
+        Some("cors_allowed_origins = [\"https://a.example\", \"http://b.example:8080\"]\n"),
+    )
+    .unwrap();
+    assert!(matches!(c.cors, crate::config::CorsOrigins::List(ref o) if o.len() == 2));
+    for bad in [
+        vec!["--cors-allowed-origins", "https://a.example/path"],
+        vec!["--cors-allowed-origins", "a.example"],
+        vec!["--api-key-validation-urls", "ftp://x"],
+        vec!["--otlp-traces-endpoint", "collector:4318"],
+        vec!["--api-keys-file", "/nonexistent/keys"],
+        vec!["--log-max-files", "0"],
+    ] {
+        let err = load(&bad, &[], None).unwrap_err();
+        assert!(err.contains(bad[0]), "{bad:?}: {err}");
+    }
 }
