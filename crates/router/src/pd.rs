@@ -467,6 +467,26 @@ enum Prefilled<T> {
 /// are read to their end, so their connections return to the pool.
 async fn run_prefill<T>(
     leg: &mut Leg<'_>,
+    first: Option<(Arc<Worker>, Decision)>,
+    build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
+    check: fn(&[u8]) -> Result<T, String>,
+) -> Prefilled<T> {
+    let started = Instant::now();
+    let prefilled = prefill_attempts(leg, first, build, check).await;
+    let outcome = match &prefilled {
+        Prefilled::Ready(_, worker) => {
+            leg.request().note(|e| e.prefilled_by(worker));
+            "ready"
+        }
+        Prefilled::Refused(_) => "refused",
+        Prefilled::Failed(_) => "failed",
+    };
+    leg.metrics().pd_leg("prefill", outcome, started);
+    prefilled
+}
+
+async fn prefill_attempts<T>(
+    leg: &mut Leg<'_>,
     mut first: Option<(Arc<Worker>, Decision)>,
     build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
     check: fn(&[u8]) -> Result<T, String>,

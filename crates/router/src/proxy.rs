@@ -10,7 +10,6 @@ mod leg;
 pub mod peek;
 mod retry;
 mod tracked;
-mod usage;
 
 use std::sync::Arc;
 
@@ -23,6 +22,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use parking_lot::Mutex;
 
 pub use retry::RetryBudget;
 pub use tracked::{StreamLimits, TrackedBody};
@@ -36,7 +36,8 @@ use crate::error::ApiError;
 use crate::fleet::{Pool, Worker, X_DATA_PARALLEL_RANK};
 use crate::pd;
 use crate::policy::RouteRequest;
-use crate::server::App;
+use crate::server::{App, INFERENCE_ROUTES};
+use crate::telemetry::exchange::Exchange;
 use crate::upstream::UpstreamBody;
 
 /// Forward one inference request. The response always carries `x-request-id`.
@@ -46,13 +47,29 @@ pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response 
     // the requests that arrive after it.
     let config = app.live_config().load_full();
     let request_id = headers::request_id(&parts.headers, &config.request_id_headers);
-    let mut response = match route(&app, config, parts, body, &request_id).await {
+    let path = parts.uri.path();
+    let route_name = INFERENCE_ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other");
+    let exchange = Mutex::new(Some(Exchange::begin(
+        Arc::clone(&app.metrics),
+        "POST",
+        route_name,
+        request_id.clone(),
+    )));
+    let mut response = match route(&app, config, parts, body, &request_id, &exchange).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::info!(request_id = ?request_id, status = error.status().as_u16(), %error, "request refused");
+            if let Some(exchange) = exchange.lock().as_mut() {
+                exchange.refused(error.status().as_u16(), error.to_string());
+            }
             error.into_response()
         }
     };
+    // Recorded now unless a response body took it.
+    drop(exchange);
     response
         .headers_mut()
         .insert(headers::X_REQUEST_ID.clone(), request_id);
@@ -65,6 +82,7 @@ async fn route(
     parts: Parts,
     body: Body,
     request_id: &HeaderValue,
+    exchange: &Mutex<Option<Exchange>>,
 ) -> Result<Response, ApiError> {
     // Admission first: a request refused or still queued has not cost a body read, and a
     // client that leaves while queued drops out of the queue here.
@@ -86,6 +104,9 @@ async fn route(
         None => app.policy.wants_prompt(),
     };
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await?;
+    if let Some(e) = exchange.lock().as_mut() {
+        e.set_model(peeked.model.as_deref());
+    }
     let id = request_id.to_str().unwrap_or_default();
     let route_req = route_request(
         &config,
@@ -108,6 +129,7 @@ async fn route(
         to_worker,
         deadline: Instant::now() + config.timeouts.total,
         config,
+        exchange,
     };
     match pd {
         Some(pd) => pd.forward(app, &request, slot).await,
@@ -125,9 +147,18 @@ pub(crate) struct Inbound<'a> {
     pub(crate) deadline: Instant,
     /// The configuration this request runs under.
     pub(crate) config: Arc<Config>,
+    /// The request's record, until a response body takes it.
+    exchange: &'a Mutex<Option<Exchange>>,
 }
 
 impl Inbound<'_> {
+    /// Note something in the request's record (while no response body holds it).
+    pub(crate) fn note(&self, f: impl FnOnce(&mut Exchange)) {
+        if let Some(exchange) = self.exchange.lock().as_mut() {
+            f(exchange);
+        }
+    }
+
     /// The client's path and query.
     pub(crate) fn path_and_query(&self) -> &str {
         self.parts
@@ -177,9 +208,10 @@ async fn single(
     Ok(respond(app, request, answer, slot))
 }
 
-/// The worker's answer, streamed back through a [`TrackedBody`] that holds its in-flight count
-/// and the admission slot, watches its usage when the policy predicted a cache hit, and ends a
-/// broken or stalled stream (or one past the request's deadline) with an error event.
+/// The worker's answer, streamed back through a [`TrackedBody`] that holds its in-flight count,
+/// the admission slot and the request's record (which reads the reported usage and times the
+/// events), and ends a broken or stalled stream (or one past the request's deadline) with an
+/// error event.
 pub(crate) fn respond(
     app: &App,
     request: &Inbound<'_>,
@@ -205,9 +237,10 @@ pub(crate) fn respond(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let usage = decision
-        .predicted_hit
-        .map(|p| usage::UsageWatch::new(p, Arc::clone(&app.metrics)));
+    let mut exchange = request.exchange.lock().take();
+    if let Some(exchange) = exchange.as_mut() {
+        exchange.answered(&worker, head.status.as_u16(), sse, decision.predicted_hit);
+    }
     let limits = tracked::StreamLimits {
         sse,
         idle: config.timeouts.stream_idle,
@@ -219,7 +252,7 @@ pub(crate) fn respond(
     };
     let body = TrackedBody::new(upstream_body, guard)
         .holding(slot)
-        .watching(usage)
+        .recording(exchange)
         .limited(limits);
     Response::from_parts(head, Body::new(body))
 }

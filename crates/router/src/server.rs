@@ -192,6 +192,11 @@ impl App {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// The Prometheus exposition text now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.fleet.snapshot(), &self.admission)
+    }
+
     /// Whether shutdown started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

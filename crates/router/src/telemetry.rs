@@ -1,7 +1,9 @@
 //! Logging (human-readable lines on stderr, filtered by `--log-level` or `RUST_LOG`) and the
 //! metrics registry.
 
+pub mod exchange;
 pub mod metrics;
+pub mod usage;
 
 use std::io::IsTerminal;
 

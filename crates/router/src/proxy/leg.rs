@@ -25,6 +25,8 @@ use crate::error::ApiError;
 use crate::fleet::{InFlight, Ticket, Worker};
 use crate::policy::{Decision, Policy, RouteRequest};
 use crate::server::App;
+use crate::telemetry::exchange::Exchange;
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::UpstreamBody;
 
 /// Which leg of a plan, for logs and metrics.
@@ -99,6 +101,7 @@ pub(crate) struct Leg<'a> {
     stage: Stage,
     policy: &'a dyn Policy,
     req: &'a RouteRequest<'a>,
+    inbound: &'a Inbound<'a>,
     config: &'a Config,
     candidates: Vec<Arc<Worker>>,
     deadline: Instant,
@@ -114,11 +117,14 @@ impl<'a> Leg<'a> {
         request: &'a Inbound<'a>,
         candidates: Vec<Arc<Worker>>,
     ) -> Self {
+        // A leg exists only once some worker was found to serve the model.
+        request.note(Exchange::model_is_served);
         Self {
             app,
             stage,
             policy,
             req: &request.route_req,
+            inbound: request,
             config: &request.config,
             candidates,
             deadline: request.deadline,
@@ -130,6 +136,16 @@ impl<'a> Leg<'a> {
     /// The configuration the request runs under.
     pub(crate) fn config(&self) -> &'a Config {
         self.config
+    }
+
+    /// The request this leg serves.
+    pub(crate) fn request(&self) -> &'a Inbound<'a> {
+        self.inbound
+    }
+
+    /// The router's metrics.
+    pub(crate) fn metrics(&self) -> &'a Metrics {
+        &self.app.metrics
     }
 
     /// When the whole request must be over.
@@ -160,6 +176,21 @@ impl<'a> Leg<'a> {
     /// a worker answers with a response that is not retried. A non-retryable 5xx answer is
     /// returned as it is (the client sees the worker's own error).
     pub(crate) async fn send(
+        &mut self,
+        first: Option<(Arc<Worker>, Decision)>,
+        build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,
+    ) -> Result<Answer, ApiError> {
+        if self.stage != Stage::Decode {
+            return self.attempts(first, build).await;
+        }
+        let started = Instant::now();
+        let sent = self.attempts(first, build).await;
+        let outcome = if sent.is_ok() { "answered" } else { "failed" };
+        self.app.metrics.pd_leg("decode", outcome, started);
+        sent
+    }
+
+    async fn attempts(
         &mut self,
         mut first: Option<(Arc<Worker>, Decision)>,
         build: impl Fn(&Worker) -> Result<http::Request<UpstreamBody>, ApiError>,

@@ -1,6 +1,6 @@
 //! A response body that holds the worker's in-flight guard until the body ends or is dropped
-//! (the client left). Frames pass through as they arrive, unchanged and unbuffered; when a
-//! policy made a prefix-cache prediction, a [`UsageWatch`] reads them on the way.
+//! (the client left). Frames pass through as they arrive, unchanged and unbuffered; the
+//! request's [`Exchange`] times and reads them on the way, and is recorded when the body ends.
 //!
 //! Once the response began nothing is retried. If the worker breaks the body, stays silent
 //! longer than the idle timeout, or the request outlives its total timeout, a server-sent
@@ -20,10 +20,10 @@ use pin_project_lite::pin_project;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::usage::UsageWatch;
 use crate::admission::Permit;
 use crate::error::ApiError;
 use crate::fleet::InFlight;
+use crate::telemetry::exchange::{Exchange, Outcome};
 use crate::telemetry::metrics::Metrics;
 
 /// Errors a tracked body ends with.
@@ -82,7 +82,7 @@ pin_project! {
         inner: B,
         guard: Option<InFlight>,
         slot: Option<Permit>,
-        usage: Option<UsageWatch>,
+        exchange: Option<Exchange>,
         timers: Option<Box<Timers>>,
         done: bool,
     }
@@ -95,7 +95,7 @@ impl<B> TrackedBody<B> {
             inner,
             guard: Some(guard),
             slot: None,
-            usage: None,
+            exchange: None,
             timers: None,
             done: false,
         }
@@ -107,9 +107,9 @@ impl<B> TrackedBody<B> {
         self
     }
 
-    /// Also read the worker's reported usage on the way through.
-    pub fn watching(mut self, usage: Option<UsageWatch>) -> Self {
-        self.usage = usage;
+    /// Keep the request's record, fed each frame and recorded when the body ends.
+    pub fn recording(mut self, exchange: Option<Exchange>) -> Self {
+        self.exchange = exchange;
         self
     }
 
@@ -165,8 +165,8 @@ where
         }
         let cut = match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(watch), Some(data)) = (this.usage.as_mut(), frame.data_ref()) {
-                    watch.observe(data.as_ref());
+                if let (Some(exchange), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
+                    exchange.frame(data.as_ref());
                 }
                 if let Some(t) = this.timers.as_mut() {
                     let next = Timers::next_deadline(&t.limits);
@@ -175,13 +175,13 @@ where
                 // A body of known length ends with its last frame: hyper polls no further.
                 if this.inner.is_end_stream() {
                     this.slot.take();
-                    finish(this.guard, this.usage);
+                    finish(this.guard, this.exchange);
                 }
                 return Poll::Ready(Some(Ok(frame.map_data(Into::into))));
             }
             Poll::Ready(None) => {
                 this.slot.take();
-                finish(this.guard, this.usage);
+                finish(this.guard, this.exchange);
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(Err(error))) => (Cut::Upstream, Some(error.into())),
@@ -202,8 +202,10 @@ where
         let (cut, source) = cut;
         *this.done = true;
         this.slot.take();
-        this.usage.take();
         let guard = this.guard.take();
+        if let Some(exchange) = this.exchange.as_mut() {
+            exchange.end(Outcome::Cut(cut.label()));
+        }
         let Some(t) = this.timers.as_ref() else {
             return Poll::Ready(Some(Err(
                 source.unwrap_or_else(|| "response cut short".into())
@@ -258,10 +260,10 @@ where
 }
 
 /// The body ended cleanly. (Whether the worker did well was judged from its status.)
-fn finish(guard: &mut Option<InFlight>, usage: &mut Option<UsageWatch>) {
+fn finish(guard: &mut Option<InFlight>, exchange: &mut Option<Exchange>) {
     guard.take();
-    if let Some(watch) = usage.take() {
-        watch.finish();
+    if let Some(mut exchange) = exchange.take() {
+        exchange.end(Outcome::Complete);
     }
 }
 

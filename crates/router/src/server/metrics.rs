@@ -28,7 +28,7 @@ where
 }
 
 async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let text = app.metrics.render(&app.fleet.snapshot());
+    let text = app.render_metrics();
     (
         [(
             header::CONTENT_TYPE,

@@ -1,8 +1,13 @@
-//! The router's metrics registry. Request-path handles are resolved without allocating
-//! (label values are static strings); per-worker series are read off the fleet snapshot when
-//! scraped, so they never drift from it.
+//! The router's metrics registry. Request-path handles are resolved without allocating where
+//! label values are static strings; per-worker gauges are read off the fleet snapshot when
+//! scraped, so they never drift from it, and the series of a worker that left the fleet are
+//! dropped at the next scrape. No label ever holds client-chosen text: models are named only
+//! when some worker serves them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,8 +16,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::time::Instant;
 
+use super::exchange::Outcome;
+use super::usage::Usage;
+use crate::admission::Admission;
 use crate::fleet::Snapshot;
 
 /// Labels of a routing decision.
@@ -38,10 +47,94 @@ struct WorkerLabels {
     role: &'static str,
 }
 
+/// Labels of a worker's latency and token series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExchangeLabels {
+    /// The model, as labelled (see [`super::exchange`]).
+    pub model: String,
+    /// The worker (URL, with `#rank` for a data-parallel rank).
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    model: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    route: &'static str,
+    model: String,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    model: String,
+    worker: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LegLabels {
+    leg: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerOnly {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
 /// Buckets of the prefix-prediction error, a difference of two fractions.
 const ERROR_BUCKETS: [f64; 11] = [
     -0.75, -0.5, -0.25, -0.1, -0.02, 0.02, 0.1, 0.25, 0.5, 0.75, 1.0,
 ];
+/// Buckets of request-scale latencies, in seconds.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0,
+];
+/// Buckets of the time between two streamed frames, in seconds.
+const ITL_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0,
+];
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+type FloatCounter = Counter<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+fn itl_histogram() -> Histogram {
+    Histogram::new(ITL_BUCKETS)
+}
+
+/// The class of an HTTP status (`2xx`, ...), or `none` when no status was sent.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
 
 /// Every metric the router exports.
 #[derive(Debug)]
@@ -53,105 +146,234 @@ pub struct Metrics {
     stream_errors: Family<Cause, Counter>,
     refusals: Family<Cause, Counter>,
     pd_plans: Family<Cause, Counter>,
+    pd_legs: Histograms<LegLabels>,
     reloads: Family<Cause, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_errors: Family<ErrorLabels, Counter>,
+    request_duration: Histograms<RouteLabels>,
+    ttft: Histograms<ExchangeLabels>,
+    itl: Histograms<ExchangeLabels>,
+    e2e: Histograms<ExchangeLabels>,
+    tokens: Family<TokenLabels, Counter>,
     prefix_error: Histogram,
+    cached_predicted: Family<WorkerOnly, FloatCounter>,
+    cached_reported: Family<WorkerOnly, Counter>,
+    queue_depth: Gauge,
+    admitted: Gauge,
     worker_healthy: Family<WorkerLabels, Gauge>,
+    worker_draining: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
     worker_requests: Family<WorkerLabels, Counter>,
     worker_breaker: Family<WorkerLabels, Gauge>,
-    render: Mutex<()>,
+    worker_running: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
+    worker_waiting: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
+    worker_kv_usage: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
+    /// Label sets of the per-worker latency series, to drop those of departed workers.
+    served_labels: Mutex<HashSet<ExchangeLabels>>,
+    /// One render at a time; the worker label sets of the last one.
+    render: Mutex<HashSet<WorkerLabels>>,
+}
+
+macro_rules! register {
+    ($registry:ident, $name:literal, $help:literal, $metric:expr) => {{
+        let metric = $metric;
+        $registry.register($name, $help, metric.clone());
+        metric
+    }};
+    ($registry:ident, $name:literal, $help:literal, $unit:expr, $metric:expr) => {{
+        let metric = $metric;
+        $registry.register_with_unit($name, $help, $unit, metric.clone());
+        metric
+    }};
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("vllm_router");
-        let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register(
-            "routing_decisions",
-            "Routing decisions by policy and the reason it gave",
-            decisions.clone(),
-        );
-        let retries = Family::<Cause, Counter>::default();
-        registry.register(
-            "retries",
-            "Requests retried on another worker, by what failed",
-            retries.clone(),
-        );
-        let timeouts = Family::<Cause, Counter>::default();
-        registry.register(
-            "timeouts",
-            "Timeouts that fired, by stage (connect, first_byte, stream_idle, total)",
-            timeouts.clone(),
-        );
-        let stream_errors = Family::<Cause, Counter>::default();
-        registry.register(
-            "stream_errors",
-            "Responses cut short after they began, by cause; streams end with an error event",
-            stream_errors.clone(),
-        );
-        let refusals = Family::<Cause, Counter>::default();
-        registry.register(
-            "admission_refusals",
-            "Requests refused by admission control, by cause (queue_full, queue_timeout, rate_limited)",
-            refusals.clone(),
-        );
-        let pd_plans = Family::<Cause, Counter>::default();
-        registry.register(
-            "pd_plans",
-            "P/D requests by plan: prefilled (prefill then decode), skipped (conditional prefill sent it straight to decode), recomputed (every prefill failed; decode computed the prompt)",
-            pd_plans.clone(),
-        );
-        let reloads = Family::<Cause, Counter>::default();
-        registry.register(
-            "config_reloads",
-            "Config file reloads by outcome: applied, unchanged, rejected (invalid; the running configuration stays)",
-            reloads.clone(),
-        );
-        let prefix_error = Histogram::new(ERROR_BUCKETS);
-        registry.register(
-            "prefix_prediction_error",
-            "Predicted prefix-cache hit fraction minus the fraction the worker reported (cached_tokens / prompt_tokens)",
-            prefix_error.clone(),
-        );
-        let worker_healthy = Family::<WorkerLabels, Gauge>::default();
-        registry.register(
-            "worker_healthy",
-            "1 when the worker is in rotation",
-            worker_healthy.clone(),
-        );
-        let worker_in_flight = Family::<WorkerLabels, Gauge>::default();
-        registry.register(
-            "worker_in_flight",
-            "Requests whose response has not ended",
-            worker_in_flight.clone(),
-        );
-        let worker_requests = Family::<WorkerLabels, Counter>::default();
-        registry.register(
-            "worker_requests",
-            "Requests forwarded to the worker",
-            worker_requests.clone(),
-        );
-        let worker_breaker = Family::<WorkerLabels, Gauge>::default();
-        registry.register(
-            "worker_breaker_state",
-            "Circuit breaker: 0 closed, 1 open, 2 half-open",
-            worker_breaker.clone(),
-        );
+        let mut r = Registry::with_prefix("vllm_router");
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: crate::VERSION,
+            })
+            .set(1);
+        r.register("build_info", "The router's version", build);
         Self {
-            registry,
-            decisions,
-            retries,
-            timeouts,
-            stream_errors,
-            refusals,
-            pd_plans,
-            reloads,
-            prefix_error,
-            worker_healthy,
-            worker_in_flight,
-            worker_requests,
-            worker_breaker,
-            render: Mutex::new(()),
+            requests: register!(
+                r,
+                "requests",
+                "Inference requests by route, model and status class (of the status sent)",
+                Family::default()
+            ),
+            request_errors: register!(
+                r,
+                "request_errors",
+                "Inference requests that failed, by cause: 4xx or 5xx (status sent), or how a begun response ended (upstream, stream_idle, total, shutdown, client_gone)",
+                Family::default()
+            ),
+            request_duration: register!(
+                r,
+                "request_duration",
+                "Time from a request's arrival to the end of its response, by route and model",
+                Unit::Seconds,
+                Histograms::new_with_constructor(latency_histogram)
+            ),
+            ttft: register!(
+                r,
+                "time_to_first_token",
+                "Streamed responses: time from the request's arrival to the first event, by model and worker",
+                Unit::Seconds,
+                Histograms::new_with_constructor(latency_histogram)
+            ),
+            itl: register!(
+                r,
+                "inter_token_latency",
+                "Streamed responses: time between two events, by model and worker",
+                Unit::Seconds,
+                Histograms::new_with_constructor(itl_histogram)
+            ),
+            e2e: register!(
+                r,
+                "e2e_request_latency",
+                "Requests a worker answered: time from arrival to the end of the response, by model and worker",
+                Unit::Seconds,
+                Histograms::new_with_constructor(latency_histogram)
+            ),
+            tokens: register!(
+                r,
+                "tokens",
+                "Tokens the workers reported in usage, by kind (prompt, completion, cached)",
+                Family::default()
+            ),
+            decisions: register!(
+                r,
+                "routing_decisions",
+                "Routing decisions by policy and the reason it gave",
+                Family::default()
+            ),
+            retries: register!(
+                r,
+                "retries",
+                "Requests retried on another worker, by what failed",
+                Family::default()
+            ),
+            timeouts: register!(
+                r,
+                "timeouts",
+                "Timeouts that fired, by stage (connect, first_byte, stream_idle, total)",
+                Family::default()
+            ),
+            stream_errors: register!(
+                r,
+                "stream_errors",
+                "Responses cut short after they began, by cause; streams end with an error event",
+                Family::default()
+            ),
+            refusals: register!(
+                r,
+                "admission_refusals",
+                "Requests shed by admission control, by cause (queue_full, queue_timeout, rate_limited)",
+                Family::default()
+            ),
+            queue_depth: register!(
+                r,
+                "admission_queue_depth",
+                "Requests waiting for an admission slot",
+                Gauge::default()
+            ),
+            admitted: register!(
+                r,
+                "admission_in_use",
+                "Admission slots held (requests admitted whose response has not ended)",
+                Gauge::default()
+            ),
+            pd_plans: register!(
+                r,
+                "pd_plans",
+                "P/D requests by plan: prefilled (prefill then decode), skipped (conditional prefill sent it straight to decode), recomputed (every prefill failed; decode computed the prompt)",
+                Family::default()
+            ),
+            pd_legs: register!(
+                r,
+                "pd_leg_duration",
+                "P/D legs: prefill until its answer was read (KV ready), decode until its response headers; by outcome",
+                Unit::Seconds,
+                Histograms::new_with_constructor(latency_histogram)
+            ),
+            reloads: register!(
+                r,
+                "config_reloads",
+                "Config file reloads by outcome: applied, unchanged, rejected (invalid; the running configuration stays)",
+                Family::default()
+            ),
+            prefix_error: register!(
+                r,
+                "prefix_prediction_error",
+                "Predicted prefix-cache hit fraction minus the fraction the worker reported (cached_tokens / prompt_tokens)",
+                Histogram::new(ERROR_BUCKETS)
+            ),
+            cached_predicted: register!(
+                r,
+                "cached_tokens_predicted",
+                "Prompt tokens the routing policy predicted in the chosen worker's prefix cache (requests with a prediction and reported usage)",
+                Family::default()
+            ),
+            cached_reported: register!(
+                r,
+                "cached_tokens_reported",
+                "Prompt tokens the worker reported cached, for the same requests as cached_tokens_predicted",
+                Family::default()
+            ),
+            worker_healthy: register!(
+                r,
+                "worker_healthy",
+                "1 when the worker is in rotation",
+                Family::default()
+            ),
+            worker_draining: register!(
+                r,
+                "worker_draining",
+                "1 while the worker is drained (no new requests)",
+                Family::default()
+            ),
+            worker_in_flight: register!(
+                r,
+                "worker_in_flight",
+                "Requests whose response has not ended",
+                Family::default()
+            ),
+            worker_requests: register!(
+                r,
+                "worker_requests",
+                "Requests forwarded to the worker",
+                Family::default()
+            ),
+            worker_breaker: register!(
+                r,
+                "worker_breaker_state",
+                "Circuit breaker: 0 closed, 1 open, 2 half-open",
+                Family::default()
+            ),
+            worker_running: register!(
+                r,
+                "worker_running_requests",
+                "Requests in the worker's running batch, from its last fresh /metrics scrape",
+                Family::default()
+            ),
+            worker_waiting: register!(
+                r,
+                "worker_waiting_requests",
+                "Requests queued in the worker's engine, from its last fresh /metrics scrape",
+                Family::default()
+            ),
+            worker_kv_usage: register!(
+                r,
+                "worker_kv_cache_usage_ratio",
+                "KV-cache use (0..1), from the worker's last fresh /metrics scrape",
+                Family::default()
+            ),
+            served_labels: Mutex::new(HashSet::new()),
+            render: Mutex::new(HashSet::new()),
+            registry: r,
         }
     }
 }
@@ -199,95 +421,217 @@ impl Metrics {
         self.pd_plans.get_or_create(&Cause { cause: outcome }).inc();
     }
 
-    /// Record how far a predicted prefix-cache hit fraction was from the reported one.
-    pub fn prefix_prediction(&self, predicted: f64, reported: f64) {
-        self.prefix_error.observe(predicted - reported);
+    /// Record how long a P/D leg took since `started`, and how it ended.
+    pub fn pd_leg(&self, leg: &'static str, outcome: &'static str, started: Instant) {
+        self.pd_legs
+            .get_or_create(&LegLabels { leg, outcome })
+            .observe(started.elapsed().as_secs_f64());
     }
 
-    /// The exposition text, with per-worker series as of `snapshot`.
-    pub fn render(&self, snapshot: &Snapshot) -> String {
-        let _one_at_a_time = self.render.lock();
-        self.worker_healthy.clear();
-        self.worker_in_flight.clear();
-        self.worker_breaker.clear();
+    /// Record one inference request as the client saw it.
+    pub(super) fn request(
+        &self,
+        route: &'static str,
+        model: &str,
+        status: u16,
+        outcome: Outcome,
+        duration: Duration,
+    ) {
+        let class = status_class(status);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                model: model.to_owned(),
+                status_class: class,
+            })
+            .inc();
+        let cause = match outcome {
+            Outcome::Cut(_) | Outcome::ClientGone => Some(outcome.label()),
+            Outcome::Complete | Outcome::Refused => {
+                matches!(class, "4xx" | "5xx" | "none").then_some(class)
+            }
+        };
+        if let Some(cause) = cause {
+            self.request_errors
+                .get_or_create(&ErrorLabels {
+                    route,
+                    model: model.to_owned(),
+                    cause,
+                })
+                .inc();
+        }
+        self.request_duration
+            .get_or_create(&RouteLabels {
+                route,
+                model: model.to_owned(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Record the time between two streamed events.
+    pub(super) fn inter_token(&self, labels: &ExchangeLabels, gap: Duration) {
+        self.itl.get_or_create(labels).observe(gap.as_secs_f64());
+    }
+
+    /// Record a request a worker answered: its first token, its whole time, its tokens.
+    pub(super) fn served(
+        &self,
+        labels: &ExchangeLabels,
+        ttft: Option<Duration>,
+        duration: Duration,
+        outcome: Outcome,
+        usage: Usage,
+    ) {
+        if let Some(ttft) = ttft {
+            self.ttft.get_or_create(labels).observe(ttft.as_secs_f64());
+        }
+        if outcome == Outcome::Complete {
+            self.e2e
+                .get_or_create(labels)
+                .observe(duration.as_secs_f64());
+        }
+        for (kind, count) in [
+            ("prompt", usage.prompt),
+            ("completion", usage.completion),
+            ("cached", usage.cached),
+        ] {
+            if let Some(count) = count {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        model: labels.model.clone(),
+                        worker: labels.worker.clone(),
+                        kind,
+                    })
+                    .inc_by(count);
+            }
+        }
+        let mut seen = self.served_labels.lock();
+        if !seen.contains(labels) {
+            seen.insert(labels.clone());
+        }
+    }
+
+    /// Compare a policy's predicted prefix-cache hit with the usage `worker` reported.
+    pub(super) fn prefix_prediction(&self, worker: &str, predicted: f64, usage: Usage) {
+        let (Some(prompt), Some(cached)) = (usage.prompt, usage.cached) else {
+            return;
+        };
+        if prompt == 0 {
+            return;
+        }
+        let cached = cached.min(prompt);
+        self.prefix_error
+            .observe(predicted - cached as f64 / prompt as f64);
+        let labels = WorkerOnly {
+            worker: worker.to_owned(),
+        };
+        self.cached_predicted
+            .get_or_create(&labels)
+            .inc_by(predicted * prompt as f64);
+        self.cached_reported.get_or_create(&labels).inc_by(cached);
+    }
+
+    /// The exposition text, with per-worker series as of `snapshot` and the admission queue
+    /// as of now.
+    pub fn render(&self, snapshot: &Snapshot, admission: &Admission) -> String {
+        let mut rendered = self.render.lock();
+        self.queue_depth
+            .set(i64::try_from(admission.queued()).unwrap_or(i64::MAX));
+        self.admitted
+            .set(i64::try_from(admission.in_use()).unwrap_or(i64::MAX));
+        for family in [
+            &self.worker_healthy,
+            &self.worker_draining,
+            &self.worker_in_flight,
+            &self.worker_breaker,
+        ] {
+            family.clear();
+        }
+        for family in [
+            &self.worker_running,
+            &self.worker_waiting,
+            &self.worker_kv_usage,
+        ] {
+            family.clear();
+        }
+        let now = std::time::Instant::now();
+        let mut present: HashSet<&str> = HashSet::with_capacity(snapshot.members().len());
         for m in snapshot.members() {
+            let w = &m.worker;
+            present.insert(w.label());
             let labels = WorkerLabels {
-                worker: m.worker.label().to_owned(),
-                role: m.worker.role().name(),
+                worker: w.label().to_owned(),
+                role: w.role().name(),
             };
             self.worker_healthy
                 .get_or_create(&labels)
-                .set(i64::from(m.worker.is_healthy()));
+                .set(i64::from(w.is_healthy()));
+            self.worker_draining
+                .get_or_create(&labels)
+                .set(i64::from(w.is_draining()));
             self.worker_in_flight
                 .get_or_create(&labels)
-                .set(i64::try_from(m.worker.in_flight()).unwrap_or(i64::MAX));
+                .set(i64::try_from(w.in_flight()).unwrap_or(i64::MAX));
             self.worker_breaker
                 .get_or_create(&labels)
-                .set(m.worker.breaker().recorded_state().code());
+                .set(w.breaker().recorded_state().code());
             let requests = self.worker_requests.get_or_create(&labels);
-            requests.inc_by(m.worker.served().saturating_sub(requests.get()));
+            requests.inc_by(w.served().saturating_sub(requests.get()));
+            drop(requests);
+            rendered.insert(labels.clone());
+            if let Some(engine) = w.load(now).engine {
+                self.worker_running
+                    .get_or_create(&labels)
+                    .set(engine.running);
+                self.worker_waiting
+                    .get_or_create(&labels)
+                    .set(engine.waiting);
+                if let Some(kv) = engine.kv_usage {
+                    self.worker_kv_usage.get_or_create(&labels).set(kv);
+                }
+            }
         }
+        rendered.retain(|labels| {
+            let stays = present.contains(labels.worker.as_str());
+            if !stays {
+                self.worker_requests.remove(labels);
+            }
+            stays
+        });
+        self.forget_departed(&present);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             tracing::error!("metrics encoding failed");
         }
         out
     }
+
+    /// Drop the latency, token and request series of workers no longer in the fleet.
+    fn forget_departed(&self, present: &HashSet<&str>) {
+        let mut seen = self.served_labels.lock();
+        seen.retain(|labels| {
+            if present.contains(labels.worker.as_str()) {
+                return true;
+            }
+            self.ttft.remove(labels);
+            self.itl.remove(labels);
+            self.e2e.remove(labels);
+            for kind in ["prompt", "completion", "cached"] {
+                self.tokens.remove(&TokenLabels {
+                    model: labels.model.clone(),
+                    worker: labels.worker.clone(),
+                    kind,
+                });
+            }
+            let worker = WorkerOnly {
+                worker: labels.worker.clone(),
+            };
+            self.cached_predicted.remove(&worker);
+            self.cached_reported.remove(&worker);
+            false
+        });
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::config::WorkerUrl;
-    use crate::fleet::{Member, Worker};
-
-    #[test]
-    fn renders_decisions_errors_and_workers() {
-        let metrics = Metrics::default();
-        metrics.decided("cache_aware", "lowest prefill + queue cost");
-        metrics.decided("cache_aware", "lowest prefill + queue cost");
-        metrics.prefix_prediction(0.9, 0.85);
-        let w = Arc::new(Worker::new(
-            WorkerUrl::parse("--worker-urls", "http://w:1").unwrap(),
-        ));
-        w.set_healthy(true);
-        let _held = w.begin();
-        let snap = Snapshot::new(vec![Member {
-            worker: w,
-            models: None,
-        }]);
-        let text = metrics.render(&snap);
-        assert!(
-            text.contains(r#"vllm_router_routing_decisions_total{policy="cache_aware",reason="lowest prefill + queue cost"} 2"#),
-            "{text}"
-        );
-        assert!(
-            text.contains("vllm_router_prefix_prediction_error_count 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"vllm_router_worker_healthy{worker="http://w:1",role="regular"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"vllm_router_worker_in_flight{worker="http://w:1",role="regular"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"vllm_router_worker_requests_total{worker="http://w:1",role="regular"} 1"#
-            ),
-            "{text}"
-        );
-        // Rendering twice does not double-count.
-        let again = metrics.render(&snap);
-        assert!(
-            again.contains(
-                r#"vllm_router_worker_requests_total{worker="http://w:1",role="regular"} 1"#
-            ),
-            "{again}"
-        );
-    }
-}
+mod tests;

@@ -205,7 +205,7 @@ async fn a_failing_prefill_is_retried_on_another_prefill_worker() {
         let params = d.kv_transfer_params.as_ref().expect("params");
         assert_eq!(params["remote_engine_id"], good_engine.as_str());
     }
-    let metrics = router.app().metrics.render(&router.app().fleet.snapshot());
+    let metrics = router.app().render_metrics();
     assert!(
         metrics.contains("vllm_router_retries_total{cause=\"unusable_answer\"}"),
         "{metrics}"
@@ -402,7 +402,7 @@ async fn conditional_prefill_skips_short_prompts_and_prompts_the_decode_worker_h
         last.cached_tokens,
         last.prompt_tokens
     );
-    let metrics = router.app().metrics.render(&router.app().fleet.snapshot());
+    let metrics = router.app().render_metrics();
     assert!(
         metrics.contains("vllm_router_pd_plans_total{cause=\"skipped\"} 2"),
         "{metrics}"

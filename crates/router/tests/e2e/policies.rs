@@ -154,7 +154,7 @@ async fn cache_aware_returns_each_conversation_to_the_worker_holding_its_prefix(
         }
     }
     // Every answer's reported usage was checked against the prediction.
-    let metrics = router.app().metrics.render(&router.app().fleet.snapshot());
+    let metrics = router.app().render_metrics();
     assert!(
         metrics.contains("vllm_router_prefix_prediction_error_count 16"),
         "{metrics}"

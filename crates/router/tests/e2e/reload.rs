@@ -206,7 +206,7 @@ async fn an_invalid_file_is_kept_out_and_counted() {
     file.write("this is [not toml");
     assert!(reloader.reload().await.is_err());
     assert_eq!(worker_urls(&router).await, vec![(workers[0].url(), true)]);
-    let metrics = router.app().metrics.render(&router.app().fleet.snapshot());
+    let metrics = router.app().render_metrics();
     assert!(
         metrics.contains("vllm_router_config_reloads_total{cause=\"rejected\"} 2"),
         "{metrics}"
@@ -298,7 +298,7 @@ async fn the_reload_interval_catches_changes_the_watch_cannot_see() {
             tries < 60,
             "not reloaded: {:?} {}",
             worker_urls(&router).await,
-            router.app().metrics.render(&router.app().fleet.snapshot())
+            router.app().render_metrics()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

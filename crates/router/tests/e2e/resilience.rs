@@ -17,7 +17,7 @@ fn slow(itl_ms: u64) -> SimConfig {
 }
 
 fn metrics_of(router: &vllm_router::server::RouterHandle) -> String {
-    router.app().metrics.render(&router.app().fleet.snapshot())
+    router.app().render_metrics()
 }
 
 #[tokio::test]

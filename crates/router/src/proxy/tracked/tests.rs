@@ -93,7 +93,10 @@ async fn a_silent_stream_ends_with_an_error_event_after_the_idle_timeout() {
         !w.is_healthy(),
         "a stalled stream counts against the worker"
     );
-    let text = metrics.render(&crate::fleet::Snapshot::default());
+    let text = metrics.render(
+        &crate::fleet::Snapshot::default(),
+        &crate::admission::Admission::new(Default::default()),
+    );
     assert!(
         text.contains(r#"vllm_router_timeouts_total{cause="stream_idle"} 1"#),
         "{text}"
@@ -127,7 +130,10 @@ async fn frames_keep_a_slow_stream_alive_until_the_total_deadline() {
     }
     let event = data(body.frame().await.unwrap().unwrap());
     assert!(event.contains("\"error\""), "{event}");
-    let text = metrics.render(&crate::fleet::Snapshot::default());
+    let text = metrics.render(
+        &crate::fleet::Snapshot::default(),
+        &crate::admission::Admission::new(Default::default()),
+    );
     assert!(
         text.contains(r#"vllm_router_timeouts_total{cause="total"} 1"#),
         "{text}"

@@ -1,0 +1,200 @@
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::*;
+use crate::admission::AdmissionConfig;
+use crate::config::WorkerUrl;
+use crate::fleet::{Member, Worker};
+use crate::telemetry::exchange::Exchange;
+
+fn worker(url: &str) -> Arc<Worker> {
+    let w = Arc::new(Worker::new(WorkerUrl::parse("--worker-urls", url).unwrap()));
+    w.set_healthy(true);
+    w
+}
+
+fn fleet(workers: &[&Arc<Worker>]) -> Snapshot {
+    Snapshot::new(
+        workers
+            .iter()
+            .map(|w| Member {
+                worker: Arc::clone(w),
+                models: None,
+            })
+            .collect(),
+    )
+}
+
+fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
+    metrics.render(snapshot, &Admission::new(AdmissionConfig::default()))
+}
+
+fn has(text: &str, line: &str) {
+    assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+}
+
+#[test]
+fn renders_decisions_and_workers_without_double_counting() {
+    let metrics = Metrics::default();
+    metrics.decided("cache_aware", "lowest prefill + queue cost");
+    metrics.decided("cache_aware", "lowest prefill + queue cost");
+    let w = worker("http://w:1");
+    let _held = w.begin();
+    let snap = fleet(&[&w]);
+    let text = render(&metrics, &snap);
+    has(
+        &text,
+        r#"vllm_router_routing_decisions_total{policy="cache_aware",reason="lowest prefill + queue cost"} 2"#,
+    );
+    has(
+        &text,
+        r#"vllm_router_worker_healthy{worker="http://w:1",role="regular"} 1"#,
+    );
+    has(
+        &text,
+        r#"vllm_router_worker_in_flight{worker="http://w:1",role="regular"} 1"#,
+    );
+    has(
+        &text,
+        r#"vllm_router_worker_requests_total{worker="http://w:1",role="regular"} 1"#,
+    );
+    has(&text, "vllm_router_admission_queue_depth 0");
+    has(
+        &text,
+        &format!(
+            r#"vllm_router_build_info{{version="{}"}} 1"#,
+            crate::VERSION
+        ),
+    );
+    let again = render(&metrics, &snap);
+    has(
+        &again,
+        r#"vllm_router_worker_requests_total{worker="http://w:1",role="regular"} 1"#,
+    );
+}
+
+const STREAM: [&str; 3] = [
+    "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+    "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n",
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":50}}}\n\ndata: [DONE]\n\n",
+];
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_exchange_records_latencies_tokens_and_the_prediction() {
+    let metrics = Metrics::new();
+    let w = worker("http://w:1");
+    let mut exchange = Exchange::begin(
+        Arc::clone(&metrics),
+        "POST",
+        "/v1/chat/completions",
+        HeaderValue::from_static("req-1"),
+    );
+    exchange.set_model(Some("m"));
+    exchange.model_is_served();
+    tokio::time::advance(Duration::from_millis(40)).await;
+    exchange.answered(&w, 200, true, Some(0.75));
+    for frame in STREAM {
+        tokio::time::advance(Duration::from_millis(10)).await;
+        exchange.frame(frame.as_bytes());
+    }
+    exchange.end(Outcome::Complete);
+    drop(exchange);
+    let text = render(&metrics, &fleet(&[&w]));
+    let at = r#"model="m",worker="http://w:1""#;
+    has(
+        &text,
+        r#"vllm_router_requests_total{route="/v1/chat/completions",model="m",status_class="2xx"} 1"#,
+    );
+    has(
+        &text,
+        &format!("vllm_router_time_to_first_token_seconds_sum{{{at}}} 0.05"),
+    );
+    has(
+        &text,
+        &format!("vllm_router_inter_token_latency_seconds_count{{{at}}} 2"),
+    );
+    has(
+        &text,
+        &format!("vllm_router_e2e_request_latency_seconds_sum{{{at}}} 0.07"),
+    );
+    has(
+        &text,
+        &format!(r#"vllm_router_tokens_total{{{at},kind="prompt"}} 100"#),
+    );
+    has(
+        &text,
+        &format!(r#"vllm_router_tokens_total{{{at},kind="completion"}} 2"#),
+    );
+    has(
+        &text,
+        &format!(r#"vllm_router_tokens_total{{{at},kind="cached"}} 50"#),
+    );
+    has(&text, "vllm_router_prefix_prediction_error_sum 0.25");
+    has(
+        &text,
+        r#"vllm_router_cached_tokens_predicted_total{worker="http://w:1"} 75.0"#,
+    );
+    has(
+        &text,
+        r#"vllm_router_cached_tokens_reported_total{worker="http://w:1"} 50"#,
+    );
+    assert!(!text.contains("request_errors_total{"), "{text}");
+
+    // The worker leaves: its series go with it.
+    let text = render(&metrics, &fleet(&[]));
+    assert!(!text.contains("http://w:1"), "{text}");
+}
+
+#[tokio::test]
+async fn refusals_cuts_and_departures_are_errors_and_unserved_models_are_not_labels() {
+    let metrics = Metrics::new();
+    let w = worker("http://w:1");
+    let mut refused = Exchange::begin(
+        Arc::clone(&metrics),
+        "POST",
+        "/v1/completions",
+        HeaderValue::from_static("r"),
+    );
+    refused.set_model(Some("made-up-by-a-client"));
+    refused.refused(404, "no such model".into());
+    drop(refused);
+    let mut cut = Exchange::begin(
+        Arc::clone(&metrics),
+        "POST",
+        "/v1/completions",
+        HeaderValue::from_static("c"),
+    );
+    cut.set_model(Some("m"));
+    cut.answered(&w, 200, true, None);
+    cut.frame(b"data: {}\n\n");
+    cut.end(Outcome::Cut("stream_idle"));
+    drop(cut);
+    let mut gone = Exchange::begin(
+        Arc::clone(&metrics),
+        "POST",
+        "/v1/completions",
+        HeaderValue::from_static("g"),
+    );
+    gone.answered(&w, 200, false, None);
+    drop(gone);
+    let text = render(&metrics, &fleet(&[&w]));
+    assert!(!text.contains("made-up-by-a-client"), "{text}");
+    has(
+        &text,
+        r#"vllm_router_request_errors_total{route="/v1/completions",model="other",cause="4xx"} 1"#,
+    );
+    has(
+        &text,
+        r#"vllm_router_request_errors_total{route="/v1/completions",model="m",cause="stream_idle"} 1"#,
+    );
+    has(
+        &text,
+        r#"vllm_router_request_errors_total{route="/v1/completions",model="none",cause="client_gone"} 1"#,
+    );
+    // Only complete responses count toward the end-to-end latency.
+    assert!(
+        !text.contains("vllm_router_e2e_request_latency_seconds_count{"),
+        "{text}"
+    );
+}
