@@ -233,6 +233,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .merge(admin)
         .route("/v1/models", get(info::models))
         .route("/health", get(info::health))
+        .route("/load-stats", get(info::load_stats))
         .route("/liveness", get(info::liveness))
         .route("/readiness", get(info::readiness))
         .route("/version", get(info::version))

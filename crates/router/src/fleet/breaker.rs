@@ -37,6 +37,15 @@ impl BreakerState {
             Self::HalfOpen => 2,
         }
     }
+
+    /// `closed`, `open` or `half_open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
 }
 
 /// The breaker's state, all atomics but the opening time.

@@ -9,22 +9,111 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::App;
+use crate::config::Role;
 
-/// `GET /health`: 200 while at least one worker is healthy, else 503; counts either way.
+/// `GET /health`: 200 while at least one worker is healthy, else 503 (never 503 because one
+/// worker of many is down); the counts either way, in all and by role.
 pub async fn health(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.fleet.snapshot();
+    let members = snapshot.members();
     let healthy = snapshot.healthy_count();
+    let draining = members.iter().filter(|m| m.worker.is_draining()).count();
     let status = if healthy > 0 {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let mut roles = serde_json::Map::new();
+    for role in [Role::Regular, Role::Prefill, Role::Decode] {
+        let of_role = || members.iter().filter(move |m| m.worker.role() == role);
+        let total = of_role().count();
+        if total > 0 {
+            let up = of_role().filter(|m| m.worker.is_healthy()).count();
+            roles.insert(
+                role.name().to_owned(),
+                json!({ "healthy": up, "total": total }),
+            );
+        }
+    }
     let body = json!({
         "status": if healthy > 0 { "healthy" } else { "unhealthy" },
         "healthy_workers": healthy,
-        "total_workers": snapshot.members().len(),
+        "unhealthy_workers": members.len() - healthy,
+        "draining_workers": draining,
+        "total_workers": members.len(),
+        "roles": roles,
     });
     (status, Json(body)).into_response()
+}
+
+/// `GET /load-stats`: each worker's load and the fleet's, in the TOML router's shape
+/// (`servers`, `summary`), with our own figures beside its fields. Load is the router's
+/// in-flight count; capacity is the worker's configured capacity (`null` when it has none).
+pub async fn load_stats(State(app): State<Arc<App>>) -> Response {
+    let snapshot = app.fleet.snapshot();
+    let now = std::time::Instant::now();
+    let mut total_load = 0u64;
+    let mut total_capacity = 0u64;
+    let mut capacity_load = 0u64;
+    let servers: Vec<serde_json::Value> = snapshot
+        .members()
+        .iter()
+        .map(|m| {
+            let w = &m.worker;
+            let load = w.in_flight() as u64;
+            let capacity = w.capacity().map(|c| u64::from(c.get()));
+            total_load += load;
+            if let Some(c) = capacity {
+                total_capacity += c;
+                capacity_load += load;
+            }
+            let engine = w.load(now).engine;
+            json!({
+                "url": w.url(),
+                "current_load": load,
+                "max_capacity": capacity,
+                "available_capacity": capacity.map(|c| c.saturating_sub(load)),
+                "utilization_percent": capacity.map(|c| percent(load, c)),
+                "status": w.is_healthy(),
+                "detailed_metrics": {
+                    "num_requests_running": engine.map(|e| e.running),
+                    "num_requests_waiting": engine.map(|e| e.waiting),
+                    "gpu_cache_usage_perc": engine.and_then(|e| e.kv_usage),
+                    "process_max_fds": null,
+                },
+                "worker": w.label(),
+                "role": w.role().name(),
+                "rank": w.rank(),
+                "models": m.model_names(),
+                "weight": w.weight(),
+                "draining": w.is_draining(),
+                "breaker": w.breaker().recorded_state().name(),
+                "requests_total": w.served(),
+                "engine_metrics_fresh": engine.is_some(),
+            })
+        })
+        .collect();
+    let healthy = snapshot.healthy_count();
+    Json(json!({
+        "servers": servers,
+        "summary": {
+            "total_servers": snapshot.members().len(),
+            "healthy_servers": healthy,
+            "total_active_load": total_load,
+            "total_capacity": total_capacity,
+            "overall_utilization_percent": (total_capacity > 0)
+                .then(|| percent(capacity_load, total_capacity)),
+            "queued_requests": app.admission.queued(),
+            "admitted_requests": app.admission.in_use(),
+            "policy": app.policy.name(),
+        },
+    }))
+    .into_response()
+}
+
+/// `part` of `whole` in percent, to a tenth.
+fn percent(part: u64, whole: u64) -> f64 {
+    (part as f64 * 1000.0 / whole as f64).round() / 10.0
 }
 
 /// `GET /liveness`: the process serves requests.

@@ -10,6 +10,7 @@ mod hardening;
 mod info;
 mod kube;
 mod models;
+mod observability;
 mod pd;
 mod policies;
 mod processes;
