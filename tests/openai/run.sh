@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# End-to-end test of vllm-router with the official `openai` Python client.
+# End-to-end tests of vllm-router with real peers: the official `openai` Python client, pyzmq
+# as the vLLM side of ZMQ discovery, and Prometheus (promtool and a scraping server).
 #
 #   tests/openai/run.sh [PYTEST_ARGS...]
 #
 # Creates (or reuses) a virtualenv at .venv-e2e in the repository root, installs the pinned
-# client and pytest, builds the debug binaries of vllm-router and vllm-sim, then runs pytest.
+# client and pytest, installs Debian's `prometheus` package when promtool or prometheus is
+# missing, builds the debug binaries of vllm-router and vllm-sim, then runs pytest.
 # Exits non-zero on any failure, including a run in which no test was collected.
 set -euo pipefail
 
@@ -17,6 +19,17 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "error: promtool and prometheus are needed (Debian package: prometheus)" >&2
+        exit 1
+    fi
+    echo "installing Debian's prometheus package" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
 
 cd "$root"
 cargo build --locked -p vllm-router -p vllm-sim --bins

@@ -1,4 +1,5 @@
-//! The Prometheus listener: `GET /metrics` renders the registry in the text format.
+//! The Prometheus listener: `GET /metrics` renders the registry as OpenMetrics text to
+//! scrapers that accept it (Prometheus does), else in the Prometheus text format.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,10 +8,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use http::header;
+use http::{HeaderMap, header};
 use tokio::net::TcpListener;
 
 use super::App;
+use crate::telemetry::metrics::to_prometheus_text;
 
 /// Serve `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve_metrics<F>(
@@ -27,13 +29,27 @@ where
         .await
 }
 
-async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
     let text = app.render_metrics();
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        return (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text,
+        to_prometheus_text(&text),
     )
 }

@@ -44,7 +44,17 @@ async fn metrics_count_requests_latencies_tokens_and_worker_load() {
         .await
         .assert_error(404);
 
-    let page = get(&metrics).await;
+    // What Prometheus asks for: OpenMetrics.
+    let page = send(
+        http::Method::GET,
+        &metrics,
+        &[(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )],
+        "",
+    )
+    .await;
     assert_eq!(page.status, 200);
     assert!(
         page.header("content-type")
@@ -53,6 +63,18 @@ async fn metrics_count_requests_latencies_tokens_and_worker_load() {
         page.header("content-type")
     );
     let text = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(text.trim_end().ends_with("# EOF"));
+    // Anyone else gets the Prometheus text format, where a counter's family has its samples'
+    // name.
+    let plain = get(&metrics).await;
+    assert!(
+        plain
+            .header("content-type")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let plain = String::from_utf8(plain.body.to_vec()).unwrap();
+    assert!(plain.contains("# TYPE vllm_router_requests_total counter\n"));
+    assert!(!plain.contains("# EOF"));
     let route = r#"route="/v1/chat/completions""#;
     assert_eq!(
         sample(
@@ -99,7 +121,6 @@ async fn metrics_count_requests_latencies_tokens_and_worker_load() {
         text.contains("vllm_router_inter_token_latency_seconds_bucket{"),
         "{text}"
     );
-    assert!(text.trim_end().ends_with("# EOF"));
 }
 
 #[tokio::test]

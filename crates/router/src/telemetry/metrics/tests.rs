@@ -198,3 +198,12 @@ async fn refusals_cuts_and_departures_are_errors_and_unserved_models_are_not_lab
         "{text}"
     );
 }
+
+#[test]
+fn prometheus_text_names_counter_families_by_their_samples() {
+    let openmetrics = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 2\n# HELP a_latency_seconds Latency.\n# TYPE a_latency_seconds histogram\n# UNIT a_latency_seconds seconds\na_latency_seconds_sum 1.5\na_latency_seconds_count 3\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n# EOF\n";
+    assert_eq!(
+        to_prometheus_text(openmetrics),
+        "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 2\n# HELP a_latency_seconds Latency.\n# TYPE a_latency_seconds histogram\na_latency_seconds_sum 1.5\na_latency_seconds_count 3\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n"
+    );
+}
