@@ -125,6 +125,13 @@ else
     skip "kustomizations not rendered: neither kustomize nor kubectl is installed"
 fi
 
+# ---------------------------------------------------------------- Grafana
+
+echo "== Grafana dashboards"
+for dashboard in deploy/grafana/*.json; do
+    step "$dashboard: layout, data source, variables" lint grafana "$dashboard"
+done
+
 # ---------------------------------------------------------------- systemd
 
 echo "== systemd unit"

@@ -9,6 +9,8 @@ config is the one passed by --config and parses as TOML, and so on.
     python lint.py kubernetes RENDERED.yaml   a rendered kustomization (kubectl kustomize)
     python lint.py systemd UNIT ROUTER.toml   the unit and the config file it starts with
     python lint.py docker DOCKERFILE DOCKERIGNORE
+    python lint.py grafana DASHBOARD.json     panels laid out, queried through the dashboard's
+                                              own data source variable
     python lint.py router-invocation RENDERED.yaml DIR
                                               the router's arguments in the rendered pod, its
                                               config copied into DIR (for --check-config)
@@ -477,6 +479,65 @@ def router_invocation(rendered: Path, outdir: Path) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- Grafana
+
+
+def check_grafana(path: Path) -> None:
+    """The dashboard imports anywhere: ids are unique, panels do not overlap on the 24-column
+    grid, every query names the `datasource` variable (no data source uid of one site) and
+    only the router's own series, and the variables it uses are defined. (That the queries
+    are valid PromQL over series the router exports is tested against a live Prometheus.)"""
+    import json
+
+    where = str(path)
+    try:
+        dash = json.loads(path.read_text())
+    except ValueError as e:
+        problem(where, f"not JSON: {e}")
+        return
+    for key in ("uid", "title", "panels", "schemaVersion"):
+        if key not in dash:
+            problem(where, f"no {key}")
+    variables = {v.get("name") for v in dash.get("templating", {}).get("list", [])}
+    if "datasource" not in variables:
+        problem(where, "no datasource variable")
+    ids: set[int] = set()
+    cells: dict[tuple[int, int], int] = {}
+    for panel in dash.get("panels", []):
+        pid = panel.get("id")
+        name = f"{where}: panel {pid} ({panel.get('title')})"
+        if pid in ids:
+            problem(name, "id used twice")
+        ids.add(pid)
+        grid = panel.get("gridPos", {})
+        x, y, w, h = (grid.get(k, -1) for k in ("x", "y", "w", "h"))
+        if min(x, y, w, h) < 0 or x + w > 24:
+            problem(name, f"gridPos {grid} is off the 24-column grid")
+        for cx in range(max(x, 0), max(x + w, 0)):
+            for cy in range(max(y, 0), max(y + h, 0)):
+                if (cx, cy) in cells:
+                    problem(name, f"overlaps panel {cells[(cx, cy)]}")
+                    break
+                cells[(cx, cy)] = pid
+            else:
+                continue
+            break
+        if panel.get("type") == "row":
+            continue
+        if panel.get("datasource", {}).get("uid") != "${datasource}":
+            problem(name, "does not query the ${datasource} variable")
+        targets = panel.get("targets") or []
+        if not targets:
+            problem(name, "no query")
+        for target in targets:
+            expr = target.get("expr", "")
+            if "vllm_router_" not in expr:
+                problem(name, f"query {expr!r} reads none of the router's series")
+            for var in re.findall(r"\$(\w+)", expr):
+                if not var.startswith("__") and var not in variables:
+                    problem(name, f"query uses undefined variable ${var}")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -492,6 +553,8 @@ def main(argv: list[str]) -> int:
         return router_invocation(*paths)
     elif what == "docker" and len(paths) == 2:
         check_docker(*paths)
+    elif what == "grafana" and len(paths) == 1:
+        check_grafana(paths[0])
     else:
         print(__doc__, file=sys.stderr)
         return 2

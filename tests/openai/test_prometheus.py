@@ -23,6 +23,7 @@ from harness import Proc, free_port
 from harness import binary as _binary
 
 MODEL = "sim-model"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "vllm-router.json"
 SCRAPE_INTERVAL_S = 1
 WAIT_S = 45.0
 
@@ -116,6 +117,24 @@ def _query(prometheus: str, expr: str) -> list[dict]:
     return answer["data"]["result"]
 
 
+def _check_dashboard(prometheus: str) -> None:
+    """Every query of the Grafana dashboard is valid PromQL that Prometheus evaluates, with
+    Grafana's variables given the values "all"; those over traffic this test sent answer."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    answered = 0
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = (target["expr"]
+                    .replace("$__rate_interval", "30s")
+                    .replace("$model", ".*")
+                    .replace("$worker", ".*"))
+            if _query(prometheus, expr):
+                answered += 1
+    # Retries, timeouts, P/D and reloads did not happen here; traffic, latency and worker
+    # panels must show data.
+    assert answered >= 15, answered
+
+
 def test_a_real_prometheus_scrapes_the_router(fleet):
     url, metrics_port = fleet
     web_port = free_port()
@@ -169,6 +188,7 @@ def test_a_real_prometheus_scrapes_the_router(fleet):
             assert 0.025 <= p50 < 5.0, p50
             requests = _query(prometheus, 'sum(vllm_router_requests_total{status_class="2xx"})')
             assert requests and float(requests[0]["value"][1]) > 0, requests
+            _check_dashboard(prometheus)
         finally:
             server.terminate()
             try:

@@ -6,7 +6,7 @@
 //! new snapshot.
 
 mod breaker;
-mod exposition;
+pub(crate) mod exposition;
 mod health;
 mod load;
 mod scrape;

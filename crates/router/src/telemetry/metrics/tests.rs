@@ -207,3 +207,71 @@ fn prometheus_text_names_counter_families_by_their_samples() {
         "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 2\n# HELP a_latency_seconds Latency.\n# TYPE a_latency_seconds histogram\na_latency_seconds_sum 1.5\na_latency_seconds_count 3\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n"
     );
 }
+
+/// The sample names of an exposition text.
+fn sample_names(text: &str) -> HashSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_series_the_grafana_dashboard_queries_is_exported() {
+    let metrics = Metrics::new();
+    let w = worker("http://w:1");
+    w.set_engine_sample(Some(Arc::new(crate::fleet::EngineSample {
+        metrics: crate::fleet::exposition::parse(
+            "vllm:num_requests_running 1\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.5\n",
+        ),
+        preempting: false,
+        in_flight_at_scrape: 0,
+        fresh_until: std::time::Instant::now() + Duration::from_secs(60),
+    })));
+    metrics.decided("p", "r");
+    metrics.retried("reset");
+    metrics.timed_out("total");
+    metrics.stream_failed("upstream");
+    metrics.refused("queue_full");
+    metrics.config_reload("applied");
+    metrics.pd_plan("prefilled");
+    metrics.pd_leg("prefill", "ready", Instant::now());
+    let mut exchange = Exchange::begin(
+        Arc::clone(&metrics),
+        "POST",
+        "/v1/completions",
+        HeaderValue::from_static("r"),
+    );
+    exchange.answered(&w, 500, true, Some(0.5));
+    for frame in STREAM {
+        exchange.frame(frame.as_bytes());
+    }
+    exchange.end(Outcome::Complete);
+    drop(exchange);
+    let exported = sample_names(&render(&metrics, &fleet(&[&w])));
+
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../../../deploy/grafana/vllm-router.json"
+    ))
+    .unwrap();
+    let mut queried = HashSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("vllm_router_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() > 20, "{queried:?}");
+    let missing: Vec<&String> = queried.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}\n{exported:?}"
+    );
+}
