@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use http::HeaderValue;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
 use super::metrics::{ExchangeLabels, Metrics};
@@ -59,6 +60,8 @@ pub struct Exchange {
     prefill: Option<Arc<Worker>>,
     status: u16,
     sse: bool,
+    /// Where the gaps between streamed events go (resolved once, not per event).
+    inter_token: Option<Histogram>,
     first_frame: Option<Instant>,
     last_frame: Option<Instant>,
     usage: UsageScan,
@@ -87,6 +90,7 @@ impl Exchange {
             prefill: None,
             status: 0,
             sse: false,
+            inter_token: None,
             first_frame: None,
             last_frame: None,
             usage: UsageScan::default(),
@@ -124,6 +128,9 @@ impl Exchange {
         self.status = status;
         self.sse = sse;
         self.predicted_hit = predicted_hit;
+        if sse {
+            self.inter_token = Some(self.metrics.inter_token(&self.labels(worker)));
+        }
     }
 
     /// The router answered `status` itself, for this reason.
@@ -136,15 +143,12 @@ impl Exchange {
     /// A frame of the response passed on its way to the client.
     pub fn frame(&mut self, data: &[u8]) {
         let now = Instant::now();
-        match self.last_frame {
-            None => self.first_frame = Some(now),
-            Some(last) if self.sse => {
-                if let Some(worker) = &self.worker {
-                    self.metrics
-                        .inter_token(&self.labels(worker), now.saturating_duration_since(last));
-                }
+        match (self.last_frame, &self.inter_token) {
+            (None, _) => self.first_frame = Some(now),
+            (Some(last), Some(gaps)) => {
+                gaps.observe(now.saturating_duration_since(last).as_secs_f64());
             }
-            Some(_) => {}
+            (Some(_), None) => {}
         }
         self.last_frame = Some(now);
         self.usage.observe(data);

@@ -468,9 +468,9 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// Record the time between two streamed events.
-    pub(super) fn inter_token(&self, labels: &ExchangeLabels, gap: Duration) {
-        self.itl.get_or_create(labels).observe(gap.as_secs_f64());
+    /// The histogram of the time between two streamed events, for one request to hold.
+    pub(super) fn inter_token(&self, labels: &ExchangeLabels) -> Histogram {
+        self.itl.get_or_create_owned(labels)
     }
 
     /// Record a request a worker answered: its first token, its whole time, its tokens.

@@ -210,6 +210,13 @@ async fn a_failing_prefill_is_retried_on_another_prefill_worker() {
         metrics.contains("vllm_router_retries_total{cause=\"unusable_answer\"}"),
         "{metrics}"
     );
+    // Each request's prefill leg (retries within it) and decode leg are timed once.
+    for leg in [
+        r#"vllm_router_pd_leg_duration_seconds_count{leg="prefill",outcome="ready"} 3"#,
+        r#"vllm_router_pd_leg_duration_seconds_count{leg="decode",outcome="answered"} 3"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == leg), "{leg} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
