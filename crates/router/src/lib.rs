@@ -20,7 +20,7 @@
 //! - [`error`]: every router-made error, mapped once to a status and the OpenAI error JSON.
 //! - [`server`]: the HTTP application (inference and info routes) and its run loop.
 //! - [`demo`]: the embedded default: simulated workers plus the router, on one command.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging set-up, metrics, trace context and span export.
 //! - [`upstream`]: the pooled HTTP client to workers.
 
 pub mod admission;

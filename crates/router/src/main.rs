@@ -87,10 +87,12 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
         tracing::warn!("second signal during the drain: exiting now");
         std::process::exit(EXIT_ON_SECOND_SIGNAL);
     });
-    server::run(listener, app, async move {
+    server::run(listener, Arc::clone(&app), async move {
         let _ = stop.await;
     })
     .await?;
+    // The drain is over: no request is left to end a span.
+    app.flush_traces().await;
     Ok(())
 }
 

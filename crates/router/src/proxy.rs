@@ -38,6 +38,9 @@ use crate::pd;
 use crate::policy::RouteRequest;
 use crate::server::{App, INFERENCE_ROUTES};
 use crate::telemetry::exchange::Exchange;
+use crate::telemetry::otlp::Traces;
+use crate::telemetry::span::RequestSpan;
+use crate::telemetry::trace::TraceContext;
 use crate::upstream::UpstreamBody;
 
 /// Forward one inference request. The response always carries `x-request-id`.
@@ -47,6 +50,7 @@ pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response 
     // the requests that arrive after it.
     let config = app.live_config().load_full();
     let request_id = headers::request_id(&parts.headers, &config.request_id_headers);
+    let trace = TraceContext::from_headers(&parts.headers);
     let path = parts.uri.path();
     let route_name = INFERENCE_ROUTES
         .iter()
@@ -59,7 +63,8 @@ pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response 
         route_name,
         request_id.clone(),
     )));
-    let mut response = match route(&app, config, parts, body, &request_id, &exchange).await {
+    let span = server_span(&app, trace, &parts, route_name, &request_id);
+    let mut response = match route(&app, config, parts, body, &request_id, &exchange, &span).await {
         Ok(response) => response,
         Err(error) => {
             if let Some(exchange) = exchange.lock().as_mut() {
@@ -70,10 +75,40 @@ pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response 
     };
     // Recorded now unless a response body took it.
     drop(exchange);
+    if span.is_recording() {
+        let status = response.status();
+        span.set("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.set("error.type", status.as_str().to_owned());
+            span.fail(status.to_string());
+        }
+    }
     response
         .headers_mut()
         .insert(headers::X_REQUEST_ID.clone(), request_id);
     response
+}
+
+/// The request's server span in `trace`: recorded when spans are exported and the trace is
+/// sampled.
+fn server_span(
+    app: &App,
+    trace: TraceContext,
+    parts: &Parts,
+    route: &'static str,
+    request_id: &HeaderValue,
+) -> RequestSpan {
+    let method = &parts.method;
+    let span = RequestSpan::start(app.traces.as_ref().map(Traces::exporter), trace, || {
+        format!("{method} {route}")
+    });
+    if span.is_recording() {
+        span.set("http.request.method", method.as_str().to_owned());
+        span.set("http.route", route);
+        let id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
+        span.set("vllm_router.request_id", id);
+    }
+    span
 }
 
 async fn route(
@@ -83,6 +118,7 @@ async fn route(
     body: Body,
     request_id: &HeaderValue,
     exchange: &Mutex<Option<Exchange>>,
+    span: &RequestSpan,
 ) -> Result<Response, ApiError> {
     // Admission first: a request refused or still queued has not cost a body read, and a
     // client that leaves while queued drops out of the queue here.
@@ -107,6 +143,11 @@ async fn route(
     if let Some(e) = exchange.lock().as_mut() {
         e.set_model(peeked.model.as_deref());
     }
+    if span.is_recording()
+        && let Some(model) = &peeked.model
+    {
+        span.set("gen_ai.request.model", model.to_string());
+    }
     let id = request_id.to_str().unwrap_or_default();
     let route_req = route_request(
         &config,
@@ -120,13 +161,17 @@ async fn route(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let to_worker = headers::to_worker(&parts.headers, request_id, peer);
+    let trace = *span.trace();
+    let mut to_worker = headers::to_worker(&parts.headers, request_id, peer);
+    trace.prune(&mut to_worker);
     app.retry_budget.deposit();
     let request = Inbound {
         parts: &parts,
         body: &body,
         route_req,
         to_worker,
+        trace,
+        span,
         deadline: Instant::now() + config.timeouts.total,
         config,
         exchange,
@@ -142,8 +187,12 @@ pub(crate) struct Inbound<'a> {
     pub(crate) parts: &'a Parts,
     pub(crate) body: &'a Bytes,
     pub(crate) route_req: RouteRequest<'a>,
-    /// The headers every leg starts from.
+    /// The headers every leg starts from (each attempt adds its own `traceparent`).
     pub(crate) to_worker: HeaderMap,
+    /// The request's place in its trace; [`TraceContext::trace_id`] names the trace in logs.
+    pub(crate) trace: TraceContext,
+    /// The request's server span (recording only when spans are exported).
+    pub(crate) span: &'a RequestSpan,
     pub(crate) deadline: Instant,
     /// The configuration this request runs under.
     pub(crate) config: Arc<Config>,
@@ -210,8 +259,8 @@ async fn single(
 
 /// The worker's answer, streamed back through a [`TrackedBody`] that holds its in-flight count,
 /// the admission slot and the request's record (which reads the reported usage and times the
-/// events), and ends a broken or stalled stream (or one past the request's deadline) with an
-/// error event.
+/// events), ends a broken or stalled stream (or one past the request's deadline) with an
+/// error event, and ends the request's and the answering attempt's spans with the body.
 pub(crate) fn respond(
     app: &App,
     request: &Inbound<'_>,
@@ -224,8 +273,14 @@ pub(crate) fn respond(
         worker,
         guard,
         decision,
+        span,
         ..
     } = answer;
+    if request.span.is_recording() {
+        request
+            .span
+            .set("vllm_router.worker", worker.url().to_owned());
+    }
     let (mut head, upstream_body) = response.into_parts();
     headers::strip_hop_by_hop(&mut head.headers);
     head.headers.insert(
@@ -253,7 +308,8 @@ pub(crate) fn respond(
     let body = TrackedBody::new(upstream_body, guard)
         .holding(slot)
         .recording(exchange)
-        .limited(limits);
+        .limited(limits)
+        .traced(request.span.clone(), span);
     Response::from_parts(head, Body::new(body))
 }
 

@@ -33,6 +33,7 @@ use crate::proxy;
 use crate::proxy::RetryBudget;
 use crate::reload::Reloader;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otlp::{self, ExportSettings, Traces};
 use crate::upstream::Upstream;
 
 pub use metrics::serve_metrics;
@@ -76,6 +77,8 @@ pub struct App {
     pub retry_budget: RetryBudget,
     /// Admission control: concurrency limit, queue, rate limit.
     pub admission: Admission,
+    /// Span export, when `--otlp-traces-endpoint` is set.
+    pub traces: Option<Traces>,
     /// Turns true when a shutdown's drain deadline passed: open responses end now.
     drain: watch::Sender<bool>,
     /// True from the moment shutdown starts: readiness answers 503.
@@ -113,6 +116,11 @@ impl App {
         let mut policies = vec![Arc::clone(&policy)];
         policies.extend(pd.iter().flat_map(Pd::policies));
         let fleet = Arc::new(Fleet::start(&config.workers, policies));
+        let metrics = Metrics::new();
+        let traces = config
+            .otlp_traces_endpoint
+            .as_ref()
+            .and_then(|endpoint| start_traces(endpoint, &metrics));
         let upstream = Upstream::new(config.timeouts.connect);
         let admission = Admission::new(config.admission.clone());
         let retry_budget =
@@ -153,9 +161,10 @@ impl App {
             policy,
             pd,
             upstream,
-            metrics: Metrics::new(),
+            metrics,
             retry_budget,
             admission,
+            traces,
             drain: watch::Sender::new(false),
             draining: AtomicBool::new(false),
             started: Instant::now(),
@@ -164,7 +173,36 @@ impl App {
     }
 }
 
+/// Span export to `endpoint`, as `OTEL_SERVICE_NAME` or `vllm-router`; none (after an error
+/// is logged) when it cannot start, since requests do not depend on it.
+fn start_traces(endpoint: &http::Uri, metrics: &Arc<Metrics>) -> Option<Traces> {
+    let service = otlp::service_name(|name| std::env::var(name).ok());
+    match Traces::start(
+        endpoint,
+        service,
+        Arc::clone(metrics),
+        ExportSettings::default(),
+    ) {
+        Ok(traces) => {
+            tracing::info!(%endpoint, "exporting trace spans");
+            Some(traces)
+        }
+        Err(error) => {
+            tracing::error!(%error, "trace spans are not exported");
+            None
+        }
+    }
+}
+
 impl App {
+    /// Send the trace spans still queued and stop exporting (after the drain, when no
+    /// request is left to end a span).
+    pub async fn flush_traces(&self) {
+        if let Some(traces) = &self.traces {
+            traces.shutdown().await;
+        }
+    }
+
     /// The configuration in force now. Hold it for one step, not across awaits: a reload may
     /// replace it.
     pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
@@ -330,15 +368,17 @@ impl RouterHandle {
     }
 
     /// Stop accepting and drain as [`run`] does (in-flight requests get the shutdown timeout),
-    /// then wait for the server to end.
+    /// wait for the server to end, then send the trace spans still queued.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match (&mut self.task).await {
+        let served = match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
-        }
+        };
+        self.app.flush_traces().await;
+        served
     }
 }
 

@@ -1,8 +1,12 @@
-//! Logging (human-readable lines on stderr, filtered by `--log-level` or `RUST_LOG`) and the
-//! metrics registry.
+//! Logging (human-readable lines on stderr, filtered by `--log-level` or `RUST_LOG`), the
+//! metrics registry, and tracing: W3C trace context passed to workers ([`trace`]) and spans
+//! ([`span`]) exported by OTLP when a collector is configured ([`otlp`]).
 
 pub mod exchange;
 pub mod metrics;
+pub mod otlp;
+pub mod span;
+pub mod trace;
 pub mod usage;
 
 use std::io::IsTerminal;

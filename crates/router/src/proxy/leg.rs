@@ -10,6 +10,9 @@
 //! `--retry-max-retries` and the retry budget. A caller that reads the answer and finds it
 //! unusable (a prefill without its transfer parameters) hands it back with [`Leg::reject`],
 //! which counts it as the worker's failure and retries under the same rules.
+//!
+//! Every attempt is a span of the request's trace: the worker receives the attempt's span id
+//! as the parent in `traceparent`, so each attempt and each retry has its own.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -27,6 +30,8 @@ use crate::policy::{Decision, Policy, RouteRequest};
 use crate::server::App;
 use crate::telemetry::exchange::Exchange;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::span::Span;
+use crate::telemetry::trace::{SpanId, TRACEPARENT};
 use crate::upstream::UpstreamBody;
 
 /// Which leg of a plan, for logs and metrics.
@@ -81,6 +86,8 @@ pub(crate) struct Answer {
     pub(crate) worker: Arc<Worker>,
     pub(crate) guard: InFlight,
     pub(crate) decision: Decision,
+    /// The attempt's span, ended when the answer (or its body) is done with.
+    pub(crate) span: Span,
     /// The breaker's ticket, still to be settled when the status said nothing was wrong.
     ticket: Option<Ticket>,
 }
@@ -106,6 +113,8 @@ pub(crate) struct Leg<'a> {
     candidates: Vec<Arc<Worker>>,
     deadline: Instant,
     retries: u32,
+    /// Attempts sent so far, connection refusals included.
+    attempts: u32,
     last_failure: Option<ApiError>,
 }
 
@@ -129,6 +138,7 @@ impl<'a> Leg<'a> {
             candidates,
             deadline: request.deadline,
             retries: 0,
+            attempts: 0,
             last_failure: None,
         }
     }
@@ -219,7 +229,14 @@ impl<'a> Leg<'a> {
                 reason = decision.reason,
                 "routed"
             );
-            let request = build(&worker)?;
+            let mut request = build(&worker)?;
+            let mut span = self.attempt_span(&worker, &request);
+            let span_id = span.span_id().unwrap_or_else(SpanId::random);
+            if let Some(traceparent) = self.inbound.trace.traceparent(span_id) {
+                request
+                    .headers_mut()
+                    .insert(TRACEPARENT.clone(), traceparent);
+            }
             let guard = worker.begin();
             let left = self.deadline.saturating_duration_since(Instant::now());
             let first_byte = config.timeouts.first_byte.min(left);
@@ -228,6 +245,11 @@ impl<'a> Leg<'a> {
             let (failure, cause, pause) = match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
+                    span.set("http.response.status_code", i64::from(status.as_u16()));
+                    if status.is_client_error() || status.is_server_error() {
+                        span.set("error.type", status.as_str().to_owned());
+                        span.fail(status.to_string());
+                    }
                     let pause = backoff(retry, self.retries + 1, Some(response.headers()));
                     let can_retry = retryable_status(retry, status) && self.may_retry(pause);
                     let ticket = if status.is_server_error() {
@@ -242,6 +264,7 @@ impl<'a> Leg<'a> {
                             worker,
                             guard,
                             decision,
+                            span,
                             ticket,
                         });
                     }
@@ -258,6 +281,8 @@ impl<'a> Leg<'a> {
                 }
                 Ok(Err(error)) if error.is_connect() => {
                     // Nothing was sent: moving on is always safe, and spends no retry.
+                    span.set("error.type", "connect");
+                    span.fail(cause(&error));
                     ticket.failure(breaker, Instant::now());
                     if worker.eject() {
                         tracing::warn!(worker = worker.url(), error = %cause(&error), "worker unreachable; out of rotation until its probes succeed");
@@ -272,6 +297,8 @@ impl<'a> Leg<'a> {
                         worker: url(),
                         reason: cause(&error),
                     };
+                    span.set("error.type", Failed::Reset.label());
+                    span.fail(cause(&error));
                     (
                         failure,
                         Failed::Reset,
@@ -290,6 +317,8 @@ impl<'a> Leg<'a> {
                         worker: url(),
                         after: first_byte,
                     };
+                    span.set("error.type", Failed::FirstByte.label());
+                    span.fail(failure.to_string());
                     (
                         failure,
                         Failed::FirstByte,
@@ -298,6 +327,7 @@ impl<'a> Leg<'a> {
                 }
             };
             drop(guard);
+            drop(span);
             // A status retry was granted above; the others are decided here.
             if cause != Failed::Status && !self.may_retry(pause) {
                 return Err(failure);
@@ -318,6 +348,7 @@ impl<'a> Leg<'a> {
             worker,
             guard,
             ticket,
+            mut span,
             ..
         } = answer;
         // Without a ticket the answer was a 5xx, already counted as the worker's failure.
@@ -325,12 +356,40 @@ impl<'a> Leg<'a> {
             failed(&worker, ticket, self.config);
         }
         drop(guard);
+        span.set("error.type", Failed::Unusable.label());
+        span.fail(failure.to_string());
+        drop(span);
         let pause = backoff(&self.config.retry, self.retries + 1, None);
         if !self.may_retry(pause) {
             return Err(failure);
         }
         self.retry_after(failure, Failed::Unusable, pause).await;
         Ok(())
+    }
+
+    /// The span of the next attempt, to `worker` with `request`: a child of the request's
+    /// span (recording only when it does).
+    fn attempt_span(&mut self, worker: &Worker, request: &http::Request<UpstreamBody>) -> Span {
+        let resends = self.attempts;
+        self.attempts += 1;
+        let parts = self.inbound.parts;
+        let mut span = self
+            .inbound
+            .span
+            .child(|| format!("{} {}", parts.method, parts.uri.path()));
+        if span.is_recording() {
+            span.set("http.request.method", parts.method.as_str().to_owned());
+            span.set("url.full", request.uri().to_string());
+            span.set("vllm_router.worker", worker.url().to_owned());
+            span.set("vllm_router.stage", self.stage.label());
+            if let Some(rank) = worker.rank() {
+                span.set("vllm_router.dp_rank", i64::from(rank));
+            }
+            if resends > 0 {
+                span.set("http.request.resend_count", i64::from(resends));
+            }
+        }
+        span
     }
 
     /// A retry is possible only with retries and candidates left and time for the backoff;

@@ -7,6 +7,9 @@
 //! event stream ends with one `data: {"error": ...}` event in the OpenAI shape and no
 //! `[DONE]`, so clients raise instead of keeping a silently truncated answer; any other body
 //! is aborted, which the client sees as a broken response.
+//!
+//! The request's span and the answering attempt's end with the body: at its end, when it is
+//! cut short (marked failed, with the cause), or when the client leaves (marked so).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +28,7 @@ use crate::error::ApiError;
 use crate::fleet::InFlight;
 use crate::telemetry::exchange::{Exchange, Outcome};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::span::{RequestSpan, Span};
 
 /// Errors a tracked body ends with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -84,7 +88,39 @@ pin_project! {
         slot: Option<Permit>,
         exchange: Option<Exchange>,
         timers: Option<Box<Timers>>,
+        spans: Option<Spans>,
         done: bool,
+    }
+}
+
+/// The spans a response ends: the request's and the attempt that answered.
+struct Spans {
+    // Dropped in this order: the attempt ends before the request.
+    attempt: Span,
+    request: RequestSpan,
+    ended: bool,
+}
+
+impl Spans {
+    /// The body ended; `cut` says why when it was cut short.
+    fn end(mut self, cut: Option<&'static str>) {
+        self.ended = true;
+        if let Some(cause) = cut {
+            self.request.set("vllm_router.cut", cause);
+            self.request.fail(cause);
+            self.attempt.set("vllm_router.cut", cause);
+            self.attempt.fail(cause);
+        }
+    }
+}
+
+impl Drop for Spans {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Dropped before its end: the client left.
+            self.request.set("vllm_router.cut", "client_gone");
+            self.attempt.set("vllm_router.cut", "client_gone");
+        }
     }
 }
 
@@ -97,6 +133,7 @@ impl<B> TrackedBody<B> {
             slot: None,
             exchange: None,
             timers: None,
+            spans: None,
             done: false,
         }
     }
@@ -110,6 +147,19 @@ impl<B> TrackedBody<B> {
     /// Keep the request's record, fed each frame and recorded when the body ends.
     pub fn recording(mut self, exchange: Option<Exchange>) -> Self {
         self.exchange = exchange;
+        self
+    }
+
+    /// End the request's span and the answering attempt's with the body (nothing is held when
+    /// neither records).
+    pub fn traced(mut self, request: RequestSpan, attempt: Span) -> Self {
+        if request.is_recording() || attempt.is_recording() {
+            self.spans = Some(Spans {
+                attempt,
+                request,
+                ended: false,
+            });
+        }
         self
     }
 
@@ -176,12 +226,18 @@ where
                 if this.inner.is_end_stream() {
                     this.slot.take();
                     finish(this.guard, this.exchange);
+                    if let Some(spans) = this.spans.take() {
+                        spans.end(None);
+                    }
                 }
                 return Poll::Ready(Some(Ok(frame.map_data(Into::into))));
             }
             Poll::Ready(None) => {
                 this.slot.take();
                 finish(this.guard, this.exchange);
+                if let Some(spans) = this.spans.take() {
+                    spans.end(None);
+                }
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(Err(error))) => (Cut::Upstream, Some(error.into())),
@@ -202,6 +258,9 @@ where
         let (cut, source) = cut;
         *this.done = true;
         this.slot.take();
+        if let Some(spans) = this.spans.take() {
+            spans.end(Some(cut.label()));
+        }
         let guard = this.guard.take();
         if let Some(exchange) = this.exchange.as_mut() {
             exchange.end(Outcome::Cut(cut.label()));

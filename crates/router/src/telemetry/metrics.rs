@@ -148,6 +148,8 @@ pub struct Metrics {
     pd_plans: Family<Cause, Counter>,
     pd_legs: Histograms<LegLabels>,
     reloads: Family<Cause, Counter>,
+    spans_exported: Counter,
+    spans_dropped: Family<Cause, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_errors: Family<ErrorLabels, Counter>,
     request_duration: Histograms<RouteLabels>,
@@ -305,6 +307,18 @@ impl Default for Metrics {
                 "Config file reloads by outcome: applied, unchanged, rejected (invalid; the running configuration stays)",
                 Family::default()
             ),
+            spans_exported: register!(
+                r,
+                "trace_spans_exported",
+                "Trace spans the OTLP collector accepted",
+                Counter::default()
+            ),
+            spans_dropped: register!(
+                r,
+                "trace_spans_dropped",
+                "Trace spans lost, by cause: queue_full (the export queue was full), export_failed (the collector could not be reached or refused the batch), rejected (the collector refused them in a partial success), shutdown (ended after export stopped)",
+                Family::default()
+            ),
             prefix_error: register!(
                 r,
                 "prefix_prediction_error",
@@ -414,6 +428,18 @@ impl Metrics {
     /// Count a config file reload by outcome.
     pub fn config_reload(&self, outcome: &'static str) {
         self.reloads.get_or_create(&Cause { cause: outcome }).inc();
+    }
+
+    /// Count trace spans the collector accepted.
+    pub fn spans_exported(&self, count: u64) {
+        self.spans_exported.inc_by(count);
+    }
+
+    /// Count trace spans lost, and why.
+    pub fn spans_dropped(&self, cause: &'static str, count: u64) {
+        self.spans_dropped
+            .get_or_create(&Cause { cause })
+            .inc_by(count);
     }
 
     /// Count a P/D request by the plan it took.

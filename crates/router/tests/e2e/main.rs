@@ -18,3 +18,4 @@ mod proxy;
 mod reload;
 mod resilience;
 mod streaming;
+mod traces;

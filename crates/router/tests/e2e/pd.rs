@@ -166,6 +166,59 @@ async fn nixl_legs_carry_the_exact_bodies_and_one_request_id_streaming() {
 }
 
 #[tokio::test]
+async fn both_legs_carry_the_clients_trace_each_under_its_own_span() {
+    let (prefill, decode) = pd_sims(1, 1).await;
+    let collector = Collector::start().await;
+    let router = pd_router(&prefill, &decode, |a| {
+        a.otlp_traces_endpoint = Some(collector.endpoint());
+    })
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = send(
+        Method::POST,
+        &format!("{}/v1/chat/completions", router.url()),
+        &[
+            ("content-type", "application/json"),
+            ("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01")),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+        chat(MODEL, true).to_string(),
+    )
+    .await;
+    assert_ok(&reply);
+    let (p, d) = (
+        inference(prefill[0].records()),
+        inference(decode[0].records()),
+    );
+    let (p_trace, p_parent, _) = traceparent_of(&p[0]);
+    let (d_trace, d_parent, _) = traceparent_of(&d[0]);
+    assert_eq!((p_trace.as_str(), d_trace.as_str()), (trace, trace));
+    assert_ne!(p_parent, d_parent, "each leg is its own span");
+    for record in [&p[0], &d[0]] {
+        assert_eq!(header_values(record, "tracestate"), ["congo=t61rcWkgMzE"]);
+    }
+    router.shutdown().await.unwrap();
+    let spans = collector.spans();
+    let server = spans
+        .iter()
+        .find(|s| s.parent_span_id == [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+    let server = server.expect("the request's span, under the client's");
+    let legs: Vec<(String, String)> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == server.span_id)
+        .map(|s| (attr(s, "vllm_router.stage").unwrap(), hex(&s.span_id)))
+        .collect();
+    assert_eq!(
+        legs,
+        [
+            ("prefill".to_owned(), p_parent),
+            ("decode".to_owned(), d_parent)
+        ],
+        "one span per leg, with the ids the workers saw"
+    );
+}
+
+#[tokio::test]
 async fn completions_go_through_the_plan_too() {
     let (prefill, decode) = pd_sims(1, 1).await;
     let router = pd_router(&prefill, &decode, |_| {}).await;

@@ -274,3 +274,166 @@ pub async fn exit_code(child: &mut Child, within: Duration) -> Option<i32> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An OTLP/HTTP trace collector on a loopback port: decodes every export it receives with the
+/// OTLP types and keeps the spans with their service's name.
+pub struct Collector {
+    addr: SocketAddr,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, Span)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub use opentelemetry_proto::tonic::trace::v1::Span;
+
+impl Collector {
+    pub async fn start() -> Self {
+        use axum::body::Bytes;
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        };
+        use prost::Message;
+
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&spans);
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let kept = std::sync::Arc::clone(&kept);
+                async move {
+                    assert_eq!(headers["content-type"], "application/x-protobuf");
+                    let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    for rs in request.resource_spans {
+                        let service = rs
+                            .resource
+                            .iter()
+                            .flat_map(|r| &r.attributes)
+                            .find(|kv| kv.key == "service.name")
+                            .and_then(|kv| string_value(kv.value.as_ref()))
+                            .unwrap_or_default();
+                        for ss in rs.scope_spans {
+                            for span in ss.spans {
+                                kept.lock().unwrap().push((service.clone(), span));
+                            }
+                        }
+                    }
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("collector serves");
+        });
+        Self { addr, spans, task }
+    }
+
+    /// The URL to give `--otlp-traces-endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/v1/traces", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Span> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// The service names the spans came with.
+    pub fn services(&self) -> Vec<String> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn string_value(
+    value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>,
+) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match value?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A span's attribute as text (a string, or a whole number written out).
+pub fn attr(span: &Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let value = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?;
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Lowercase hex of an id.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `traceparent` a worker received with `record`, split into trace id, parent id and
+/// flags, after checking its shape.
+pub fn traceparent_of(record: &vllm_sim::RequestRecord) -> (String, String, String) {
+    let values: Vec<&str> = record
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "traceparent")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(values.len(), 1, "one traceparent: {:?}", record.headers);
+    let fields: Vec<&str> = values[0].split('-').collect();
+    assert_eq!(fields.len(), 4, "{}", values[0]);
+    assert_eq!(fields[0], "00");
+    let hex_of = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    assert!(
+        hex_of(fields[1], 32) && fields[1].bytes().any(|b| b != b'0'),
+        "{}",
+        values[0]
+    );
+    assert!(
+        hex_of(fields[2], 16) && fields[2].bytes().any(|b| b != b'0'),
+        "{}",
+        values[0]
+    );
+    assert!(hex_of(fields[3], 2), "{}", values[0]);
+    (
+        fields[1].to_owned(),
+        fields[2].to_owned(),
+        fields[3].to_owned(),
+    )
+}
+
+/// Every value of header `name` a worker received with `record`.
+pub fn header_values(record: &vllm_sim::RequestRecord, name: &str) -> Vec<String> {
+    record
+        .headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
