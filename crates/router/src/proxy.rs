@@ -62,6 +62,7 @@ pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response 
         "POST",
         route_name,
         request_id.clone(),
+        trace.trace_id(),
     )));
     let span = server_span(&app, trace, &parts, route_name, &request_id);
     let mut response = match route(&app, config, parts, body, &request_id, &exchange, &span).await {

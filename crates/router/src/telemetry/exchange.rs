@@ -10,6 +10,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
 use super::metrics::{ExchangeLabels, Metrics};
+use super::trace::TraceId;
 use super::usage::UsageScan;
 use crate::fleet::Worker;
 
@@ -51,6 +52,7 @@ const MAX_LOGGED_MODEL: usize = 256;
 pub struct Exchange {
     metrics: Arc<Metrics>,
     request_id: HeaderValue,
+    trace_id: TraceId,
     method: &'static str,
     route: &'static str,
     started: Instant,
@@ -71,16 +73,18 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A request to `route` arrived now.
+    /// A request to `route` arrived now, in the trace `trace_id`.
     pub fn begin(
         metrics: Arc<Metrics>,
         method: &'static str,
         route: &'static str,
         request_id: HeaderValue,
+        trace_id: TraceId,
     ) -> Self {
         Self {
             metrics,
             request_id,
+            trace_id,
             method,
             route,
             started: Instant::now(),
@@ -204,6 +208,7 @@ impl Drop for Exchange {
         tracing::info!(
             target: "vllm_router::access",
             request_id = self.request_id.to_str().unwrap_or_default(),
+            trace_id = %self.trace_id,
             method = self.method,
             route = self.route,
             model = self.model.as_deref().unwrap_or_default(),

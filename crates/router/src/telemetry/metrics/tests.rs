@@ -7,6 +7,7 @@ use crate::admission::AdmissionConfig;
 use crate::config::WorkerUrl;
 use crate::fleet::{Member, Worker};
 use crate::telemetry::exchange::Exchange;
+use crate::telemetry::trace::TraceId;
 
 fn worker(url: &str) -> Arc<Worker> {
     let w = Arc::new(Worker::new(WorkerUrl::parse("--worker-urls", url).unwrap()));
@@ -89,6 +90,7 @@ async fn a_streamed_exchange_records_latencies_tokens_and_the_prediction() {
         "POST",
         "/v1/chat/completions",
         HeaderValue::from_static("req-1"),
+        TraceId::random(),
     );
     exchange.set_model(Some("m"));
     exchange.model_is_served();
@@ -155,6 +157,7 @@ async fn refusals_cuts_and_departures_are_errors_and_unserved_models_are_not_lab
         "POST",
         "/v1/completions",
         HeaderValue::from_static("r"),
+        TraceId::random(),
     );
     refused.set_model(Some("made-up-by-a-client"));
     refused.refused(404, "no such model".into());
@@ -164,6 +167,7 @@ async fn refusals_cuts_and_departures_are_errors_and_unserved_models_are_not_lab
         "POST",
         "/v1/completions",
         HeaderValue::from_static("c"),
+        TraceId::random(),
     );
     cut.set_model(Some("m"));
     cut.answered(&w, 200, true, None);
@@ -175,6 +179,7 @@ async fn refusals_cuts_and_departures_are_errors_and_unserved_models_are_not_lab
         "POST",
         "/v1/completions",
         HeaderValue::from_static("g"),
+        TraceId::random(),
     );
     gone.answered(&w, 200, false, None);
     drop(gone);
@@ -242,6 +247,7 @@ async fn every_series_the_grafana_dashboard_queries_is_exported() {
         "POST",
         "/v1/completions",
         HeaderValue::from_static("r"),
+        TraceId::random(),
     );
     exchange.answered(&w, 500, true, Some(0.5));
     for frame in STREAM {
