@@ -53,6 +53,9 @@ pub struct SimConfig {
     pub hang: bool,
     /// The server dies (listener and connections closed) on receiving this many inference requests.
     pub exit_after: Option<u64>,
+    /// vLLM's `--api-key`: routes under `/v1` answer 401 without `Authorization: Bearer KEY`;
+    /// the others (`/health`, `/metrics`, `/tokenize`, ...) stay open, as in vLLM.
+    pub api_key: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -74,6 +77,7 @@ impl Default for SimConfig {
             error_rate: 0.0,
             hang: false,
             exit_after: None,
+            api_key: None,
         }
     }
 }

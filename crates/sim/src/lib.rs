@@ -15,6 +15,7 @@
 //! - `control`: `/health`, `/metrics`, `/reset_prefix_cache`, `/sim/stats`, `/sim/records`.
 //! - `bootstrap`: the Mooncake bootstrap `GET /query` of a prefill-role server.
 //! - `metrics`: the Prometheus exposition under vLLM's names.
+//! - `auth`: vLLM's `--api-key` on the `/v1` routes.
 //! - `inject`: failure injection (`X-Return-Error`, `error_rate`, `hang`, `exit_after`).
 //! - `record`: per-request records, counters, and the drop guard that detects cancellation.
 //! - `state`: the state one server shares between its connections.
@@ -22,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod bootstrap;
 mod config;
 mod control;

@@ -71,6 +71,10 @@ struct Cli {
     /// Die on receiving the N-th inference request (per worker).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     exit_after: Option<u64>,
+    /// Require `Authorization: Bearer KEY` on `/v1` routes, as vLLM's `--api-key` does (also
+    /// `VLLM_API_KEY`).
+    #[arg(long, env = "VLLM_API_KEY", value_name = "KEY")]
+    api_key: Option<String>,
     /// Log filter, e.g. `info` or `vllm_sim=debug`.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -134,6 +138,7 @@ impl Cli {
             error_rate: self.error_rate,
             hang: self.hang,
             exit_after: self.exit_after,
+            api_key: self.api_key.clone(),
         }
     }
 }

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tower_service::Service;
 
 use crate::DATA_PARALLEL_RANK_HEADER;
+use crate::auth;
 use crate::control::is_control_path;
 use crate::inject::Verdict;
 use crate::openai::Inbound;
@@ -29,6 +30,15 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response, Infallible> {
     sim.recorder.count(req.uri().path());
+    // Before anything else, as vLLM's middleware: a refused request is not recorded.
+    if !auth::allowed(
+        sim.config.api_key.as_deref(),
+        req.method(),
+        req.uri().path(),
+        req.headers(),
+    ) {
+        return Ok(auth::unauthorized());
+    }
     if is_control_path(req.uri().path()) {
         return router.call(req.map(Body::new)).await;
     }
