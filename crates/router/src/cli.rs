@@ -385,7 +385,8 @@ pub struct RouterArgs {
     /// Seconds a key a validation URL refused stays refused without asking again.
     #[arg(long, default_value_t = 10)]
     pub api_key_rejected_ttl_secs: u64,
-    /// Keys remembered at most (valid and refused together); the oldest leave first.
+    /// Keys remembered at most (valid and refused together); the least recently used leave
+    /// first.
     #[arg(long, default_value_t = 10_000)]
     pub api_key_cache_size: usize,
     /// Milliseconds a validation URL may take to answer; past it, and while none answers, the

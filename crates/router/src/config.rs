@@ -424,7 +424,7 @@ impl Config {
         };
         let auth = auth_config(&args)?;
         let cors = cors_origins(&args)?;
-        let worker_api_key = worker_api_key(&args);
+        let worker_api_key = worker_api_key(&args)?;
         let otlp_traces_endpoint = args
             .otlp_traces_endpoint
             .as_deref()

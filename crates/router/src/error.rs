@@ -85,6 +85,13 @@ pub enum ApiError {
     /// The request lacks the key a guarded route needs, or gives a wrong one.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The client's key could not be checked: no key validation URL answered. The key is
+    /// neither accepted nor refused.
+    #[error("the API key cannot be checked now: the key validation service is unavailable; retry after {}s", retry_after.as_secs())]
+    KeyCheckUnavailable {
+        /// When trying again makes sense.
+        retry_after: Duration,
+    },
     /// The client may not call this route from where it is.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -129,7 +136,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownModel { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoWorker { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoWorker { .. } | Self::ShuttingDown | Self::KeyCheckUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -147,7 +156,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "RequestEntityTooLargeError",
             Self::UnknownModel { .. } | Self::NotFound { .. } => "NotFoundError",
             Self::MethodNotAllowed { .. } => "MethodNotAllowedError",
-            Self::NoWorker { .. } | Self::ShuttingDown => "ServiceUnavailableError",
+            Self::NoWorker { .. } | Self::ShuttingDown | Self::KeyCheckUnavailable { .. } => {
+                "ServiceUnavailableError"
+            }
             Self::BadGateway { .. } => "BadGatewayError",
             Self::GatewayTimeout { .. } => "GatewayTimeoutError",
             Self::Overloaded { .. } => "RateLimitError",
@@ -194,11 +205,17 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Self::Overloaded { retry_after, .. } = &self {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after.as_secs().max(1)),
-            );
+        match &self {
+            Self::Overloaded { retry_after, .. } | Self::KeyCheckUnavailable { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }

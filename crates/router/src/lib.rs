@@ -7,6 +7,8 @@
 //! forwarding engine.
 //!
 //! - [`admission`]: the concurrency limit, bounded FIFO queue and rate limit in front of it all.
+//! - [`auth`]: client API keys (static, from a file, or checked with validation URLs) on the
+//!   client routes.
 //! - [`cli`]: the command line, compatible with vllm-project/router's flags.
 //! - [`config`]: the one validated, typed configuration every other module reads.
 //! - [`discovery`]: workers that register themselves (vLLM's ZMQ service discovery) or are
@@ -24,6 +26,7 @@
 //! - [`upstream`]: the pooled HTTP client to workers.
 
 pub mod admission;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -163,7 +163,12 @@ async fn route(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let trace = *span.trace();
-    let mut to_worker = headers::to_worker(&parts.headers, request_id, peer);
+    let mut to_worker = headers::to_worker(
+        &parts.headers,
+        request_id,
+        peer,
+        config.worker_api_key.as_ref(),
+    );
     trace.prune(&mut to_worker);
     app.retry_budget.deposit();
     let request = Inbound {

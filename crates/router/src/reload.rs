@@ -5,9 +5,10 @@
 //!   new requests while their in-flight ones finish; a worker whose entry changed is replaced;
 //!   workers added by the admin API or discovered are left alone;
 //! - settings read per request (timeouts, retries, breakers, health probing, headers, payload
-//!   limit, admin key) take effect at once; settings fixed at start (listen addresses,
-//!   policies, P/D mode, discovery, admission, scraping, log level) keep their running value
-//!   and a warning says a restart is needed.
+//!   limit, admin key, client API keys (the keys file is read again), validation URLs, the
+//!   workers' key) take effect at once; settings fixed at start (listen addresses, policies,
+//!   P/D mode, discovery, admission, scraping, log settings, CORS origins) keep their running
+//!   value and a warning says a restart is needed.
 //!
 //! An invalid file changes nothing: the error is logged and counted
 //! (`vllm_router_config_reloads_total{cause="rejected"}`).
@@ -106,7 +107,8 @@ impl Reloader {
                 }
                 () = tokio::time::sleep(poll) => false,
             };
-            if self.sources.file().is_none() {
+            // Without a file only SIGHUP reloads: it re-reads the keys file.
+            if self.sources.file().is_none() && !forced {
                 continue;
             }
             let _ = self.reload_if(forced).await;
@@ -198,6 +200,10 @@ impl Reloader {
             .map(|w| w.url.text.clone())
             .collect();
         let fleet = &self.app.fleet;
+        // Before workers are admitted: their model lists are asked with it.
+        self.app
+            .upstream
+            .set_worker_key(next.worker_api_key.as_ref());
         // New and changed workers first, so the fleet never shrinks more than it must.
         for spec in joining {
             let url = spec.url.text.clone();
@@ -261,6 +267,7 @@ fn keep_fixed(next: &mut Config, running: &Config) -> Vec<&'static str> {
     keep!(load_scrape_interval => "load_scrape_interval_ms");
     keep!(log => "log settings");
     keep!(otlp_traces_endpoint => "otlp_traces_endpoint");
+    keep!(cors => "cors_allowed_origins");
     next.config_file.clone_from(&running.config_file);
     next.check_only = running.check_only;
     changed

@@ -2,6 +2,7 @@
 //! routes, and the run loop that serves them on an already-bound listener.
 
 mod admin;
+mod cors;
 mod debug;
 mod info;
 mod metrics;
@@ -23,6 +24,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admission::Admission;
+use crate::auth::{self, Auth};
 use crate::config::{Config, Sources};
 use crate::discovery;
 use crate::error::ApiError;
@@ -79,6 +81,8 @@ pub struct App {
     pub admission: Admission,
     /// Span export, when `--otlp-traces-endpoint` is set.
     pub traces: Option<Traces>,
+    /// Client authentication: what validation URLs said of recent keys.
+    pub auth: Auth,
     /// Turns true when a shutdown's drain deadline passed: open responses end now.
     drain: watch::Sender<bool>,
     /// True from the moment shutdown starts: readiness answers 503.
@@ -122,6 +126,7 @@ impl App {
             .as_ref()
             .and_then(|endpoint| start_traces(endpoint, &metrics));
         let upstream = Upstream::new(config.timeouts.connect);
+        upstream.set_worker_key(config.worker_api_key.as_ref());
         let admission = Admission::new(config.admission.clone());
         let retry_budget =
             RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
@@ -161,6 +166,7 @@ impl App {
             policy,
             pd,
             upstream,
+            auth: Auth::new(Arc::clone(&metrics)),
             metrics,
             retry_budget,
             admission,
@@ -251,10 +257,25 @@ impl Drop for App {
 
 /// The router's HTTP routes.
 pub fn routes(app: Arc<App>) -> Router {
-    let mut router = Router::new();
+    // Client routes: behind the client API keys, when keys are configured.
+    let mut client = Router::new()
+        .route("/v1/models", get(info::models))
+        .route("/", get(info::about))
+        .route("/load-stats", get(info::load_stats))
+        .route("/debug/route", post(debug::explain));
     for path in INFERENCE_ROUTES {
-        router = router.route(path, post(proxy::forward));
+        client = client.route(path, post(proxy::forward));
     }
+    let client = client.route_layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&app),
+        auth::guard,
+    ));
+    // Probes and the version: never guarded, so orchestrators need no key.
+    let open = Router::new()
+        .route("/health", get(info::health))
+        .route("/liveness", get(info::liveness))
+        .route("/readiness", get(info::readiness))
+        .route("/version", get(info::version));
     let admin = Router::new()
         .route("/workers", get(admin::list).post(admin::add))
         .route("/workers/{id}", get(admin::get_one).delete(admin::remove))
@@ -267,19 +288,17 @@ pub fn routes(app: Arc<App>) -> Router {
             Arc::clone(&app),
             admin::guard,
         ));
-    router
+    let cors = cors::layer(&app.config());
+    let router = client
+        .merge(open)
         .merge(admin)
-        .route("/v1/models", get(info::models))
-        .route("/health", get(info::health))
-        .route("/load-stats", get(info::load_stats))
-        .route("/liveness", get(info::liveness))
-        .route("/readiness", get(info::readiness))
-        .route("/version", get(info::version))
-        .route("/", get(info::about))
-        .route("/debug/route", post(debug::explain))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+        .with_state(app);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 async fn not_found(request: Request) -> Response {

@@ -1,14 +1,19 @@
 //! The pooled HTTP/1.1 client every worker request goes through: forwarding and probes alike.
+//! The router's own requests (models, health, metrics) bear the workers' key when one is set.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::Secret;
 
 /// The body type of every upstream request: the client's bytes, whole.
 pub type UpstreamBody = Full<Bytes>;
@@ -37,6 +42,8 @@ pub enum FetchError {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     client: Client<HttpConnector, UpstreamBody>,
+    /// `Authorization` of the router's own requests, shared by every clone.
+    worker_auth: Arc<ArcSwapOption<HeaderValue>>,
 }
 
 impl Upstream {
@@ -50,7 +57,16 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(50))
             .build(connector);
-        Self { client }
+        Self {
+            client,
+            worker_auth: Arc::default(),
+        }
+    }
+
+    /// From now on, the router's own requests bear `key` (`--api-key`), or nothing.
+    pub fn set_worker_key(&self, key: Option<&Secret>) {
+        self.worker_auth
+            .store(key.and_then(bearer_header).map(Arc::new));
     }
 
     /// Send a request; the future resolves at the response headers.
@@ -61,9 +77,14 @@ impl Upstream {
     /// GET `uri` and read the whole (small) body, within `timeout`.
     pub async fn get(&self, uri: Uri, timeout: Duration) -> Result<Bytes, FetchError> {
         let fetch = async {
-            let request = Request::get(uri)
+            let mut request = Request::get(uri)
                 .body(UpstreamBody::default())
                 .map_err(|e| FetchError::Body(e.to_string()))?;
+            if let Some(auth) = self.worker_auth.load_full() {
+                request
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, HeaderValue::clone(&auth));
+            }
             let response: Response<Incoming> = self.client.request(request).await?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_INFO_BODY)
@@ -81,4 +102,12 @@ impl Upstream {
             .await
             .map_err(|_| FetchError::Timeout(timeout))?
     }
+}
+
+/// `Bearer KEY`, marked sensitive; `None` when the key cannot be a header value (the
+/// configuration refuses such keys).
+pub fn bearer_header(key: &Secret) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }

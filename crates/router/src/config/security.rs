@@ -126,8 +126,19 @@ pub(super) fn auth_config(args: &RouterArgs) -> Result<AuthConfig, ConfigError> 
 }
 
 /// The bearer key sent to workers, when one is set.
-pub(super) fn worker_api_key(args: &RouterArgs) -> Option<Secret> {
-    args.api_key.as_deref().and_then(clean_key)
+pub(super) fn worker_api_key(args: &RouterArgs) -> Result<Option<Secret>, ConfigError> {
+    let Some(key) = args.api_key.as_deref().and_then(clean_key) else {
+        return Ok(None);
+    };
+    if HeaderValue::from_str(key.expose()).is_err() {
+        // The value is not shown: it is a secret.
+        return Err(invalid(
+            "--api-key",
+            "***",
+            "holds characters an HTTP header cannot carry",
+        ));
+    }
+    Ok(Some(key))
 }
 
 /// The CORS origins from the flags.

@@ -4,6 +4,9 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::Secret;
+use crate::upstream::bearer_header;
+
 /// The request id header sent to workers and echoed to clients.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Names the worker that served a response, like nginx's `X-Upstream-Addr`.
@@ -68,13 +71,25 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 
 /// The headers a worker receives: the client's, less hop-by-hop ones, `Host` and framing
 /// (the upstream client sets those), with the request id and the client's address appended
-/// to `X-Forwarded-For`.
-pub fn to_worker(client: &HeaderMap, request_id: &HeaderValue, peer: Option<IpAddr>) -> HeaderMap {
+/// to `X-Forwarded-For`. With a workers' key, `Authorization` is `Bearer <worker key>` in place
+/// of the client's; without one, the client's is forwarded as it came.
+pub fn to_worker(
+    client: &HeaderMap,
+    request_id: &HeaderValue,
+    peer: Option<IpAddr>,
+    worker_key: Option<&Secret>,
+) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(key) = worker_key {
+        headers.remove(header::AUTHORIZATION);
+        if let Some(auth) = bearer_header(key) {
+            headers.insert(header::AUTHORIZATION, auth);
+        }
+    }
     if let Some(ip) = peer {
         append_forwarded_for(&mut headers, ip);
     }
@@ -139,11 +154,28 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = to_worker(&h, &HeaderValue::from_static("id-1"), None);
+        let out = to_worker(&h, &HeaderValue::from_static("id-1"), None, None);
         let mut kept: Vec<_> = out.keys().map(|k| k.as_str()).collect();
         kept.sort_unstable();
         assert_eq!(kept, ["authorization", "x-custom", "x-request-id"]);
         assert_eq!(out["x-request-id"], "id-1");
+        assert_eq!(out["authorization"], "Bearer k");
+    }
+
+    #[test]
+    fn a_workers_key_replaces_the_clients_authorization() {
+        let mut h = HeaderMap::new();
+        h.append("authorization", HeaderValue::from_static("Bearer client"));
+        h.append("authorization", HeaderValue::from_static("Bearer other"));
+        let id = HeaderValue::from_static("r");
+        let key = Secret::new("w0rker");
+        let out = to_worker(&h, &id, None, Some(&key));
+        let sent: Vec<_> = out.get_all("authorization").iter().collect();
+        assert_eq!(sent, ["Bearer w0rker"]);
+        assert!(sent[0].is_sensitive());
+        // Without a client header, the key is still sent.
+        let out = to_worker(&HeaderMap::new(), &id, None, Some(&key));
+        assert_eq!(out["authorization"], "Bearer w0rker");
     }
 
     #[test]
@@ -151,19 +183,19 @@ mod tests {
         let peer = Some("127.0.0.1".parse().unwrap());
         let id = HeaderValue::from_static("r");
         assert_eq!(
-            to_worker(&HeaderMap::new(), &id, peer)["x-forwarded-for"],
+            to_worker(&HeaderMap::new(), &id, peer, None)["x-forwarded-for"],
             "127.0.0.1"
         );
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
         assert_eq!(
-            to_worker(&h, &id, peer)["x-forwarded-for"],
+            to_worker(&h, &id, peer, None)["x-forwarded-for"],
             "1.2.3.4, 5.6.7.8, 127.0.0.1"
         );
         let mapped = Some("::ffff:10.1.2.3".parse().unwrap());
         assert_eq!(
-            to_worker(&HeaderMap::new(), &id, mapped)["x-forwarded-for"],
+            to_worker(&HeaderMap::new(), &id, mapped, None)["x-forwarded-for"],
             "10.1.2.3"
         );
     }

@@ -150,6 +150,7 @@ pub struct Metrics {
     reloads: Family<Cause, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<Cause, Counter>,
+    key_validations: Family<Cause, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_errors: Family<ErrorLabels, Counter>,
     request_duration: Histograms<RouteLabels>,
@@ -319,6 +320,12 @@ impl Default for Metrics {
                 "Trace spans lost, by cause: queue_full (the export queue was full), export_failed (the collector could not be reached or refused the batch), rejected (the collector refused them in a partial success), shutdown (ended after export stopped)",
                 Family::default()
             ),
+            key_validations: register!(
+                r,
+                "api_key_validations",
+                "Client API keys checked with the validation URLs, by outcome: valid, refused, unavailable (none answered)",
+                Family::default()
+            ),
             prefix_error: register!(
                 r,
                 "prefix_prediction_error",
@@ -440,6 +447,13 @@ impl Metrics {
         self.spans_dropped
             .get_or_create(&Cause { cause })
             .inc_by(count);
+    }
+
+    /// Count a client API key checked with the validation URLs, by outcome.
+    pub fn key_validation(&self, outcome: &'static str) {
+        self.key_validations
+            .get_or_create(&Cause { cause: outcome })
+            .inc();
     }
 
     /// Count a P/D request by the plan it took.

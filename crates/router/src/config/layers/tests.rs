@@ -359,4 +359,10 @@ fn security_settings_from_flags_env_and_file() {
         let err = load(&bad, &[], None).unwrap_err();
         assert!(err.contains(bad[0]), "{bad:?}: {err}");
     }
+    // A workers' key that cannot be a header value is refused without being shown.
+    let err = load(&["--api-key", "s3cret\u{7f}key"], &[], None).unwrap_err();
+    assert!(
+        err.contains("--api-key") && !err.contains("s3cret"),
+        "{err}"
+    );
 }

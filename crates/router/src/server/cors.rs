@@ -1,0 +1,34 @@
+//! Cross-origin calls from browsers (`--cors-allowed-origins`). Off by default: no CORS
+//! headers at all, and `OPTIONS` is answered like any other method a route lacks. Fixed at
+//! start: a reload that changes the origins asks for a restart.
+
+use http::{HeaderName, Method, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::{Config, CorsOrigins};
+use crate::proxy::headers::{X_REQUEST_ID, X_VLLM_ROUTER_WORKER};
+
+/// The layer answering preflights and marking responses for the allowed origins; `None` when
+/// no origin is allowed.
+pub(super) fn layer(config: &Config) -> Option<CorsLayer> {
+    let origins = match &config.cors {
+        CorsOrigins::None => return None,
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(origins) => AllowOrigin::list(origins.iter().cloned()),
+    };
+    let headers: Vec<HeaderName> = [
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        X_REQUEST_ID.clone(),
+    ]
+    .into_iter()
+    .chain(config.session_key_headers.iter().cloned())
+    .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers(headers)
+            .expose_headers([X_REQUEST_ID.clone(), X_VLLM_ROUTER_WORKER.clone()]),
+    )
+}

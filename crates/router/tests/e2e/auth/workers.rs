@@ -1,0 +1,124 @@
+//! The workers' bearer key (`--api-key`): sent in place of the client's on forwarded requests
+//! and on the router's own calls (model listings, health probes, admission of new workers).
+
+use std::time::Duration;
+
+use serde_json::json;
+use vllm_sim::{SimConfig, SimServer};
+
+use super::{chat_as, get_as};
+use crate::support::*;
+
+async fn keyed_sims(n: usize) -> Vec<SimServer> {
+    sims((0..n).map(|_| SimConfig {
+        api_key: Some("worker-key".into()),
+        ..SimConfig::default()
+    }))
+    .await
+}
+
+fn authorization_seen(worker: &SimServer) -> Vec<String> {
+    worker
+        .records()
+        .iter()
+        .flat_map(|r| r.headers.iter())
+        .filter(|(name, _)| name == "authorization")
+        .map(|(_, value)| value.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_simulator_refuses_v1_routes_without_its_key_like_vllm() {
+    let workers = keyed_sims(1).await;
+    let base = workers[0].url();
+    let refused = get_as(&format!("{base}/v1/models"), None).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json(), json!({"error": "Unauthorized"}));
+    assert_eq!(
+        get_as(&format!("{base}/v1/models"), Some("Bearer wrong"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get_as(&format!("{base}/v1/models"), Some("Bearer worker-key"))
+            .await
+            .status,
+        200
+    );
+    for open in ["/health", "/metrics"] {
+        assert_eq!(get(&format!("{base}{open}")).await.status, 200, "{open}");
+    }
+}
+
+#[tokio::test]
+async fn with_the_workers_key_every_call_to_workers_bears_it() {
+    let workers = keyed_sims(2).await;
+    let router = router_with(&workers[..1], |a| {
+        a.api_key = Some("worker-key".into());
+        a.api_keys = vec!["client-key".into()];
+        // Probe with the guarded route, failing at the first refusal.
+        a.health_check_endpoint = "/v1/models".into();
+        a.health_failure_threshold = 1;
+        a.load_scrape_interval_ms = 100;
+    })
+    .await;
+    let base = router.url();
+    // The start-up listing worked: the worker serves.
+    let reply = chat_as(&base, Some("Bearer client-key"), false).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let streamed = chat_as(&base, Some("Bearer client-key"), true).await;
+    assert_eq!(streamed.status, 200);
+    assert_eq!(
+        authorization_seen(&workers[0]),
+        ["Bearer worker-key", "Bearer worker-key"]
+    );
+
+    // Probes go on succeeding.
+    let probes_before = workers[0].stats().by_path["/v1/models"];
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert!(workers[0].stats().by_path["/v1/models"] >= probes_before + 2);
+    let health = get(&format!("{base}/health")).await.json();
+    assert_eq!(health["healthy_workers"], 1, "{health}");
+    assert!(workers[0].stats().by_path["/metrics"] >= 2);
+
+    // A worker added at run time is asked for its models with the key, and serves at once.
+    let added = post_json(
+        &format!("{base}/workers"),
+        json!({ "url": workers[1].url() }),
+    )
+    .await;
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    assert_eq!(added.json()["healthy"], true);
+    assert_eq!(added.json()["models"], json!([MODEL]));
+}
+
+#[tokio::test]
+async fn without_the_workers_key_a_keyed_worker_never_serves() {
+    let workers = keyed_sims(1).await;
+    let router = router_with(&workers, |a| a.worker_startup_timeout_secs = 1).await;
+    // The start-up listing was refused: the worker stays out of rotation.
+    let health = get(&format!("{}/health", router.url())).await.json();
+    assert_eq!(health["healthy_workers"], 0, "{health}");
+    chat_as(&router.url(), Some("Bearer worker-key"), false)
+        .await
+        .assert_error(503);
+}
+
+#[tokio::test]
+async fn without_the_workers_key_the_clients_header_arrives_unchanged() {
+    let workers = fast_sims(1).await;
+    let keyed = router_with(&workers, |a| a.api_keys = vec!["client-key".into()]).await;
+    let reply = chat_as(&keyed.url(), Some("Bearer client-key"), false).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(authorization_seen(&workers[0]), ["Bearer client-key"]);
+
+    // Open router, no keys at all: whatever the client sent passes as it came.
+    let open = router(&workers).await;
+    let reply = chat_as(&open.url(), Some("Bearer anything at all"), false).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        authorization_seen(&workers[0]),
+        ["Bearer client-key", "Bearer anything at all"]
+    );
+}
