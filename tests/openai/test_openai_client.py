@@ -233,3 +233,20 @@ def test_no_healthy_worker_is_503() -> None:
         assert time.monotonic() - started < 10.0
     finally:
         router.stop()
+
+
+def test_api_keys_are_checked(fleet: Fleet) -> None:
+    router, url = _start_router(fleet.worker_urls, "--api-keys", "py-key-1,py-key-2")
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="py-key-2", max_retries=0, timeout=15.0)
+        resp = client.chat.completions.create(model=MODEL, messages=_messages(), max_tokens=4)
+        assert resp.choices[0].message.content
+        assert [m.id for m in client.models.list()] == [MODEL]
+
+        wrong = openai.OpenAI(base_url=url + "/v1", api_key="not-a-key", max_retries=0, timeout=15.0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            wrong.chat.completions.create(model=MODEL, messages=_messages(), max_tokens=4)
+        assert caught.value.status_code == 401
+        assert "not-a-key" not in caught.value.message
+    finally:
+        router.stop()
