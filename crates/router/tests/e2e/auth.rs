@@ -53,7 +53,9 @@ async fn client_routes_need_one_of_the_keys() {
     let router = router_with(&workers, |a| a.api_keys = vec!["k1".into(), "k2".into()]).await;
     let base = router.url();
 
-    assert_refused(&chat_as(&base, None, false).await, "k1");
+    let refused = chat_as(&base, None, false).await;
+    assert_refused(&refused, "k1");
+    assert_eq!(refused.header("x-request-id").len(), 32);
     assert_refused(
         &chat_as(&base, Some("Bearer wrong-key"), false).await,
         "wrong-key",
@@ -74,7 +76,7 @@ async fn client_routes_need_one_of_the_keys() {
         streamed.body
     );
     // The other client routes are guarded alike.
-    for path in ["/v1/models", "/"] {
+    for path in ["/v1/models", "/", "/load-stats"] {
         let url = format!("{base}{path}");
         assert_refused(&get_as(&url, None).await, "k1");
         assert_eq!(get_as(&url, Some("Bearer k1")).await.status, 200, "{path}");
@@ -87,9 +89,17 @@ async fn client_routes_need_one_of_the_keys() {
     };
     assert_refused(&explain(None).await, "k1");
     assert_eq!(explain(Some("Bearer k1")).await.status, 200);
-    // A refused request never reaches a worker.
+    // A refused request never reaches a worker, and is counted like any refusal.
     let served = workers[0].stats().by_path["/v1/chat/completions"];
     assert_eq!(served, 4, "{:?}", workers[0].stats().by_path);
+    let app = router.app();
+    let metrics = app.metrics.render(&app.fleet.snapshot(), &app.admission);
+    assert!(
+        metrics.contains(
+            r#"vllm_router_requests_total{route="/v1/chat/completions",model="none",status_class="4xx"} 4"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -247,4 +257,82 @@ async fn keys_rotate_with_a_reload_and_the_keys_file_is_read_again() {
             .status,
         200
     );
+}
+
+#[tokio::test]
+async fn keys_never_reach_the_logs() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let workers = sims([vllm_sim::SimConfig {
+        api_key: Some("worker-secret-1".into()),
+        ..vllm_sim::SimConfig::default()
+    }])
+    .await;
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/check", dead.local_addr().unwrap());
+    drop(dead);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vllm-router"))
+        .args([
+            "--port",
+            "0",
+            "--prometheus-port",
+            "0",
+            "--log-level",
+            "trace",
+        ])
+        .args(["--worker-urls", &workers[0].url()])
+        .args([
+            "--api-key",
+            "worker-secret-1",
+            "--api-keys",
+            "client-secret-1",
+        ])
+        .args(["--api-key-validation-urls", &dead_url])
+        .args(["--api-key-validation-timeout-ms", "300"])
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the router binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let addr = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map(Result::unwrap)
+            .find_map(|l| {
+                l.strip_prefix("vllm-router listening on ")
+                    .map(str::to_owned)
+            })
+            .expect("the router says where it listens")
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(
+        chat_as(&addr, Some("Bearer client-secret-1"), true)
+            .await
+            .status,
+        200
+    );
+    chat_as(&addr, Some("Bearer guessed-secret-2"), false)
+        .await
+        .assert_error(503);
+    assert_refused(&chat_as(&addr, None, false).await, "secret");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logs = logs.join().unwrap();
+    assert!(
+        logs.contains("API key validation URL unreachable"),
+        "the logs were not captured: {logs}"
+    );
+    for secret in ["client-secret-1", "worker-secret-1", "guessed-secret-2"] {
+        assert!(!logs.contains(secret), "{secret} is in the logs:\n{logs}");
+    }
 }
