@@ -2,8 +2,10 @@
 //! headers at all, and `OPTIONS` is answered like any other method a route lacks. Fixed at
 //! start: a reload that changes the origins asks for a restart.
 
-use http::{HeaderName, Method, header};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use std::time::Duration;
+
+use http::Method;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::config::{Config, CorsOrigins};
 use crate::proxy::headers::{X_REQUEST_ID, X_VLLM_ROUTER_WORKER};
@@ -16,19 +18,15 @@ pub(super) fn layer(config: &Config) -> Option<CorsLayer> {
         CorsOrigins::Any => AllowOrigin::any(),
         CorsOrigins::List(origins) => AllowOrigin::list(origins.iter().cloned()),
     };
-    let headers: Vec<HeaderName> = [
-        header::AUTHORIZATION,
-        header::CONTENT_TYPE,
-        X_REQUEST_ID.clone(),
-    ]
-    .into_iter()
-    .chain(config.session_key_headers.iter().cloned())
-    .collect();
     Some(
         CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-            .allow_headers(headers)
-            .expose_headers([X_REQUEST_ID.clone(), X_VLLM_ROUTER_WORKER.clone()]),
+            // Whatever headers an allowed page asks to send: the OpenAI SDKs add their own
+            // (`x-stainless-*`, `openai-*`), and the origin, not the header list, is what is
+            // trusted.
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([X_REQUEST_ID.clone(), X_VLLM_ROUTER_WORKER.clone()])
+            .max_age(Duration::from_secs(600)),
     )
 }

@@ -31,7 +31,7 @@ async fn preflight(base: &str, origin: &str) -> Reply {
             ("access-control-request-method", "POST"),
             (
                 "access-control-request-headers",
-                "authorization,content-type,x-session-id",
+                "authorization,content-type,x-session-id,x-stainless-os,openai-organization",
             ),
         ],
         Bytes::new(),
@@ -94,11 +94,13 @@ async fn listed_origins_get_cors_headers_and_others_do_not() {
         assert!(methods.contains(method), "{methods}");
     }
     let headers = pre.header("access-control-allow-headers").to_owned();
+    // The headers the page asked for, the OpenAI SDKs' own among them.
     for header in [
         "authorization",
         "content-type",
-        "x-request-id",
         "x-session-id",
+        "x-stainless-os",
+        "openai-organization",
     ] {
         assert!(headers.contains(header), "{headers}");
     }
