@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use vllm_router::config::WorkerUrl;
-use vllm_router::fleet::{EngineMetrics, EngineSample, Member, Snapshot, Worker};
+use vllm_router::fleet::{EngineMetrics, EngineSample, Snapshot, Worker};
 use vllm_router::policy::{PolicyConfig, PolicyKind, RouteRequest};
 use vllm_router::prefix::{PrefixIndex, chain_hashes};
 use vllm_router::proxy::peek::peek_json;
@@ -38,15 +38,7 @@ fn fleet() -> Vec<Arc<Worker>> {
 }
 
 fn snapshot(workers: &[Arc<Worker>]) -> Snapshot {
-    Snapshot::new(
-        workers
-            .iter()
-            .map(|w| Member {
-                worker: Arc::clone(w),
-                models: None,
-            })
-            .collect(),
-    )
+    Snapshot::of_workers(workers)
 }
 
 /// About 32k tokens of chat text (~128 KiB), with a long shared system prompt.

@@ -118,6 +118,19 @@ impl Snapshot {
         }
     }
 
+    /// A snapshot of these workers, their models not yet known (tests and benches).
+    pub fn of_workers<'a>(workers: impl IntoIterator<Item = &'a Arc<Worker>>) -> Self {
+        Self::new(
+            workers
+                .into_iter()
+                .map(|worker| Member {
+                    worker: Arc::clone(worker),
+                    models: None,
+                })
+                .collect(),
+        )
+    }
+
     /// Every worker (one per data-parallel rank), in the order they joined; the ranks of one
     /// URL are next to each other.
     pub fn members(&self) -> &[Member] {

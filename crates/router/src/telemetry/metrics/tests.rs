@@ -5,7 +5,7 @@ use http::HeaderValue;
 use super::*;
 use crate::admission::AdmissionConfig;
 use crate::config::WorkerUrl;
-use crate::fleet::{Member, Worker};
+use crate::fleet::Worker;
 use crate::telemetry::exchange::Exchange;
 use crate::telemetry::trace::TraceId;
 
@@ -16,15 +16,7 @@ fn worker(url: &str) -> Arc<Worker> {
 }
 
 fn fleet(workers: &[&Arc<Worker>]) -> Snapshot {
-    Snapshot::new(
-        workers
-            .iter()
-            .map(|w| Member {
-                worker: Arc::clone(w),
-                models: None,
-            })
-            .collect(),
-    )
+    Snapshot::of_workers(workers.iter().copied())
 }
 
 fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
