@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::Demo(args)) => {
-            telemetry::init(args.log_level);
+            telemetry::init_stderr(args.log_level);
             demo::run(args).await.map_err(anyhow::Error::from)
         }
         None => match Sources::new(&matches, |name| std::env::var(name).ok()) {
@@ -45,7 +45,8 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
         print!("{}", config.summary());
         return Ok(());
     }
-    telemetry::init(config.log.level);
+    // Kept to the end of the run: dropping it writes out the log files' buffered lines.
+    let logs = telemetry::init(&config.log)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -79,12 +80,15 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
     tracing::info!(%addr, policy = app.policy.name(), "serving");
     println!("vllm-router listening on http://{addr}");
     let (first, stop) = tokio::sync::oneshot::channel::<()>();
+    let logs_at_exit = logs.clone();
     tokio::spawn(async move {
         signals.next().await;
         tracing::info!("shutting down: finishing in-flight requests (signal again to exit now)");
         let _ = first.send(());
         signals.next().await;
         tracing::warn!("second signal during the drain: exiting now");
+        // `exit` runs no destructors: the log files are written out first.
+        logs_at_exit.close();
         std::process::exit(EXIT_ON_SECOND_SIGNAL);
     });
     server::run(listener, Arc::clone(&app), async move {
