@@ -162,6 +162,21 @@ fn file_error(path: &Path, reason: impl ToString) -> ConfigError {
     }
 }
 
+/// A TOML syntax error by line and column, without the parser's excerpt of the file: the line
+/// at fault may hold a secret.
+fn syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
+    let message = error.message().trim();
+    let reason = match error.span().and_then(|span| text.get(..span.start)) {
+        Some(before) => {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML parse error at line {line}, column {column}: {message}")
+        }
+        None => format!("TOML parse error: {message}"),
+    };
+    file_error(path, reason)
+}
+
 /// Read the file at `path`.
 pub(super) fn read_text(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| file_error(path, e))
@@ -169,7 +184,7 @@ pub(super) fn read_text(path: &Path) -> Result<String, ConfigError> {
 
 /// Parse a config file's text.
 pub(super) fn parse(path: &Path, text: &str) -> Result<FileLayer, ConfigError> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| file_error(path, e))?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
     if table.contains_key("servers") || table.get("config").is_some_and(toml::Value::is_table) {
         legacy(path, table)
     } else {

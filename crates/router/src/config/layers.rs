@@ -266,10 +266,16 @@ fn check_file_types(base: &Map<String, Value>, file: &Layer) -> Result<(), Confi
     for (key, value) in &file.values {
         if let Err(error) = with(&mut std::iter::once((key, value))) {
             let place = file.places.get(key).cloned().unwrap_or(Place::Default);
+            // The parser's message quotes the value too.
+            let (value, reason) = if is_secret(key) {
+                ("***".to_owned(), "must be a string".to_owned())
+            } else {
+                (display_value(value), error.to_string())
+            };
             return Err(ConfigError::Invalid {
                 flag: "",
-                value: display_value(value),
-                reason: error.to_string(),
+                value,
+                reason,
                 at: Some(place.name(key)),
             });
         }

@@ -42,6 +42,14 @@ impl WorkerUrl {
             .authority()
             .cloned()
             .ok_or_else(|| invalid(flag, raw, "the URL needs a host"))?;
+        if let Some((_, host)) = authority.as_str().rsplit_once('@') {
+            // Shown without the credentials: the URL is logged, labelled and listed everywhere.
+            return Err(invalid(
+                flag,
+                format_args!("{scheme}://***@{host}"),
+                "credentials in a worker URL are not supported (--api-key sets the key sent to workers)",
+            ));
+        }
         if uri.query().is_some() {
             return Err(invalid(flag, raw, "a worker URL cannot carry a query"));
         }

@@ -308,6 +308,47 @@ fn secrets_are_masked_in_the_summary() {
 }
 
 #[test]
+fn errors_never_show_a_secret() {
+    let cases: [(&[&str], &str, &str, &str); 5] = [
+        (
+            &[],
+            "admin_api_key = 98765431\n",
+            "98765431",
+            "'admin_api_key' in router.toml",
+        ),
+        (
+            &[],
+            "api_keys = [\"a\", 98765431]\n",
+            "98765431",
+            "'api_keys' in router.toml",
+        ),
+        // Not TOML: the parser's excerpt of the line is left out.
+        (
+            &[],
+            "port = 1\nadmin_api_key = s3cr3t-value\n",
+            "s3cr3t-value",
+            "line 2, column 17",
+        ),
+        (
+            &["--worker-urls", "http://user:s3cr3t-value@gpu-1:8000"],
+            "",
+            "s3cr3t-value",
+            "http://***@gpu-1:8000",
+        ),
+        (
+            &[],
+            "[[workers]]\nurl = \"http://user:s3cr3t-value@gpu-1:8000\"\n",
+            "s3cr3t-value",
+            "http://***@gpu-1:8000",
+        ),
+    ];
+    for (argv, file, secret, named) in cases {
+        let e = load(argv, &[], Some(file)).unwrap_err();
+        assert!(!e.contains(secret) && e.contains(named), "{e}");
+    }
+}
+
+#[test]
 fn security_settings_from_flags_env_and_file() {
     let c = load(&[], &[], None).unwrap();
     assert!(!c.auth.is_required(), "open by default");
