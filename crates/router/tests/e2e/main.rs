@@ -10,6 +10,8 @@ mod errors;
 mod hardening;
 mod info;
 mod kube;
+mod leaks;
+mod logs;
 mod models;
 mod observability;
 mod pd;

@@ -216,39 +216,82 @@ pub async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T
     }
 }
 
-/// The `vllm-router` binary on a free port (metrics off, quiet logs) with `args` and `env`
-/// added to a clean environment, and the address it serves. Killed when the child is dropped
-/// only if the test kills it; tests end it with [`signal`] or `kill`.
+/// The `vllm-router` binary on a free port (metrics off and quiet logs, unless `args` name
+/// `--prometheus-port` or `--log-level`) with `args` and `env` added to a clean environment,
+/// and the address it serves. Killed when the child is dropped only if the test kills it;
+/// tests end it with [`signal`] or `kill`.
 pub async fn spawn_router(args: &[String], env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vllm-router"))
-        .args([
-            "--port",
-            "0",
-            "--prometheus-port",
-            "0",
-            "--log-level",
-            "warn",
-        ])
+    let (child, addr, _) = launch(args, env, Stdio::null()).await;
+    (child, addr)
+}
+
+/// What a router process wrote to stdout and stderr.
+pub struct Captured {
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Captured {
+    /// Both streams whole: call once the process has exited.
+    pub fn collect(self) -> (String, String) {
+        (self.stdout.join().unwrap(), self.stderr.join().unwrap())
+    }
+}
+
+/// [`spawn_router`], with everything the router writes to stdout and stderr kept.
+pub async fn spawn_router_captured(
+    args: &[String],
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, Captured) {
+    let (mut child, addr, stdout) = launch(args, env, Stdio::piped()).await;
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).expect("readable stderr");
+        text
+    });
+    (child, addr, Captured { stdout, stderr })
+}
+
+async fn launch(
+    args: &[String],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vllm-router"));
+    command.args(["--port", "0"]);
+    for (flag, value) in [("--prometheus-port", "0"), ("--log-level", "warn")] {
+        if !args.iter().any(|a| a == flag) {
+            command.args([flag, value]);
+        }
+    }
+    let mut child = command
         .args(args)
         .env_clear()
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("the router binary starts");
     let stdout = child.stdout.take().expect("stdout is piped");
-    let addr = tokio::task::spawn_blocking(move || {
+    let (found, address) = std::sync::mpsc::channel();
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("readable stdout");
             if let Some(addr) = line.strip_prefix("vllm-router listening on http://") {
-                return addr.parse::<SocketAddr>().expect("an address");
+                let _ = found.send(addr.parse::<SocketAddr>().expect("an address"));
             }
+            text.push_str(&line);
+            text.push('\n');
         }
-        panic!("the router never said where it listens");
-    })
-    .await
-    .expect("the reader ends");
-    (child, addr)
+        text
+    });
+    let addr = tokio::task::spawn_blocking(move || address.recv())
+        .await
+        .expect("the reader ends")
+        .expect("the router never said where it listens");
+    (child, addr, stdout)
 }
 
 /// Send a signal (`TERM`, `HUP`, ...) to a child process.
