@@ -20,7 +20,7 @@ pub use cache_aware::{CacheAwareConfig, Terms};
 use crate::fleet::{Snapshot, Worker};
 
 /// What a policy may look at when choosing: the peeked request, never a parsed copy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RouteRequest<'a> {
     /// The request path, e.g. `/v1/chat/completions`.
     pub path: &'a str,
@@ -51,6 +51,22 @@ impl<'a> RouteRequest<'a> {
             session_key: None,
             prompt: None,
         }
+    }
+}
+
+/// Header values, the body and the prompt are left out: they may hold keys, cookies or
+/// private text.
+impl std::fmt::Debug for RouteRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteRequest")
+            .field("path", &self.path)
+            .field("model", &self.model)
+            .field("headers", &crate::proxy::headers::Redacted(self.headers))
+            .field("body_bytes", &self.body.len())
+            .field("request_id", &self.request_id)
+            .field("session_key", &self.session_key)
+            .field("prompt_bytes", &self.prompt.map(str::len))
+            .finish()
     }
 }
 

@@ -66,6 +66,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers for `Debug`: names only, every value masked (values may be keys or cookies).
+pub struct Redacted<'a>(pub &'a HeaderMap);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|name| (name.as_str(), "***")))
+            .finish()
+    }
+}
+
 /// Lists every client address a request passed through; the router appends its client's.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -176,6 +187,21 @@ mod tests {
         // Without a client header, the key is still sent.
         let out = to_worker(&HeaderMap::new(), &id, None, Some(&key));
         assert_eq!(out["authorization"], "Bearer w0rker");
+    }
+
+    #[test]
+    fn debug_output_names_headers_but_shows_no_value() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer s3cr3t-k"));
+        h.insert("cookie", HeaderValue::from_static("session=s3cr3t-c"));
+        let shown = format!("{:?}", Redacted(&h));
+        assert_eq!(shown, r#"{"authorization": "***", "cookie": "***"}"#);
+        let request = crate::policy::RouteRequest::new("/v1/completions", &h);
+        let shown = format!("{request:?}");
+        assert!(
+            shown.contains("authorization") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -80,7 +80,6 @@ impl Failed {
 }
 
 /// A worker's response, with what the attempt holds until its body ends.
-#[derive(Debug)]
 pub(crate) struct Answer {
     pub(crate) response: http::Response<Incoming>,
     pub(crate) worker: Arc<Worker>,
@@ -90,6 +89,21 @@ pub(crate) struct Answer {
     pub(crate) span: Span,
     /// The breaker's ticket, still to be settled when the status said nothing was wrong.
     ticket: Option<Ticket>,
+}
+
+/// The response's header values are left out: they may hold cookies.
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.response.status())
+            .field(
+                "headers",
+                &super::headers::Redacted(self.response.headers()),
+            )
+            .field("worker", &self.worker.label())
+            .field("decision", &self.decision)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Answer {
