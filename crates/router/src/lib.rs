@@ -22,7 +22,8 @@
 //! - [`error`]: every router-made error, mapped once to a status and the OpenAI error JSON.
 //! - [`server`]: the HTTP application (inference and info routes) and its run loop.
 //! - [`demo`]: the embedded default: simulated workers plus the router, on one command.
-//! - [`telemetry`]: logging set-up, metrics, trace context and span export.
+//! - [`telemetry`]: logs (stderr and rotated files), the record of each request, metrics,
+//!   trace context and span export.
 //! - [`upstream`]: the pooled HTTP client to workers.
 
 pub mod admission;
