@@ -72,12 +72,23 @@ fn read_keys_file(path: &std::path::Path) -> Result<Vec<Secret>, ConfigError> {
         .collect())
 }
 
-/// An absolute `http` or `https` URL.
+/// An absolute `http` or `https` URL, without credentials.
 pub(crate) fn http_url(flag: &'static str, raw: &str) -> Result<Uri, ConfigError> {
     let uri: Uri = raw
         .trim()
         .parse()
         .map_err(|e| invalid(flag, raw, format!("not a URL: {e}")))?;
+    if let Some(authority) = uri.authority()
+        && let Some((_, host)) = authority.as_str().rsplit_once('@')
+    {
+        // Shown without the credentials; the URL itself appears in logs.
+        let scheme = uri.scheme_str().unwrap_or_default();
+        return Err(invalid(
+            flag,
+            format_args!("{scheme}://***@{host}"),
+            "credentials in a URL are not supported",
+        ));
+    }
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some() => Ok(uri),
         _ => Err(invalid(flag, raw, "must be an http:// or https:// URL")),

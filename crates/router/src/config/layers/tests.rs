@@ -309,7 +309,7 @@ fn secrets_are_masked_in_the_summary() {
 
 #[test]
 fn errors_never_show_a_secret() {
-    let cases: [(&[&str], &str, &str, &str); 5] = [
+    let cases: [(&[&str], &str, &str, &str); 6] = [
         (
             &[],
             "admin_api_key = 98765431\n",
@@ -334,6 +334,15 @@ fn errors_never_show_a_secret() {
             "",
             "s3cr3t-value",
             "http://***@gpu-1:8000",
+        ),
+        (
+            &[
+                "--otlp-traces-endpoint",
+                "https://user:s3cr3t-value@otlp:4318/v1/traces",
+            ],
+            "",
+            "s3cr3t-value",
+            "https://***@otlp:4318",
         ),
         (
             &[],
