@@ -126,6 +126,8 @@ async fn the_access_line_of_plain_and_streamed_requests_reaches_the_files() {
     for id in ["access-plain", "access-stream"] {
         let fields = access(&lines, id);
         assert_eq!(fields["message"], "request");
+        let trace_id = fields["trace_id"].as_str().unwrap();
+        assert!(trace_id.len() == 32 && trace_id.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(fields["method"], "POST");
         assert_eq!(fields["route"], "/v1/chat/completions");
         assert_eq!(fields["model"], MODEL);
