@@ -11,12 +11,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use vllm_sim::SimConfig;
 
 use crate::logs::{LogDir, json_lines};
 use crate::reload::ConfigFile;
 use crate::support::*;
 
 const CLIENT_KEY: &str = "client-key-7Gq2vTnB";
+const WRONG_CLIENT_KEY: &str = "wrong-client-J8v3Lx";
 const ADMIN_KEY: &str = "admin-key-R4nd0mXw";
 const WRONG_ADMIN_KEY: &str = "wrong-admin-Kk2pQs";
 const WORKER_KEY: &str = "worker-key-Zx81Hyu";
@@ -30,6 +32,7 @@ const URL_PASSWORD: &str = "url-password-Tt6Ycv";
 fn forms() -> Vec<(&'static str, String)> {
     let sent = [
         (CLIENT_KEY, format!("Bearer {CLIENT_KEY}")),
+        (WRONG_CLIENT_KEY, format!("Bearer {WRONG_CLIENT_KEY}")),
         (ADMIN_KEY, format!("Bearer {ADMIN_KEY}")),
         (WRONG_ADMIN_KEY, format!("Bearer {WRONG_ADMIN_KEY}")),
         (WORKER_KEY, format!("Bearer {WORKER_KEY}")),
@@ -201,10 +204,17 @@ fn base64_is_standard() {
 
 #[tokio::test]
 async fn no_secret_reaches_a_log_stdout_stderr_the_metrics_or_an_answer() {
-    let workers = fast_sims(3).await;
+    // Workers that, like vLLM with --api-key, answer only the workers' key.
+    let workers = sims((0..3).map(|_| SimConfig {
+        api_key: Some(WORKER_KEY.to_owned()),
+        ..SimConfig::default()
+    }))
+    .await;
     let logs = LogDir::new();
     let file = ConfigFile::new(&format!("admin_api_key = \"{ADMIN_KEY}\"\n"));
     let port = free_port();
+    // A key that is not listed goes to a validation URL, which is down.
+    let validation = format!("http://127.0.0.1:{}/check", free_port());
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let mut args: Vec<String> = [
         "--config",
@@ -213,6 +223,10 @@ async fn no_secret_reaches_a_log_stdout_stderr_the_metrics_or_an_answer() {
         "round_robin",
         "--api-key",
         WORKER_KEY,
+        "--api-keys",
+        CLIENT_KEY,
+        "--api-key-validation-urls",
+        &validation,
         "--log-level",
         "trace",
         "--log-format",
@@ -272,6 +286,16 @@ async fn no_secret_reaches_a_log_stdout_stderr_the_metrics_or_an_answer() {
             200
         );
     }
+    let wrong = format!("Bearer {WRONG_CLIENT_KEY}");
+    let refused = client.call(
+        "wrong client key",
+        Method::POST,
+        "/v1/chat/completions",
+        &wrong,
+        &[],
+        plain.clone(),
+    );
+    assert_eq!(refused.await, 503, "the validation URL is down");
     let unknown = chat("no-such-model", false).to_string();
     assert_eq!(client.inference("unknown model", &[], unknown).await, 404);
     let bad = "{\"model\": ".to_owned();
