@@ -31,7 +31,9 @@ from procs import free_port, log, machine_line, start, start_listening, stop, ta
 MODEL = "sim-model"
 WARMUP_S = 1
 MODES = ("non-stream", "stream")
-PROXIES = ("ours", "peer", "nginx")
+PROXIES = ("ours", "ours-logged", "peer", "nginx")
+# Every request carries it; `ours-logged` requires it, the others pass it on or ignore it.
+BENCH_KEY = "bench-key"
 TARGETS = ("direct",) + PROXIES
 
 
@@ -95,6 +97,7 @@ class Paths:
     peer: str
     nginx: str
     wrk: str
+    baseline: str | None = None
 
 
 @dataclass
@@ -109,10 +112,18 @@ def start_target(name: str, paths: Paths, workers: list[str], workdir: Path) -> 
     if name == "direct":
         return Running(workers[0], None, logf)
     port = free_port()
-    if name == "ours":
+    if name in ("ours", "baseline"):
+        argv = [
+            paths.router if name == "ours" else paths.baseline, "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0",
+            "--worker-urls", *workers, "--policy", "round_robin", "--log-level", "warn",
+        ]
+    elif name == "ours-logged":
+        # Production-like: client keys checked, and one access line per request written to
+        # stderr and to the three log files.
         argv = [
             paths.router, "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0",
-            "--worker-urls", *workers, "--policy", "round_robin", "--log-level", "warn",
+            "--worker-urls", *workers, "--policy", "round_robin", "--log-level", "info",
+            "--api-keys", BENCH_KEY, "--log-dir", str(workdir / "logs"),
         ]
     elif name == "peer":
         argv = [
@@ -187,6 +198,7 @@ def write_lua(workdir: Path) -> dict[str, Path]:
             wrk.method = "POST"
             wrk.body = '{json.dumps(body, separators=(",", ":"))}'
             wrk.headers["Content-Type"] = "application/json"
+            wrk.headers["Authorization"] = "Bearer {BENCH_KEY}"
 
             function done(summary, latency, requests)
                local e = summary.errors
@@ -263,7 +275,9 @@ def measure(name: str, paths: Paths, workers: list[str], workdir: Path,
             scripts: dict[str, Path], args: argparse.Namespace) -> Sample:
     target = start_target(name, paths, workers, workdir)
     try:
-        why = wait_ready(target.url + "/v1/models", target.proc)
+        # The keyed target's /v1/models needs the key; its readiness says the same.
+        ready = "/readiness" if name == "ours-logged" else "/v1/models"
+        why = wait_ready(target.url + ready, target.proc)
         if why:
             raise RuntimeError(f"{name} did not become ready: {why}\n{tail(target.log)}")
         run_wrk(paths.wrk, target.url, scripts["non-stream"], WARMUP_S, args.connections)
@@ -295,9 +309,9 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def report(samples: dict[str, list[Sample]], failures: dict[str, str],
-           args: argparse.Namespace, paths: Paths) -> str:
+           args: argparse.Namespace, paths: Paths, targets: tuple[str, ...]) -> str:
     agg: dict[tuple[str, str], dict[str, float | None]] = {}
-    for name in TARGETS:
+    for name in targets:
         for mode in MODES:
             rs = [s.results[mode] for s in samples[name] if mode in s.results]
             agg[(name, mode)] = {
@@ -308,7 +322,7 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
             }
     rss = {
         name: max((s.rss_kb for s in samples[name] if s.rss_kb is not None), default=None)
-        for name in TARGETS
+        for name in targets
     }
 
     lines = [
@@ -321,7 +335,10 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
         f"workers (`--max-tokens 4`, no simulated delays). Body: chat completion, "
         f"`max_tokens: 4`, with and without `stream: true`.",
         "",
-        f"Proxies: ours = `{version_of([paths.router, '--version'])}` (round_robin); "
+        f"Proxies: ours = `{version_of([paths.router, '--version'])}` (round_robin, "
+        f"`--log-level warn`); ours-logged = the same with `--api-keys` checked on every "
+        f"request and `--log-level info --log-dir` (an access line per request on stderr and "
+        f"in three files); "
         f"peer = `vllm-router` 0.1.17 from PyPI (round_robin); "
         f"nginx = `{version_of([paths.nginx, '-v'])}` (least_conn, keepalive 64, 1 worker). "
         f"Load generator: `{version_of([paths.wrk, '-v'])}`.",
@@ -334,7 +351,7 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
         "| target | mode | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | peak RSS MB | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in TARGETS:
+    for name in targets:
         rss_mb = "-" if name == "direct" else fmt(None if rss[name] is None else rss[name] / 1024, 1)
         for mode in MODES:
             a, d = agg[(name, mode)], agg[("direct", mode)]
@@ -357,6 +374,10 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
         + " | ".join(ratio(agg[("ours", m)]["rps"], agg[("peer", m)]["rps"]) for m in MODES) + " |",
         "| p99 ours/peer (lower is better) | "
         + " | ".join(ratio(agg[("ours", m)]["p99"], agg[("peer", m)]["p99"]) for m in MODES) + " |",
+        "| throughput ours-logged/ours (the cost of keys and access logs) | "
+        + " | ".join(ratio(agg[("ours-logged", m)]["rps"], agg[("ours", m)]["rps"]) for m in MODES) + " |",
+        "| throughput ours-logged/peer (higher is better) | "
+        + " | ".join(ratio(agg[("ours-logged", m)]["rps"], agg[("peer", m)]["rps"]) for m in MODES) + " |",
         "| throughput ours/nginx (higher is better) | "
         + " | ".join(ratio(agg[("ours", m)]["rps"], agg[("nginx", m)]["rps"]) for m in MODES) + " |",
         "",
@@ -364,6 +385,13 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
         f"({fmt(None if rss['ours'] is None else rss['ours'] / 1024, 1)} MB vs "
         f"{fmt(None if rss['peer'] is None else rss['peer'] / 1024, 1)} MB).",
     ]
+    if "baseline" in targets:
+        lines += [
+            "",
+            f"Baseline: `{paths.baseline}`, flags as ours. Throughput ours/baseline: "
+            + ", ".join(f"{m} {ratio(agg[('ours', m)]['rps'], agg[('baseline', m)]['rps'])}"
+                        for m in MODES) + ".",
+        ]
     if failures:
         lines += ["", "Failures:", ""]
         lines += [f"- {name}: {why.splitlines()[0]}" for name, why in failures.items()]
@@ -383,15 +411,21 @@ def main() -> int:
     ap.add_argument("--peer-bin", default=str(Path.home() / ".cache/vllm-router-bench/bin/vllm-router"))
     ap.add_argument("--nginx", default=shutil.which("nginx") or "nginx")
     ap.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    ap.add_argument("--baseline-bin", help="also measure this build of the router (e.g. an "
+                    "earlier commit) as `baseline`, with the same flags as `ours`")
     args = ap.parse_args()
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1:
         ap.error("--rounds, --duration and --connections must be positive")
-    paths = Paths(args.router_bin, args.sim_bin, args.peer_bin, args.nginx, args.wrk)
+    paths = Paths(args.router_bin, args.sim_bin, args.peer_bin, args.nginx, args.wrk,
+                  args.baseline_bin)
+    targets = TARGETS + (("baseline",) if args.baseline_bin else ())
     for what, p in vars(paths).items():
+        if p is None:
+            continue
         if not (os.access(p, os.X_OK) or shutil.which(p)):
             ap.error(f"{what}: {p} is not an executable")
 
-    samples: dict[str, list[Sample]] = {name: [] for name in TARGETS}
+    samples: dict[str, list[Sample]] = {name: [] for name in targets}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="vllm-router-bench-") as tmp:
         workdir = Path(tmp)
@@ -400,7 +434,7 @@ def main() -> int:
         try:
             log(f"workers: {' '.join(workers)}")
             for rnd in range(args.rounds):
-                order = TARGETS if rnd % 2 == 0 else tuple(reversed(TARGETS))
+                order = targets if rnd % 2 == 0 else tuple(reversed(targets))
                 for name in order:
                     if name in failures:
                         continue
@@ -422,7 +456,7 @@ def main() -> int:
         finally:
             stop(sim)
 
-    text = report(samples, failures, args, paths)
+    text = report(samples, failures, args, paths, targets)
     print(text, end="")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

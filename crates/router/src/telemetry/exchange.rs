@@ -6,10 +6,9 @@
 use std::sync::Arc;
 
 use http::HeaderValue;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
-use super::metrics::{ExchangeLabels, Metrics};
+use super::metrics::{ExchangeLabels, Metrics, WorkerSeries};
 use super::trace::TraceId;
 use super::usage::UsageScan;
 use crate::fleet::Worker;
@@ -62,8 +61,8 @@ pub struct Exchange {
     prefill: Option<Arc<Worker>>,
     status: u16,
     sse: bool,
-    /// Where the gaps between streamed events go (resolved once, not per event).
-    inter_token: Option<Histogram>,
+    /// The worker's series, once a worker answered (resolved once, not per event).
+    series: Option<Arc<WorkerSeries>>,
     first_frame: Option<Instant>,
     last_frame: Option<Instant>,
     usage: UsageScan,
@@ -94,7 +93,7 @@ impl Exchange {
             prefill: None,
             status: 0,
             sse: false,
-            inter_token: None,
+            series: None,
             first_frame: None,
             last_frame: None,
             usage: UsageScan::default(),
@@ -132,9 +131,7 @@ impl Exchange {
         self.status = status;
         self.sse = sse;
         self.predicted_hit = predicted_hit;
-        if sse {
-            self.inter_token = Some(self.metrics.inter_token(&self.labels(worker)));
-        }
+        self.series = Some(self.metrics.series(&self.labels(worker)));
     }
 
     /// The router answered `status` itself, for this reason.
@@ -147,12 +144,12 @@ impl Exchange {
     /// A frame of the response passed on its way to the client.
     pub fn frame(&mut self, data: &[u8]) {
         let now = Instant::now();
-        match (self.last_frame, &self.inter_token) {
+        match (self.last_frame, &self.series) {
             (None, _) => self.first_frame = Some(now),
-            (Some(last), Some(gaps)) => {
-                gaps.observe(now.saturating_duration_since(last).as_secs_f64());
+            (Some(last), Some(series)) if self.sse => {
+                series.inter_token(now.saturating_duration_since(last));
             }
-            (Some(_), None) => {}
+            _ => {}
         }
         self.last_frame = Some(now);
         self.usage.observe(data);
@@ -198,9 +195,8 @@ impl Drop for Exchange {
             outcome,
             duration,
         );
-        if let Some(worker) = &self.worker {
-            let labels = self.labels(worker);
-            metrics.served(&labels, ttft, duration, outcome, usage);
+        if let (Some(worker), Some(series)) = (&self.worker, &self.series) {
+            series.served(ttft, duration, outcome, usage);
             if let (Some(predicted), Outcome::Complete) = (self.predicted_hit, outcome) {
                 metrics.prefix_prediction(worker.label(), predicted, usage);
             }

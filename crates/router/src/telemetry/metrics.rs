@@ -4,12 +4,12 @@
 //! dropped at the next scrape. No label ever holds client-chosen text: models are named only
 //! when some worker serves them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -171,8 +171,9 @@ pub struct Metrics {
     worker_running: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     worker_waiting: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     worker_kv_usage: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
-    /// Label sets of the per-worker latency series, to drop those of departed workers.
-    served_labels: Mutex<HashSet<ExchangeLabels>>,
+    /// The latency and token series of each (model, worker) served so far: resolved once per
+    /// request, and dropped with their worker.
+    served: RwLock<HashMap<ExchangeLabels, Arc<WorkerSeries>>>,
     /// One render at a time; the worker label sets of the last one.
     render: Mutex<HashSet<WorkerLabels>>,
 }
@@ -392,7 +393,7 @@ impl Default for Metrics {
                 "KV-cache use (0..1), from the worker's last fresh /metrics scrape",
                 Family::default()
             ),
-            served_labels: Mutex::new(HashSet::new()),
+            served: RwLock::new(HashMap::new()),
             render: Mutex::new(HashSet::new()),
             registry: r,
         }
@@ -478,77 +479,55 @@ impl Metrics {
         duration: Duration,
     ) {
         let class = status_class(status);
-        self.requests
-            .get_or_create(&RequestLabels {
-                route,
-                model: model.to_owned(),
-                status_class: class,
-            })
-            .inc();
+        let mut labels = RequestLabels {
+            route,
+            model: model.to_owned(),
+            status_class: class,
+        };
+        self.requests.get_or_create(&labels).inc();
         let cause = match outcome {
             Outcome::Cut(_) | Outcome::ClientGone => Some(outcome.label()),
             Outcome::Complete | Outcome::Refused => {
                 matches!(class, "4xx" | "5xx" | "none").then_some(class)
             }
         };
+        let mut error = ErrorLabels {
+            route,
+            model: std::mem::take(&mut labels.model),
+            cause: "",
+        };
         if let Some(cause) = cause {
-            self.request_errors
-                .get_or_create(&ErrorLabels {
-                    route,
-                    model: model.to_owned(),
-                    cause,
-                })
-                .inc();
+            error.cause = cause;
+            self.request_errors.get_or_create(&error).inc();
         }
         self.request_duration
             .get_or_create(&RouteLabels {
                 route,
-                model: model.to_owned(),
+                model: error.model,
             })
             .observe(duration.as_secs_f64());
     }
 
-    /// The histogram of the time between two streamed events, for one request to hold.
-    pub(super) fn inter_token(&self, labels: &ExchangeLabels) -> Histogram {
-        self.itl.get_or_create_owned(labels)
-    }
-
-    /// Record a request a worker answered: its first token, its whole time, its tokens.
-    pub(super) fn served(
-        &self,
-        labels: &ExchangeLabels,
-        ttft: Option<Duration>,
-        duration: Duration,
-        outcome: Outcome,
-        usage: Usage,
-    ) {
-        if let Some(ttft) = ttft {
-            self.ttft.get_or_create(labels).observe(ttft.as_secs_f64());
+    /// The series of requests of `labels`' model to its worker, for one request to hold and
+    /// feed without further lookups.
+    pub(super) fn series(&self, labels: &ExchangeLabels) -> Arc<WorkerSeries> {
+        if let Some(series) = self.served.read().get(labels) {
+            return Arc::clone(series);
         }
-        if outcome == Outcome::Complete {
-            self.e2e
-                .get_or_create(labels)
-                .observe(duration.as_secs_f64());
-        }
-        for (kind, count) in [
-            ("prompt", usage.prompt),
-            ("completion", usage.completion),
-            ("cached", usage.cached),
-        ] {
-            if let Some(count) = count {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        model: labels.model.clone(),
-                        worker: labels.worker.clone(),
-                        kind,
-                    })
-                    .inc_by(count);
-            }
-        }
-        let mut seen = self.served_labels.lock();
-        if !seen.contains(labels) {
-            seen.insert(labels.clone());
-        }
+        let tokens = |kind| TokenLabels {
+            model: labels.model.clone(),
+            worker: labels.worker.clone(),
+            kind,
+        };
+        let series = Arc::new(WorkerSeries {
+            ttft: self.ttft.get_or_create_owned(labels),
+            itl: self.itl.get_or_create_owned(labels),
+            e2e: self.e2e.get_or_create_owned(labels),
+            prompt: self.tokens.get_or_create_owned(&tokens("prompt")),
+            completion: self.tokens.get_or_create_owned(&tokens("completion")),
+            cached: self.tokens.get_or_create_owned(&tokens("cached")),
+        });
+        Arc::clone(self.served.write().entry(labels.clone()).or_insert(series))
     }
 
     /// Compare a policy's predicted prefix-cache hit with the usage `worker` reported.
@@ -646,10 +625,10 @@ impl Metrics {
         out
     }
 
-    /// Drop the latency, token and request series of workers no longer in the fleet.
+    /// Drop the latency, token and prediction series of workers no longer in the fleet.
     fn forget_departed(&self, present: &HashSet<&str>) {
-        let mut seen = self.served_labels.lock();
-        seen.retain(|labels| {
+        let mut served = self.served.write();
+        served.retain(|labels, _| {
             if present.contains(labels.worker.as_str()) {
                 return true;
             }
@@ -670,6 +649,49 @@ impl Metrics {
             self.cached_reported.remove(&worker);
             false
         });
+    }
+}
+
+/// The series one (model, worker) pair feeds.
+#[derive(Debug)]
+pub struct WorkerSeries {
+    ttft: Histogram,
+    itl: Histogram,
+    e2e: Histogram,
+    prompt: Counter,
+    completion: Counter,
+    cached: Counter,
+}
+
+impl WorkerSeries {
+    /// Record the time between two streamed events.
+    pub(super) fn inter_token(&self, gap: Duration) {
+        self.itl.observe(gap.as_secs_f64());
+    }
+
+    /// Record a request the worker answered: its first token, its whole time, its tokens.
+    pub(super) fn served(
+        &self,
+        ttft: Option<Duration>,
+        duration: Duration,
+        outcome: Outcome,
+        usage: Usage,
+    ) {
+        if let Some(ttft) = ttft {
+            self.ttft.observe(ttft.as_secs_f64());
+        }
+        if outcome == Outcome::Complete {
+            self.e2e.observe(duration.as_secs_f64());
+        }
+        for (counter, count) in [
+            (&self.prompt, usage.prompt),
+            (&self.completion, usage.completion),
+            (&self.cached, usage.cached),
+        ] {
+            if let Some(count) = count {
+                counter.inc_by(count);
+            }
+        }
     }
 }
 

@@ -1,15 +1,23 @@
 //! Reads the `usage` a worker reports as its response streams by (`prompt_tokens`,
 //! `completion_tokens` and `prompt_tokens_details.cached_tokens`). It only looks at the bytes;
-//! the client receives them untouched. Values split across frames are caught by re-reading a
-//! short seam of the previous frame's tail with the next head.
+//! the client receives them untouched. Each frame costs one search for `"usage":`; from the
+//! last one found, a short copy of the object is kept (across frames, so a frame boundary
+//! anywhere in it, the key included, loses nothing) and its numbers are read.
 
-use memchr::memmem;
+use std::sync::LazyLock;
 
-const PROMPT: &[u8] = br#""prompt_tokens":"#;
-const COMPLETION: &[u8] = br#""completion_tokens":"#;
-const CACHED: &[u8] = br#""cached_tokens":"#;
-/// Longer than a needle plus any number: enough to catch whatever a frame boundary split.
-const SEAM: usize = 48;
+use memchr::memmem::{Finder, FinderRev};
+
+/// The object's key. Inside a JSON string its quotes would be escaped, so text that merely
+/// mentions it never matches.
+static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(br#""usage":"#));
+const USAGE_LEN: usize = 8;
+static PROMPT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""prompt_tokens":"#));
+static COMPLETION: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(br#""completion_tokens":"#));
+static CACHED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""cached_tokens":"#));
+/// Bytes kept from the key on: a usage object with its details is a few hundred.
+const MAX_OBJECT: usize = 1024;
 
 /// Token counts a worker reported, as far as seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,39 +33,70 @@ pub struct Usage {
 /// Scans a response body, frame by frame, for the usage the worker reports.
 #[derive(Debug, Default)]
 pub struct UsageScan {
+    /// The end of the previous frame, shorter than the key: where a split key begins.
     tail: Vec<u8>,
+    /// The last usage object seen, from its key on (empty before one is seen).
+    object: Vec<u8>,
     seen: Usage,
 }
 
 impl UsageScan {
     /// Look at the next frame of the body.
     pub fn observe(&mut self, chunk: &[u8]) {
-        let head = &chunk[..chunk.len().min(SEAM)];
-        self.tail.extend_from_slice(head);
-        let seam = std::mem::take(&mut self.tail);
-        self.scan(&seam);
-        self.scan(chunk);
-        self.tail = seam;
-        if chunk.len() >= SEAM {
+        if let Some(at) = USAGE.rfind(chunk) {
+            self.start(&chunk[at..]);
+        } else if let Some(split) = self.split_key(chunk) {
+            let mut joined = std::mem::take(&mut self.tail);
+            joined.drain(..split);
+            joined.extend_from_slice(&chunk[..chunk.len().min(MAX_OBJECT)]);
+            self.start(&joined);
+        } else if !self.object.is_empty() && self.object.len() < MAX_OBJECT {
+            let room = MAX_OBJECT - self.object.len();
+            self.object
+                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.read();
+        }
+        self.keep_tail(chunk);
+    }
+
+    /// Where in the kept tail a key begins that this frame completes, if one does.
+    fn split_key(&self, chunk: &[u8]) -> Option<usize> {
+        if self.tail.is_empty() {
+            return None;
+        }
+        let mut seam = self.tail.clone();
+        seam.extend_from_slice(&chunk[..chunk.len().min(USAGE_LEN - 1)]);
+        USAGE.rfind(&seam).filter(|at| *at < self.tail.len())
+    }
+
+    fn start(&mut self, from_key: &[u8]) {
+        self.object.clear();
+        self.object
+            .extend_from_slice(&from_key[..from_key.len().min(MAX_OBJECT)]);
+        self.read();
+    }
+
+    fn keep_tail(&mut self, chunk: &[u8]) {
+        let keep = USAGE_LEN - 1;
+        if chunk.len() >= keep {
             self.tail.clear();
-            self.tail.extend_from_slice(&chunk[chunk.len() - SEAM..]);
-        } else if self.tail.len() > SEAM {
-            self.tail.drain(..self.tail.len() - SEAM);
+            self.tail.extend_from_slice(&chunk[chunk.len() - keep..]);
+        } else {
+            self.tail.extend_from_slice(chunk);
+            let excess = self.tail.len().saturating_sub(keep);
+            self.tail.drain(..excess);
         }
     }
 
-    fn scan(&mut self, bytes: &[u8]) {
-        // Usage comes once, near the end: most frames hold none of it.
-        if memchr::memchr(b'_', bytes).is_none() {
-            return;
-        }
-        if let Some(v) = last_number_after(bytes, PROMPT) {
+    fn read(&mut self) {
+        let object = &self.object;
+        if let Some(v) = number_after(object, &PROMPT) {
             self.seen.prompt = Some(v);
         }
-        if let Some(v) = last_number_after(bytes, COMPLETION) {
+        if let Some(v) = number_after(object, &COMPLETION) {
             self.seen.completion = Some(v);
         }
-        if let Some(v) = last_number_after(bytes, CACHED) {
+        if let Some(v) = number_after(object, &CACHED) {
             self.seen.cached = Some(v);
         }
     }
@@ -68,20 +107,19 @@ impl UsageScan {
     }
 }
 
-/// The number after the last complete occurrence of `needle` followed by digits.
-fn last_number_after(bytes: &[u8], needle: &[u8]) -> Option<u64> {
-    memmem::rfind_iter(bytes, needle).find_map(|at| {
-        let rest = &bytes[at + needle.len()..];
-        let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-        let digits = rest[start..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        let end = start + digits;
-        // A number running into the end of the bytes may continue in the next frame.
-        (digits > 0 && end < rest.len())
-            .then(|| std::str::from_utf8(&rest[start..end]).ok()?.parse().ok())?
-    })
+/// The number after `field`, once it is whole (followed by something that is not a digit).
+fn number_after(bytes: &[u8], field: &Finder<'_>) -> Option<u64> {
+    let at = field.find(bytes)?;
+    let rest = &bytes[at + field.needle().len()..];
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let digits = rest[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let end = start + digits;
+    // A number running into the end of the bytes may continue in the next frame.
+    (digits > 0 && end < rest.len())
+        .then(|| std::str::from_utf8(&rest[start..end]).ok()?.parse().ok())?
 }
 
 #[cfg(test)]
@@ -118,9 +156,23 @@ data: [DONE]
     }
 
     #[test]
+    fn byte_by_byte_and_the_last_report_wins() {
+        let mut w = UsageScan::default();
+        for b in BODY.as_bytes().chunks(1) {
+            w.observe(b);
+        }
+        assert_eq!(w.usage(), ALL);
+        // Continuous usage stats: each event reports the running totals.
+        let mut w = UsageScan::default();
+        w.observe(br#"data: {"usage":{"prompt_tokens":9,"completion_tokens":1}}"#);
+        w.observe(br#"data: {"usage":{"prompt_tokens":9,"completion_tokens":2}}"#);
+        assert_eq!((w.usage().prompt, w.usage().completion), (Some(9), Some(2)));
+    }
+
+    #[test]
     fn escaped_text_is_not_usage() {
         let mut w = UsageScan::default();
-        w.observe(br#"{"content": "\"prompt_tokens\": 7, \"cached_tokens\": 7"}"#);
+        w.observe(br#"{"content": "\"usage\": {\"prompt_tokens\": 7, \"cached_tokens\": 7}"}"#);
         assert_eq!(w.usage(), Usage::default());
     }
 }

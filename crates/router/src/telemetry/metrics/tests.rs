@@ -190,8 +190,12 @@ async fn refusals_cuts_and_departures_are_errors_and_unserved_models_are_not_lab
         r#"vllm_router_request_errors_total{route="/v1/completions",model="none",cause="client_gone"} 1"#,
     );
     // Only complete responses count toward the end-to-end latency.
+    let e2e: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("vllm_router_e2e_request_latency_seconds_count{"))
+        .collect();
     assert!(
-        !text.contains("vllm_router_e2e_request_latency_seconds_count{"),
+        !e2e.is_empty() && e2e.iter().all(|l| l.ends_with(" 0")),
         "{text}"
     );
 }
