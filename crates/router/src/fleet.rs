@@ -9,6 +9,7 @@ mod breaker;
 pub(crate) mod exposition;
 mod health;
 mod load;
+mod recent;
 mod scrape;
 mod worker;
 
@@ -22,6 +23,7 @@ pub use breaker::{Breaker, BreakerState, Ticket};
 pub use exposition::EngineMetrics;
 pub use health::{admit, admit_url, spawn_health_loop, wait_for_startup};
 pub use load::{EngineLoad, EngineSample, Load};
+pub use recent::{Completion, KEPT, PromptTokens, Recent};
 pub use scrape::spawn_scrape_loop;
 pub use worker::{InFlight, Worker, X_DATA_PARALLEL_RANK};
 

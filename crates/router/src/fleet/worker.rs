@@ -12,6 +12,7 @@ use http::{HeaderValue, uri};
 
 use super::breaker::Breaker;
 use super::load::{EngineSample, Load};
+use super::recent::Recent;
 use crate::config::{Role, WorkerSpec};
 
 /// A vLLM server the router forwards to, or one data-parallel rank of one. Shared as
@@ -27,6 +28,7 @@ pub struct Worker {
     engine: ArcSwapOption<EngineSample>,
     in_flight: AtomicUsize,
     served: AtomicU64,
+    recent: Recent,
     /// Shared by every rank of one URL: one server, one verdict.
     health: Arc<Health>,
     breaker: Breaker,
@@ -82,6 +84,7 @@ impl Worker {
             engine: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
+            recent: Recent::default(),
             health,
             breaker: Breaker::default(),
             spec: spec.clone(),
@@ -170,6 +173,12 @@ impl Worker {
         self.id
     }
 
+    /// The id of the worker's server (its URL) in the admin API and the live view: stable
+    /// across replicas, and shared by the ranks of one URL.
+    pub fn server_id(&self) -> String {
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(self.url().as_bytes()))
+    }
+
     /// The last engine sample from `/metrics`, fresh or not.
     pub fn engine_sample(&self) -> Option<Arc<EngineSample>> {
         self.engine.load_full()
@@ -200,6 +209,11 @@ impl Worker {
     /// Requests ever forwarded to this worker.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// The requests this worker answered lately.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
     }
 
     /// Whether the worker may receive requests.

@@ -201,6 +201,7 @@ impl Drop for Exchange {
                 metrics.prefix_prediction(worker.label(), predicted, usage);
             }
         }
+        metrics.finished(self.worker.as_deref(), now, ttft, usage);
         tracing::info!(
             target: "vllm_router::access",
             request_id = self.request_id.to_str().unwrap_or_default(),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::exchange::Outcome;
 use super::usage::Usage;
 use crate::admission::Admission;
-use crate::fleet::Snapshot;
+use crate::fleet::{Completion, PromptTokens, Snapshot, Worker};
 
 /// Labels of a routing decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +163,8 @@ pub struct Metrics {
     cached_reported: Family<WorkerOnly, Counter>,
     queue_depth: Gauge,
     admitted: Gauge,
+    /// Inference requests finished, whatever their outcome (the live view's fleet rate).
+    finished: AtomicU64,
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_draining: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
@@ -202,6 +204,7 @@ impl Default for Metrics {
             .set(1);
         r.register("build_info", "The router's version", build);
         Self {
+            finished: AtomicU64::new(0),
             requests: register!(
                 r,
                 "requests",
@@ -455,6 +458,31 @@ impl Metrics {
         self.key_validations
             .get_or_create(&Cause { cause: outcome })
             .inc();
+    }
+
+    /// Count a finished request, and keep it among the recent completions of the worker that
+    /// answered it (if one did).
+    pub(super) fn finished(
+        &self,
+        worker: Option<&Worker>,
+        at: Instant,
+        ttft: Option<Duration>,
+        usage: Usage,
+    ) {
+        self.finished
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(worker) = worker {
+            let prompt = match (usage.prompt, usage.cached) {
+                (Some(total), Some(cached)) => Some(PromptTokens { total, cached }),
+                _ => None,
+            };
+            worker.recent().record(Completion { at, ttft, prompt });
+        }
+    }
+
+    /// Inference requests finished so far, whatever their outcome.
+    pub fn requests_finished(&self) -> u64 {
+        self.finished.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Count a P/D request by the plan it took.
