@@ -1,4 +1,4 @@
-//! Who may call the client routes (inference, `/v1/models`, `/`, `/load-stats`,
+//! Who may call the client routes (inference, `/v1/models`, `/`, `/load-stats`, `/fleet`,
 //! `/debug/route`).
 //!
 //! With client API keys configured (`--api-keys`, `--api-keys-file`,

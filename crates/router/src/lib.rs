@@ -15,6 +15,8 @@
 //!   found among Kubernetes pods.
 //! - [`fleet`]: workers (roles, data-parallel ranks), the lock-free fleet snapshot, its single
 //!   writer task, health probes and load scrapes.
+//! - [`live`]: the live view of the fleet (`GET /fleet`), sampled once a second, with
+//!   recent history for sparklines.
 //! - [`pd`]: prefill/decode plans (NIXL, P2P NCCL, Mooncake) and conditional prefill.
 //! - [`policy`]: the [`policy::Policy`] trait and one file per routing policy.
 //! - [`prefix`]: prefix indexes of what each worker likely holds in its KV cache.
@@ -34,6 +36,7 @@ pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod fleet;
+pub mod live;
 pub mod pd;
 pub mod policy;
 pub mod prefix;

@@ -5,6 +5,7 @@ mod admin;
 mod cors;
 mod debug;
 mod info;
+mod live;
 mod metrics;
 mod serve;
 
@@ -29,6 +30,7 @@ use crate::config::{Config, Sources};
 use crate::discovery;
 use crate::error::ApiError;
 use crate::fleet::{self, Fleet};
+use crate::live::{About, Inputs, Live};
 use crate::pd::Pd;
 use crate::policy::Policy;
 use crate::proxy;
@@ -78,11 +80,13 @@ pub struct App {
     /// Retries left to spend, shared by all requests.
     pub retry_budget: RetryBudget,
     /// Admission control: concurrency limit, queue, rate limit.
-    pub admission: Admission,
+    pub admission: Arc<Admission>,
     /// Span export, when `--otlp-traces-endpoint` is set.
     pub traces: Option<Traces>,
     /// Client authentication: what validation URLs said of recent keys.
     pub auth: Auth,
+    /// The live view of the fleet, sampled once a second.
+    pub live: Live,
     /// Turns true when a shutdown's drain deadline passed: open responses end now.
     drain: watch::Sender<bool>,
     /// True from the moment shutdown starts: readiness answers 503.
@@ -127,7 +131,7 @@ impl App {
             .and_then(|endpoint| start_traces(endpoint, &metrics));
         let upstream = Upstream::new(config.timeouts.connect);
         upstream.set_worker_key(config.worker_api_key.as_ref());
-        let admission = Admission::new(config.admission.clone());
+        let admission = Arc::new(Admission::new(config.admission.clone()));
         let retry_budget =
             RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
         let mut background = Vec::new();
@@ -160,6 +164,18 @@ impl App {
                 interval,
             ));
         }
+        let started = Instant::now();
+        let (view, sampler) = Live::start(Inputs {
+            fleet: Arc::clone(&fleet),
+            metrics: Arc::clone(&metrics),
+            admission: Arc::clone(&admission),
+            about: About {
+                policy: policy.name(),
+                pd: pd.is_some(),
+                started: started.into(),
+            },
+        });
+        background.push(sampler);
         Ok(Arc::new(Self {
             config: live,
             fleet,
@@ -171,9 +187,10 @@ impl App {
             retry_budget,
             admission,
             traces,
+            live: view,
             drain: watch::Sender::new(false),
             draining: AtomicBool::new(false),
-            started: Instant::now(),
+            started,
             background,
         }))
     }
@@ -262,6 +279,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/models", get(info::models))
         .route("/", get(info::about))
         .route("/load-stats", get(info::load_stats))
+        .route("/fleet", get(live::fleet))
         .route("/debug/route", post(debug::explain));
     for path in INFERENCE_ROUTES {
         client = client.route(path, post(proxy::forward));

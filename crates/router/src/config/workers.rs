@@ -64,8 +64,11 @@ impl WorkerUrl {
     }
 }
 
-/// The part a worker plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// The part a worker plays; serialized as its [`Role::name`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Serves whole requests.
     #[default]

@@ -17,8 +17,9 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
-/// Where a breaker stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a breaker stands; serialized as its [`BreakerState::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Everything passes.
     Closed,

@@ -62,17 +62,12 @@ pub async fn guard(
     }
 }
 
-/// The id of a worker URL in listings: stable across replicas.
-fn id_of(url: &str) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(url.as_bytes()))
-}
-
 /// One entry per server (its ranks together).
 fn describe(ranks: &[Member]) -> serde_json::Value {
     let w = &ranks[0].worker;
     let spec = w.spec();
     json!({
-        "id": id_of(w.url()),
+        "id": w.server_id(),
         "url": w.url(),
         "role": w.role().name(),
         "origin": spec.origin.name(),
@@ -97,7 +92,7 @@ fn find(app: &App, id: &str) -> Result<Vec<Member>, ApiError> {
         .ok()
         .and_then(|u| snapshot.server(&u.text));
     by_url
-        .or_else(|| snapshot.servers().find(|r| id_of(r[0].worker.url()) == id))
+        .or_else(|| snapshot.servers().find(|r| r[0].worker.server_id() == id))
         .map(<[Member]>::to_vec)
         .ok_or_else(|| ApiError::UnknownWorker(id.to_owned()))
 }

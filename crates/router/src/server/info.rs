@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::App;
 use crate::config::Role;
+use crate::live::WorkerStatus;
 
 /// `GET /health`: 200 while at least one worker is healthy, else 503 (never 503 because one
 /// worker of many is down); the counts either way, in all and by role.
@@ -59,37 +60,36 @@ pub async fn load_stats(State(app): State<Arc<App>>) -> Response {
         .members()
         .iter()
         .map(|m| {
-            let w = &m.worker;
-            let load = w.in_flight() as u64;
-            let capacity = w.capacity().map(|c| u64::from(c.get()));
+            let s = WorkerStatus::of(m, now);
+            let load = s.in_flight;
+            let capacity = s.capacity.map(u64::from);
             total_load += load;
             if let Some(c) = capacity {
                 total_capacity += c;
                 capacity_load += load;
             }
-            let engine = w.load(now).engine;
             json!({
-                "url": w.url(),
+                "url": s.url,
                 "current_load": load,
                 "max_capacity": capacity,
                 "available_capacity": capacity.map(|c| c.saturating_sub(load)),
                 "utilization_percent": capacity.map(|c| percent(load, c)),
-                "status": w.is_healthy(),
+                "status": s.healthy,
                 "detailed_metrics": {
-                    "num_requests_running": engine.map(|e| e.running),
-                    "num_requests_waiting": engine.map(|e| e.waiting),
-                    "gpu_cache_usage_perc": engine.and_then(|e| e.kv_usage),
+                    "num_requests_running": s.running,
+                    "num_requests_waiting": s.waiting,
+                    "gpu_cache_usage_perc": s.kv_cache_usage,
                     "process_max_fds": null,
                 },
-                "worker": w.label(),
-                "role": w.role().name(),
-                "rank": w.rank(),
-                "models": m.model_names(),
-                "weight": w.weight(),
-                "draining": w.is_draining(),
-                "breaker": w.breaker().recorded_state().name(),
-                "requests_total": w.served(),
-                "engine_metrics_fresh": engine.is_some(),
+                "worker": s.label,
+                "role": s.role,
+                "rank": s.rank,
+                "models": s.models,
+                "weight": m.worker.weight(),
+                "draining": s.draining,
+                "breaker": s.breaker,
+                "requests_total": s.requests_total,
+                "engine_metrics_fresh": s.running.is_some(),
             })
         })
         .collect();

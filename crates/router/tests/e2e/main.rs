@@ -11,6 +11,7 @@ mod hardening;
 mod info;
 mod kube;
 mod leaks;
+mod live;
 mod logs;
 mod models;
 mod observability;
