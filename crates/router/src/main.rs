@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::Demo(args)) => {
-            telemetry::init_stderr(args.log_level);
+            let _logs = telemetry::init_stderr(args.log_level);
             demo::run(args).await.map_err(anyhow::Error::from)
         }
         None => match Sources::new(&matches, |name| std::env::var(name).ok()) {

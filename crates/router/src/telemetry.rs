@@ -19,6 +19,7 @@ use std::io::IsTerminal;
 use std::num::NonZeroUsize;
 
 use tracing::Subscriber;
+use tracing_appender::non_blocking::NonBlockingBuilder;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::{self, MakeWriter};
 use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
@@ -38,19 +39,24 @@ pub const CAPS: &[(&str, LevelFilter)] = &[
 ];
 
 /// Install the global subscriber for `config`: stderr, plus the log files when a directory is
-/// given. Keep the guard until exit: dropping it writes out the files' buffered lines. Fails
+/// given. Keep the guard until exit: dropping it writes out the buffered lines. Fails
 /// only when the log directory cannot be created or written. When a subscriber is already
 /// installed, it stays.
 pub fn init(config: &LogConfig) -> Result<LogGuard, LogError> {
-    let stderr = std::io::stderr;
     let ansi = std::io::stderr().is_terminal();
+    // Written by a thread of its own, as the files are: a request never waits on the
+    // terminal or a pipe (an access line per request would, at every request).
+    let (stderr, writer) = NonBlockingBuilder::default()
+        .thread_name("vllm-router-stderr")
+        .finish(std::io::stderr());
     let (subscriber, guard) = subscriber(config, filter(config.level), stderr, ansi)?;
+    guard.keep(writer);
     let _ = subscriber.try_init();
     Ok(guard)
 }
 
-/// Install text logging to stderr only, at `level` (the demo's).
-pub fn init_stderr(level: LogLevel) {
+/// Install text logging to stderr only, at `level` (the demo's); keep the guard until exit.
+pub fn init_stderr(level: LogLevel) -> LogGuard {
     let config = LogConfig {
         level,
         format: LogFormat::Text,
@@ -58,8 +64,8 @@ pub fn init_stderr(level: LogLevel) {
         rotation: LogRotation::Never,
         max_files: NonZeroUsize::MIN,
     };
-    // Without a directory there is no file to fail on, and no writer to keep.
-    let _ = init(&config);
+    // Without a directory there is no file to fail on.
+    init(&config).unwrap_or_default()
 }
 
 /// `RUST_LOG` when set and valid, else the router's and the simulator's targets at `level` and

@@ -61,12 +61,17 @@ pub struct LogError {
     reason: String,
 }
 
-/// Keeps the log files' writers running; dropping it (or [`LogGuard::close`]) writes out every
+/// Keeps the log writers (stderr's and the files') running; dropping it (or [`LogGuard::close`]) writes out every
 /// buffered line. Clones share the writers.
 #[derive(Clone, Default)]
 pub struct LogGuard(Arc<Mutex<Vec<WorkerGuard>>>);
 
 impl LogGuard {
+    /// Keep this writer running too.
+    pub(super) fn keep(&self, writer: WorkerGuard) {
+        self.0.lock().push(writer);
+    }
+
     /// Write out every buffered line and stop the writers: for an exit that skips destructors
     /// (`std::process::exit`). Lines logged afterwards are lost.
     pub fn close(&self) {
