@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end tests of vllm-router with real peers: the official `openai` Python client, pyzmq
-# as the vLLM side of ZMQ discovery, and Prometheus (promtool and a scraping server).
+# as the vLLM side of ZMQ discovery, Prometheus (promtool and a scraping server), and headless
+# Chromium for the /dashboard page.
 #
 #   tests/openai/run.sh [PYTEST_ARGS...]
 #
 # Creates (or reuses) a virtualenv at .venv-e2e in the repository root, installs the pinned
 # client and pytest, installs Debian's `prometheus` package when promtool or prometheus is
-# missing, builds the debug binaries of vllm-router and vllm-sim, then runs pytest.
+# missing and Debian's `chromium` when no Chromium is found, builds the debug binaries of
+# vllm-router and vllm-sim, then runs pytest.
 # Exits non-zero on any failure, including a run in which no test was collected.
 set -euo pipefail
 
@@ -29,6 +31,18 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
         || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
+
+if ! command -v chromium >/dev/null && ! command -v chromium-headless-shell >/dev/null \
+    && ! command -v chromium-browser >/dev/null; then
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "error: headless Chromium is needed (Debian package: chromium)" >&2
+        exit 1
+    fi
+    echo "installing Debian's chromium package" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 fi
 
 cd "$root"

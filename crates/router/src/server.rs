@@ -3,6 +3,7 @@
 
 mod admin;
 mod cors;
+mod dashboard;
 mod debug;
 mod info;
 mod live;
@@ -288,8 +289,11 @@ pub fn routes(app: Arc<App>) -> Router {
         Arc::clone(&app),
         auth::guard,
     ));
-    // Probes and the version: never guarded, so orchestrators need no key.
+    // Probes and the version: never guarded, so orchestrators need no key. The dashboard's
+    // page is open too: it is only the page, holding no fleet data; it reads `/fleet`, guarded
+    // above, with a key it asks for when that answers 401.
     let open = Router::new()
+        .route("/dashboard", get(dashboard::page))
         .route("/health", get(info::health))
         .route("/liveness", get(info::liveness))
         .route("/readiness", get(info::readiness))
