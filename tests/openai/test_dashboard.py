@@ -1,7 +1,7 @@
 """The `/dashboard` page in headless Chromium, driven over the DevTools protocol: after its
-script ran, the page shows every worker and live figures under traffic, says when the router
-went away and recovers when it is back, and behind `--api-keys` asks for a key before it shows
-the fleet.
+script ran, the page shows every worker and live figures under traffic, groups prefill and
+decode workers, says when the router went away and recovers when it is back, and behind
+`--api-keys` asks for a key before it shows the fleet.
 
 Chromium comes from Debian's `chromium` package, which `run.sh` installs when missing. The
 protocol is spoken over `--remote-debugging-pipe` (JSON messages ending in a NUL byte on file
@@ -195,13 +195,21 @@ def browser():
         b.close()
 
 
-def _start_router(workers: list[str], port: int = 0, keys: list[str] | None = None) -> Proc:
+def _start_router(workers: list[str], port: int = 0, keys: list[str] | None = None,
+                  pd: tuple[list[str], list[str]] | None = None) -> Proc:
     argv = [
         _binary("VLLM_ROUTER_BIN"), "--host", "127.0.0.1", "--port", str(port),
         "--load-scrape-interval-ms", "200", "--log-level", "warn",
     ]
     if keys:
         argv += ["--api-keys", *keys]
+    if pd:
+        argv.append("--vllm-pd-disaggregation")
+        for url in pd[0]:
+            argv += ["--prefill", url]
+        for url in pd[1]:
+            argv += ["--decode", url]
+        return Proc.start("vllm-router", argv)
     return Proc.start("vllm-router", argv + ["--worker-urls", *workers])
 
 
@@ -380,4 +388,23 @@ def test_behind_api_keys_the_page_asks_for_a_key_then_shows_the_fleet(sims, brow
     finally:
         if traffic:
             traffic.stop()
+        router.stop()
+
+
+def test_prefill_and_decode_workers_are_grouped_by_role(sims, browser):
+    prefill, decode = sims[:1], sims[1:]
+    router = _start_router([], pd=(prefill, decode))
+    try:
+        (url,) = router.wait_for_urls(1)
+        browser.goto(f"{url}/dashboard")
+        browser.until("three workers", lambda p: p["connection"] == "live" and len(p["rows"]) == 3)
+        table = browser.evaluate("""Array.from(document.querySelectorAll('#workers tr')).map(
+            (tr) => tr.classList.contains('group') ? 'group ' + tr.textContent
+                                                  : tr.dataset.url + ' ' + tr.querySelector('[data-col=role]').textContent)""")
+        assert table == [
+            "group prefill · 1/1 healthy", f"{prefill[0]} prefill",
+            "group decode · 2/2 healthy", f"{decode[0]} decode", f"{decode[1]} decode",
+        ], table
+        assert "P/D" in browser.evaluate("document.getElementById('policy').textContent")
+    finally:
         router.stop()
