@@ -51,6 +51,10 @@ pub struct DemoArgs {
     /// with the P/D defaults (the policy flag is then ignored).
     #[arg(long)]
     pub pd: bool,
+    /// Requests a second sent by the demo's own clients (multi-turn chats, so the fleet moves
+    /// and the prefix cache is used); 0 sends none.
+    #[arg(long, default_value_t = 6.0)]
+    pub traffic_per_sec: f64,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,

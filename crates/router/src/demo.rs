@@ -1,6 +1,8 @@
 //! `vllm-router demo`: simulated vLLM workers in-process and the router in front of them, so
 //! the router can be tried on any machine, without GPUs.
 
+pub mod traffic;
+
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -94,13 +96,18 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let router = RouterHandle::spawn(listener, config)
         .await
         .map_err(DemoError::Router)?;
-    println!("{}", banner(&router.url(), &workers));
+    println!("{}", banner(&router.url(), &workers, args.traffic_per_sec));
+    let clients = (args.traffic_per_sec > 0.0)
+        .then(|| traffic::spawn(router.url(), DEMO_MODEL.to_owned(), args.traffic_per_sec));
     let _ = tokio::signal::ctrl_c().await;
+    if let Some(clients) = clients {
+        clients.abort();
+    }
     println!("stopping");
     router.shutdown().await.map_err(DemoError::Router)
 }
 
-fn banner(url: &str, workers: &[SimServer]) -> String {
+fn banner(url: &str, workers: &[SimServer], traffic_per_sec: f64) -> String {
     let fleet: Vec<String> = workers
         .iter()
         .map(|w| match w.config().role {
@@ -125,7 +132,15 @@ With the openai client (pip install openai):
   python3 -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="none"); \
 print(c.chat.completions.create(model="{DEMO_MODEL}", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
 
-Info: {url}/  {url}/health  {url}/v1/models      Ctrl-C to stop."#,
-        fleet = fleet.join("\n")
+Watch the fleet: {url}/dashboard in a browser, or `vllm-router top --url {url}`{traffic}
+Info: {url}/  {url}/health  {url}/load-stats  {url}/v1/models      Ctrl-C to stop."#,
+        fleet = fleet.join("\n"),
+        traffic = if traffic_per_sec > 0.0 {
+            format!(
+                "\n  (demo clients send about {traffic_per_sec} requests a second; --traffic-per-sec 0 stops them)"
+            )
+        } else {
+            String::new()
+        }
     )
 }

@@ -259,3 +259,24 @@ async fn the_view_is_a_client_route_and_history_is_limited_on_request() {
     with_key("?history=lots").await.assert_error(400);
     with_key("?history=-1").await.assert_error(400);
 }
+
+#[tokio::test]
+async fn the_demos_clients_move_every_worker_and_reuse_the_prefix_cache() {
+    let workers = fast_sims(3).await;
+    // Round robin, so every worker is sure to see traffic; conversations still come back to
+    // workers that hold their earlier turns.
+    let router = router(&workers).await;
+    let clients = vllm_router::demo::traffic::spawn(router.url(), MODEL.to_owned(), 40.0);
+    let view = fleet_until(&router.url(), Duration::from_secs(15), |v| {
+        v["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().all(|w| w["requests_total"].as_u64() > Some(0)))
+            && v["summary"]["cache_hit_rate"].as_f64() > Some(0.0)
+    })
+    .await;
+    clients.abort();
+    assert!(
+        view["summary"]["req_per_sec"].as_f64() > Some(0.0),
+        "{view}"
+    );
+}
