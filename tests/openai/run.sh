@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end tests of vllm-router with real peers: the official `openai` Python client, pyzmq
-# as the vLLM side of ZMQ discovery, Prometheus (promtool and a scraping server), and headless
-# Chromium for the /dashboard page.
+# as the vLLM side of ZMQ discovery, Prometheus (promtool and a scraping server), headless
+# Chromium for the /dashboard page, and tmux as the terminal of `vllm-router top`.
 #
 #   tests/openai/run.sh [PYTEST_ARGS...]
 #
 # Creates (or reuses) a virtualenv at .venv-e2e in the repository root, installs the pinned
 # client and pytest, installs Debian's `prometheus` package when promtool or prometheus is
-# missing and Debian's `chromium` when no Chromium is found, builds the debug binaries of
-# vllm-router and vllm-sim, then runs pytest.
+# missing, Debian's `chromium` when no Chromium is found and `tmux` when tmux is, builds the
+# debug binaries of vllm-router and vllm-sim, then runs pytest.
 # Exits non-zero on any failure, including a run in which no test was collected.
 set -euo pipefail
 
@@ -22,27 +22,26 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
+packages=()
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
-        echo "error: promtool and prometheus are needed (Debian package: prometheus)" >&2
-        exit 1
-    fi
-    echo "installing Debian's prometheus package" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
-        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+    packages+=(prometheus)
 fi
-
+if ! command -v tmux >/dev/null; then
+    packages+=(tmux)
+fi
 if ! command -v chromium >/dev/null && ! command -v chromium-headless-shell >/dev/null \
     && ! command -v chromium-browser >/dev/null; then
+    packages+=(chromium)
+fi
+if [[ ${#packages[@]} -gt 0 ]]; then
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
-        echo "error: headless Chromium is needed (Debian package: chromium)" >&2
+        echo "error: Debian packages needed: ${packages[*]}" >&2
         exit 1
     fi
-    echo "installing Debian's chromium package" >&2
+    echo "installing Debian packages: ${packages[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+    apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null; }
 fi
 
 cd "$root"

@@ -1,5 +1,5 @@
 //! The command line. Flag names and meanings follow vllm-project/router so existing launch
-//! scripts keep working; `demo` is our own subcommand.
+//! scripts keep working; `demo` and `top` are our own subcommands.
 
 use std::path::PathBuf;
 
@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyKind;
 
-/// `vllm-router [FLAGS]` runs the router; `vllm-router demo` runs it on a simulated fleet.
+/// `vllm-router [FLAGS]` runs the router; `vllm-router demo` runs it on a simulated fleet;
+/// `vllm-router top` watches a running one.
 #[derive(Parser, Debug)]
 #[command(
     name = "vllm-router",
@@ -30,6 +31,24 @@ pub struct Cli {
 pub enum Command {
     /// Start simulated vLLM workers in-process and the router in front of them.
     Demo(DemoArgs),
+    /// Watch a running router's fleet live in the terminal.
+    Top(TopArgs),
+}
+
+/// Flags of `vllm-router top`.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// The router's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:30000", value_name = "URL")]
+    pub url: String,
+    /// A client key of the router (one of its --api-keys), sent as a bearer token.
+    #[arg(
+        long,
+        env = "VLLM_ROUTER_TOP_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
 }
 
 /// Flags of `vllm-router demo`.

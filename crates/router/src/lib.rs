@@ -26,6 +26,7 @@
 //! - [`demo`]: the embedded default: simulated workers plus the router, on one command.
 //! - [`telemetry`]: logs (stderr and rotated files), the record of each request, metrics,
 //!   trace context and span export.
+//! - [`top`]: `vllm-router top`, the live view in the terminal.
 //! - [`upstream`]: the pooled HTTP client to workers.
 
 pub mod admission;
@@ -44,6 +45,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod top;
 pub mod upstream;
 
 /// The router's version, as reported by `/version` and `--version`.

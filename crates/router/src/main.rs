@@ -11,7 +11,7 @@ use vllm_router::cli::{Cli, Command};
 use vllm_router::config::Sources;
 use vllm_router::reload::Reloader;
 use vllm_router::server::{self, App};
-use vllm_router::{demo, telemetry};
+use vllm_router::{demo, telemetry, top};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             let _logs = telemetry::init_stderr(args.log_level);
             demo::run(args).await.map_err(anyhow::Error::from)
         }
+        Some(Command::Top(args)) => top::run(args).await,
         None => match Sources::new(&matches, |name| std::env::var(name).ok()) {
             Ok(sources) => run(sources).await,
             Err(e) => Err(e.into()),
