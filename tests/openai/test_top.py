@@ -12,8 +12,10 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -43,11 +45,14 @@ class Tmux:
         self.tmux = _tmux_binary()
         self.socket = f"vllm-router-top-test-{os.getpid()}"
         self.session = "top"
-        # remain-on-exit keeps the pane after `top` exits, so its exit status can be read.
+        # The shell writes the program's exit status here when it exits (tmux's own
+        # pane_dead_status is not always filled in).
+        self.status_dir = tempfile.TemporaryDirectory(prefix="vllm-router-top-")
+        self.status_file = Path(self.status_dir.name) / "status"
+        script = f"{shlex.join(command)}; echo $? > {shlex.quote(str(self.status_file))}"
         self.run(
             "new-session", "-d", "-s", self.session, "-x", str(WIDTH), "-y", str(HEIGHT),
-            shlex.join(command), ";",
-            "set-option", "-w", "-t", self.session, "remain-on-exit", "on",
+            shlex.join(["sh", "-c", script]),
         )
 
     def run(self, *args: str) -> str:
@@ -64,11 +69,18 @@ class Tmux:
     def send(self, *keys: str) -> None:
         self.run("send-keys", "-t", self.session, *keys)
 
-    def dead(self) -> tuple[bool, str]:
-        """Whether the program in the pane exited, and its exit status."""
-        out = self.run("display-message", "-p", "-t", self.session,
-                       "#{pane_dead} #{pane_dead_status}").split()
-        return out[0] == "1", (out[1] if len(out) > 1 else "")
+    def exit_status(self, timeout: float = 10.0) -> str | None:
+        """The exit status of the program in the pane, waiting up to `timeout` for it to exit;
+        None if it still runs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.status_file.exists():
+                status = self.status_file.read_text().strip()
+                if status:
+                    return status
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
 
     def wait_for(self, check, what: str, timeout: float = WAIT_S) -> str:
         """The first capture that `check` accepts."""
@@ -84,6 +96,7 @@ class Tmux:
     def kill(self) -> None:
         subprocess.run([self.tmux, "-L", self.socket, "kill-server"], capture_output=True,
                        timeout=10)
+        self.status_dir.cleanup()
 
 
 def _router(port: int, workers: list[str]) -> Proc:
@@ -217,12 +230,9 @@ def test_top_shows_the_fleet_live_and_survives_a_router_restart():
         tmux.wait_for(lambda s: "reverse the sort" in s, "the help overlay")
         tmux.send("?")
         tmux.wait_for(lambda s: "reverse the sort" not in s, "the help overlay gone")
-        assert tmux.dead() == (False, ""), "top exited before q"
+        assert tmux.exit_status(timeout=0) is None, "top exited before q"
         tmux.send("q")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not tmux.dead()[0]:
-            time.sleep(0.1)
-        assert tmux.dead() == (True, "0"), tmux.capture()
+        assert tmux.exit_status() == "0", tmux.capture()
     finally:
         if traffic is not None:
             traffic.stop()
@@ -245,10 +255,7 @@ def test_top_without_the_key_shows_the_refusal():
                      _binary("VLLM_ROUTER_BIN"), "top", "--url", url])
         tmux.wait_for(lambda s: "answered 401" in s, "the router's refusal on screen")
         tmux.send("C-c")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not tmux.dead()[0]:
-            time.sleep(0.1)
-        assert tmux.dead() == (True, "0"), tmux.capture()
+        assert tmux.exit_status() == "0", tmux.capture()
     finally:
         if tmux is not None:
             tmux.kill()
