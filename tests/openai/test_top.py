@@ -261,3 +261,18 @@ def test_top_without_the_key_shows_the_refusal():
             tmux.kill()
         for proc in reversed(procs):
             proc.stop()
+
+
+def test_demo_top_opens_the_terminal_view_on_a_moving_fleet():
+    tmux = Tmux([_binary("VLLM_ROUTER_BIN"), "demo", "--port", "0", "--workers", "3", "--top"])
+    try:
+        def moving(screen: str) -> bool:
+            workers = set(re.findall(r"http://127\.0\.0\.1:\d+", screen))
+            rate = _fleet_rate(screen)
+            return len(workers) >= 3 and rate is not None and rate > 0
+        # The demo's own clients make the fleet move without any traffic from here.
+        tmux.wait_for(moving, "three demo workers and a fleet req/s above 0")
+        tmux.send("q")
+        assert tmux.exit_status() == "0", tmux.capture()
+    finally:
+        tmux.kill()

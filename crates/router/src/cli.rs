@@ -70,6 +70,10 @@ pub struct DemoArgs {
     /// with the P/D defaults (the policy flag is then ignored).
     #[arg(long)]
     pub pd: bool,
+    /// Open the terminal view (`vllm-router top`) on the demo's router; quitting it (`q`)
+    /// stops the demo. Logs are then held to errors, which would scribble on the screen.
+    #[arg(long)]
+    pub top: bool,
     /// Requests a second sent by the demo's own clients (multi-turn chats, so the fleet moves
     /// and the prefix cache is used); 0 sends none.
     #[arg(long, default_value_t = 6.0)]

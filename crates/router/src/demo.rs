@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use vllm_sim::{Role, SimConfig, SimServer};
 
-use crate::cli::{DemoArgs, RouterArgs};
+use crate::cli::{DemoArgs, RouterArgs, TopArgs};
 use crate::config::Config;
 use crate::server::RouterHandle;
 
@@ -46,12 +46,15 @@ pub enum DemoError {
     /// The router failed.
     #[error("router failed: {0}")]
     Router(std::io::Error),
+    /// The terminal view failed (no terminal, say).
+    #[error("terminal view: {0}")]
+    Top(String),
     /// The generated configuration was refused (a defect).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
 
-/// Run the demo until Ctrl-C.
+/// Run the demo until Ctrl-C (or, with `--top`, until the terminal view is quit).
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let roles: Vec<Role> = if args.pd {
         [Role::Prefill, Role::Decode]
@@ -96,13 +99,25 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let router = RouterHandle::spawn(listener, config)
         .await
         .map_err(DemoError::Router)?;
-    println!("{}", banner(&router.url(), &workers, args.traffic_per_sec));
     let clients = (args.traffic_per_sec > 0.0)
         .then(|| traffic::spawn(router.url(), DEMO_MODEL.to_owned(), args.traffic_per_sec));
-    let _ = tokio::signal::ctrl_c().await;
+    let watched = if args.top {
+        let top = TopArgs {
+            url: router.url(),
+            api_key: None,
+        };
+        crate::top::run(top)
+            .await
+            .map_err(|e| DemoError::Top(format!("{e:#}")))
+    } else {
+        println!("{}", banner(&router.url(), &workers, args.traffic_per_sec));
+        let _ = tokio::signal::ctrl_c().await;
+        Ok(())
+    };
     if let Some(clients) = clients {
         clients.abort();
     }
+    watched?;
     println!("stopping");
     router.shutdown().await.map_err(DemoError::Router)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use tokio::net::TcpListener;
-use vllm_router::cli::{Cli, Command};
+use vllm_router::cli::{Cli, Command, LogLevel};
 use vllm_router::config::Sources;
 use vllm_router::reload::Reloader;
 use vllm_router::server::{self, App};
@@ -22,7 +22,13 @@ async fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::Demo(args)) => {
-            let _logs = telemetry::init_stderr(args.log_level);
+            // The terminal view owns the screen: only errors may write to it.
+            let level = if args.top {
+                LogLevel::Error
+            } else {
+                args.log_level
+            };
+            let _logs = telemetry::init_stderr(level);
             demo::run(args).await.map_err(anyhow::Error::from)
         }
         Some(Command::Top(args)) => top::run(args).await,
