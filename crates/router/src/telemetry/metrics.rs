@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,80 +23,17 @@ use super::usage::Usage;
 use crate::admission::Admission;
 use crate::fleet::{Completion, PromptTokens, Snapshot, Worker};
 
-/// Labels of a routing decision.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DecisionLabels {
-    /// The policy's name.
-    pub policy: &'static str,
-    /// The reason it gave.
-    pub reason: &'static str,
-}
+mod labels;
+mod series;
+mod text;
 
-/// Labels naming why something happened (a retry, a timeout, a stream error).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Cause {
-    /// The cause.
-    pub cause: &'static str,
-}
-
-/// Labels of a per-worker series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WorkerLabels {
-    worker: String,
-    role: &'static str,
-}
-
-/// Labels of a worker's latency and token series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ExchangeLabels {
-    /// The model, as labelled (see [`super::exchange`]).
-    pub model: String,
-    /// The worker (URL, with `#rank` for a data-parallel rank).
-    pub worker: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: &'static str,
-    model: String,
-    status_class: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabels {
-    route: &'static str,
-    model: String,
-    cause: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: &'static str,
-    model: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TokenLabels {
-    model: String,
-    worker: String,
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LegLabels {
-    leg: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WorkerOnly {
-    worker: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-}
+use labels::{
+    BuildLabels, ErrorLabels, LegLabels, RequestLabels, RouteLabels, TokenLabels, WorkerLabels,
+    WorkerOnly,
+};
+pub use labels::{Cause, DecisionLabels, ExchangeLabels};
+pub use series::WorkerSeries;
+pub use text::to_prometheus_text;
 
 /// Buckets of the prefix-prediction error, a difference of two fractions.
 const ERROR_BUCKETS: [f64; 11] = [
@@ -536,28 +472,6 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// The series of requests of `labels`' model to its worker, for one request to hold and
-    /// feed without further lookups.
-    pub(super) fn series(&self, labels: &ExchangeLabels) -> Arc<WorkerSeries> {
-        if let Some(series) = self.served.read().get(labels) {
-            return Arc::clone(series);
-        }
-        let tokens = |kind| TokenLabels {
-            model: labels.model.clone(),
-            worker: labels.worker.clone(),
-            kind,
-        };
-        let series = Arc::new(WorkerSeries {
-            ttft: self.ttft.get_or_create_owned(labels),
-            itl: self.itl.get_or_create_owned(labels),
-            e2e: self.e2e.get_or_create_owned(labels),
-            prompt: self.tokens.get_or_create_owned(&tokens("prompt")),
-            completion: self.tokens.get_or_create_owned(&tokens("completion")),
-            cached: self.tokens.get_or_create_owned(&tokens("cached")),
-        });
-        Arc::clone(self.served.write().entry(labels.clone()).or_insert(series))
-    }
-
     /// Compare a policy's predicted prefix-cache hit with the usage `worker` reported.
     pub(super) fn prefix_prediction(&self, worker: &str, predicted: f64, usage: Usage) {
         let (Some(prompt), Some(cached)) = (usage.prompt, usage.cached) else {
@@ -652,124 +566,6 @@ impl Metrics {
         }
         out
     }
-
-    /// Drop the latency, token and prediction series of workers no longer in the fleet.
-    fn forget_departed(&self, present: &HashSet<&str>) {
-        let mut served = self.served.write();
-        served.retain(|labels, _| {
-            if present.contains(labels.worker.as_str()) {
-                return true;
-            }
-            self.ttft.remove(labels);
-            self.itl.remove(labels);
-            self.e2e.remove(labels);
-            for kind in ["prompt", "completion", "cached"] {
-                self.tokens.remove(&TokenLabels {
-                    model: labels.model.clone(),
-                    worker: labels.worker.clone(),
-                    kind,
-                });
-            }
-            let worker = WorkerOnly {
-                worker: labels.worker.clone(),
-            };
-            self.cached_predicted.remove(&worker);
-            self.cached_reported.remove(&worker);
-            false
-        });
-    }
-}
-
-/// The series one (model, worker) pair feeds.
-#[derive(Debug)]
-pub struct WorkerSeries {
-    ttft: Histogram,
-    itl: Histogram,
-    e2e: Histogram,
-    prompt: Counter,
-    completion: Counter,
-    cached: Counter,
-}
-
-impl WorkerSeries {
-    /// Record the time between two streamed events.
-    pub(super) fn inter_token(&self, gap: Duration) {
-        self.itl.observe(gap.as_secs_f64());
-    }
-
-    /// Record a request the worker answered: its first token, its whole time, its tokens.
-    pub(super) fn served(
-        &self,
-        ttft: Option<Duration>,
-        duration: Duration,
-        outcome: Outcome,
-        usage: Usage,
-    ) {
-        if let Some(ttft) = ttft {
-            self.ttft.observe(ttft.as_secs_f64());
-        }
-        if outcome == Outcome::Complete {
-            self.e2e.observe(duration.as_secs_f64());
-        }
-        for (counter, count) in [
-            (&self.prompt, usage.prompt),
-            (&self.completion, usage.completion),
-            (&self.cached, usage.cached),
-        ] {
-            if let Some(count) = count {
-                counter.inc_by(count);
-            }
-        }
-    }
-}
-
-/// The OpenMetrics text `openmetrics` in the Prometheus text format (0.0.4), for scrapers
-/// that do not ask for OpenMetrics: counter families take their samples' `_total` name, and
-/// `# UNIT` and `# EOF` lines go.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let mut out = String::with_capacity(openmetrics.len());
-    let mut help: Option<&str> = None;
-    for line in openmetrics.lines() {
-        if line.starts_with("# HELP ") {
-            if let Some(earlier) = help.replace(line) {
-                out.push_str(earlier);
-                out.push('\n');
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            let renamed =
-                (kind == "counter" && !name.ends_with("_total")).then(|| format!("{name}_total"));
-            let name_out = renamed.as_deref().unwrap_or(name);
-            if let Some(help) = help.take() {
-                let text = help
-                    .strip_prefix("# HELP ")
-                    .and_then(|h| h.strip_prefix(name))
-                    .unwrap_or("");
-                out.push_str("# HELP ");
-                out.push_str(name_out);
-                out.push_str(text);
-                out.push('\n');
-            }
-            out.push_str("# TYPE ");
-            out.push_str(name_out);
-            out.push(' ');
-            out.push_str(kind);
-            out.push('\n');
-            continue;
-        }
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    if let Some(help) = help {
-        out.push_str(help);
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
