@@ -23,7 +23,7 @@ use http::{HeaderMap, header};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::proxy::headers;
-use crate::server::{App, INFERENCE_ROUTES};
+use crate::server::{App, inference_route};
 use crate::telemetry::exchange::Exchange;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::TraceContext;
@@ -89,7 +89,7 @@ pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) ->
     };
     let request_id = headers::request_id(request.headers(), &config.request_id_headers);
     let path = request.uri().path();
-    match INFERENCE_ROUTES.iter().find(|r| **r == path) {
+    match inference_route(path) {
         Some(route) => {
             let mut exchange = Exchange::begin(
                 Arc::clone(&app.metrics),

@@ -36,7 +36,7 @@ use crate::error::ApiError;
 use crate::fleet::{Pool, Worker, X_DATA_PARALLEL_RANK};
 use crate::pd;
 use crate::policy::RouteRequest;
-use crate::server::{App, INFERENCE_ROUTES};
+use crate::server::{App, inference_route};
 use crate::telemetry::exchange::Exchange;
 use crate::telemetry::otlp::Traces;
 use crate::telemetry::span::RequestSpan;
@@ -52,11 +52,7 @@ pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response 
     let request_id = headers::request_id(&parts.headers, &config.request_id_headers);
     let trace = TraceContext::from_headers(&parts.headers);
     let path = parts.uri.path();
-    let route_name = INFERENCE_ROUTES
-        .iter()
-        .find(|r| **r == path)
-        .copied()
-        .unwrap_or("other");
+    let route_name = inference_route(path).unwrap_or("other");
     let exchange = Mutex::new(Some(Exchange::begin(
         Arc::clone(&app.metrics),
         "POST",

@@ -63,6 +63,11 @@ pub const INFERENCE_ROUTES: &[&str] = &[
     "/inference/v1/generate",
 ];
 
+/// The inference route `path` is, as its static name (for labels and logs).
+pub fn inference_route(path: &str) -> Option<&'static str> {
+    INFERENCE_ROUTES.iter().find(|r| **r == path).copied()
+}
+
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
 pub struct App {
