@@ -80,6 +80,9 @@ pub struct Decision {
     /// The fraction of the prompt the policy predicts the worker holds in its prefix cache,
     /// checked against the `cached_tokens` the worker reports.
     pub predicted_hit: Option<f64>,
+    /// Prefix-index blocks the worker is predicted to prefill, booked on it until the first
+    /// token comes back (0 when the policy does not predict).
+    pub prefill_blocks: u64,
 }
 
 impl Decision {
@@ -89,6 +92,7 @@ impl Decision {
             index,
             reason,
             predicted_hit: None,
+            prefill_blocks: 0,
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct Explanation {
     pub matched_blocks: Option<Vec<usize>>,
     /// Blocks in the request's prompt, for prefix-aware policies.
     pub prompt_blocks: Option<usize>,
+    /// Each candidate's terms under the cost model, for prefix-aware policies.
+    pub terms: Option<Vec<Terms>>,
 }
 
 impl Explanation {

@@ -27,6 +27,9 @@ pub struct Worker {
     header: HeaderValue,
     engine: ArcSwapOption<EngineSample>,
     in_flight: AtomicUsize,
+    /// Prefix-index blocks of prefill work sent to the worker whose first token has not come
+    /// back: work the engine's gauges may not show yet (see [`InFlight::prefilled`]).
+    booked_prefill: AtomicU64,
     served: AtomicU64,
     recent: Recent,
     /// Shared by every rank of one URL: one server, one verdict.
@@ -83,6 +86,7 @@ impl Worker {
             header,
             engine: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
+            booked_prefill: AtomicU64::new(0),
             served: AtomicU64::new(0),
             recent: Recent::default(),
             health,
@@ -264,9 +268,27 @@ impl Worker {
 
     /// Count a request as in flight until the returned guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.begin_booked(0)
+    }
+
+    /// Count a request as in flight, and book `prefill_blocks` of prefill work on the worker
+    /// until its first token comes back or the guard drops, whichever is first.
+    pub fn begin_booked(self: &Arc<Self>, prefill_blocks: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
+        if prefill_blocks > 0 {
+            self.booked_prefill
+                .fetch_add(prefill_blocks, Ordering::Relaxed);
+        }
+        InFlight {
+            worker: Arc::clone(self),
+            booked: prefill_blocks,
+        }
+    }
+
+    /// Blocks of prefill work booked on the worker and not yet answered.
+    pub fn booked_prefill(&self) -> u64 {
+        self.booked_prefill.load(Ordering::Relaxed)
     }
 
     /// The upstream URI for a client's path and query.
@@ -284,21 +306,35 @@ impl Worker {
     }
 }
 
-/// Holds one unit of a worker's in-flight count; dropping it releases the unit. It lives
-/// inside the response body, so the count lasts until the stream ends or the client leaves.
+/// Holds one unit of a worker's in-flight count, and the request's booked prefill work;
+/// dropping it releases both. It lives inside the response body, so the count lasts until
+/// the stream ends or the client leaves.
 #[derive(Debug)]
-pub struct InFlight(Arc<Worker>);
+pub struct InFlight {
+    worker: Arc<Worker>,
+    booked: u64,
+}
 
 impl InFlight {
     /// The worker this request occupies.
     pub fn worker(&self) -> &Arc<Worker> {
-        &self.0
+        &self.worker
+    }
+
+    /// The first token came back: the request's prefill is done, its booking ends.
+    pub fn prefilled(&mut self) {
+        if self.booked > 0 {
+            self.worker
+                .booked_prefill
+                .fetch_sub(std::mem::take(&mut self.booked), Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.prefilled();
+        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -322,6 +358,21 @@ mod tests {
         assert_eq!(w.in_flight(), 1);
         drop(b);
         assert_eq!((w.in_flight(), w.served()), (0, 2));
+    }
+
+    #[test]
+    fn booked_prefill_ends_at_the_first_token_or_the_end() {
+        let w = worker("http://127.0.0.1:9");
+        let mut a = w.begin_booked(10);
+        let b = w.begin_booked(5);
+        assert_eq!(w.booked_prefill(), 15);
+        a.prefilled();
+        a.prefilled();
+        assert_eq!((w.booked_prefill(), w.in_flight()), (5, 2));
+        drop(b);
+        assert_eq!(w.booked_prefill(), 0);
+        drop(a);
+        assert_eq!((w.booked_prefill(), w.in_flight()), (0, 0));
     }
 
     #[test]

@@ -2,21 +2,34 @@
 //! router's own decisions: a request's canonical prompt, in chained blocks, is matched against
 //! what the router already sent each worker.
 //!
-//! The cost model, in blocks of prompt text: a worker's cost is the blocks it would have to
-//! prefill (`prompt blocks − matched blocks`) plus its pressure times the mean prompt size
-//! (`blocks per prompt × (engine waiting + net requests sent since its scrape + in-flight / 4)`):
-//! a request queued ahead delays this one about as much as prefilling an average prompt,
-//! while one already running delays it a quarter of that. The lowest cost wins. Two guards
-//! keep vllm-project/router's meaning of its flags:
-//! - `--balance-abs-threshold` / `--balance-rel-threshold`: when the most loaded candidate
-//!   has more than `abs` requests (in flight plus waiting) over the least loaded, and more
-//!   than `rel` times as many, the least loaded wins outright;
-//! - `--cache-threshold`: when no candidate holds at least that fraction of the prompt, the
-//!   cache is ignored and the least loaded wins.
+//! One cost model, in blocks of prefill work, decides (see [`Terms`]). A worker's cost for a
+//! request is what it must prefill (prompt blocks not cached there) plus the work ahead of
+//! the request there:
+//! - prefill booked on it: every request the router sent it books the blocks it predicted
+//!   the worker would prefill, until its first token comes back, so a burst sees its own
+//!   earlier members before any scrape does;
+//! - the running batch: each request in flight adds a decode token to every step, about one
+//!   block of prefill ([`DECODE_BLOCKS`]);
+//! - the engine's queue for a batch slot (scraped `waiting`, plus requests sent since while it
+//!   had one), each about the mean prompt.
+//!
+//! Three rules use it:
+//! - a prefix nobody holds (no worker holds `--cache-threshold` of the prompt) goes to the
+//!   worker with the most room: the least work ahead, and the emptiest cache, a full one
+//!   counting as [`ROOM_WEIGHT`] of the prompt, so that groups spread over the fleet;
+//! - a follower of a cached prefix stays on the worker holding the most of it;
+//! - it spills to another worker only when the work ahead of it there is less than on the
+//!   holder by more than the extra prefill, plus a margin of [`SPILL_MARGIN`] of the held
+//!   prefix, so that a session does not flap between two workers of about equal load.
+//!
+//! vllm-project/router's balance guard keeps its meaning: when the most loaded candidate has
+//! more than `--balance-abs-threshold` requests (in flight plus waiting) over the least
+//! loaded, and more than `--balance-rel-threshold` times as many, the least loaded wins
+//! outright.
 //!
 //! Each worker's index holds at most `--max-tree-size` bytes of prompt text, or the worker's
-//! KV capacity from `vllm:cache_config_info` (assuming four bytes of text per token) if
-//! smaller; it is trimmed when it passes that by an eighth and swept every
+//! KV capacity from `vllm:cache_config_info` (block size × blocks, at four bytes of text per
+//! token) if smaller; it is trimmed when it passes that by an eighth and swept every
 //! `--eviction-interval-secs`.
 
 use std::collections::HashMap;
@@ -27,7 +40,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use super::{Decision, Explanation, Policy, RouteRequest, least_by};
-use crate::fleet::{Load, Snapshot, Worker};
+use crate::fleet::{Snapshot, Worker};
 use crate::prefix::{BLOCK_BYTES, PrefixIndex, chain_hashes};
 
 /// Bytes of prompt text per token, for sizing an index from a KV capacity in tokens.
@@ -71,15 +84,44 @@ impl Default for CacheAwareConfig {
     }
 }
 
-/// One candidate's terms, for decisions and explanations.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Blocks of prefill work one request in the running batch costs a new request: it adds a
+/// decode token to every step the new request's prefill shares with it.
+pub const DECODE_BLOCKS: f64 = 1.0;
+
+/// What a full cache costs a prefix nobody holds, as a share of its prompt: placing it there
+/// evicts what others will have to recompute.
+pub const ROOM_WEIGHT: f64 = 0.5;
+
+/// A follower leaves the worker holding most of its prefix only to save more than this share
+/// of the held prefix.
+pub const SPILL_MARGIN: f64 = 0.25;
+
+/// One candidate's terms under the cost model, in blocks of prefill work, for decisions and
+/// `/debug/route`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Terms {
     /// Prompt blocks the worker is predicted to hold.
     pub matched_blocks: usize,
-    /// The worker's load.
-    pub load: Load,
-    /// Its cost under the model (lower is better).
+    /// Prompt blocks it would prefill.
+    pub uncached_blocks: usize,
+    /// Prefill booked on it by requests whose first token has not come back.
+    pub booked_blocks: u64,
+    /// Requests in flight to it from this router.
+    pub in_flight: u32,
+    /// Requests waiting in its engine for a batch slot (scraped, plus those sent since while
+    /// it had a queue).
+    pub waiting: f64,
+    /// How full its cache is, 0..1: the index against the worker's capacity (or, with no
+    /// capacity known, against the largest index of the candidates).
+    pub cache_fill: f64,
+    /// Work ahead of a new request: booked prefill, decode steps and queue.
+    pub queued: f64,
+    /// The cost the rule that decided compared: uncached + queued for followers, queued +
+    /// room for a prefix nobody holds.
     pub cost: f64,
+    /// Requests ahead, for the balance guard: in flight plus waiting.
+    #[serde(skip)]
+    pub load: f64,
 }
 
 /// Routes to the worker with the lowest expected prefill plus queueing cost.
@@ -92,6 +134,12 @@ pub struct CacheAware {
     mean_blocks_x16: AtomicU64,
     started: Instant,
     last_sweep_ms: AtomicU64,
+}
+
+/// Whether no candidate holds enough of the prompt for the cache to count.
+fn is_new_prefix(chain: &[u64], terms: &[Terms], threshold: f64) -> bool {
+    let best = terms.iter().map(|t| t.matched_blocks).max().unwrap_or(0);
+    best == 0 || (best as f64) < threshold * chain.len() as f64
 }
 
 impl CacheAware {
@@ -122,37 +170,84 @@ impl CacheAware {
     /// Every candidate's terms for a prompt of `chain`.
     pub fn terms(&self, chain: &[u64], candidates: &[Arc<Worker>], now: Instant) -> Vec<Terms> {
         let mean_blocks = self.mean_blocks_x16.load(Ordering::Relaxed) as f64 / 16.0;
-        candidates
+        let by_flag =
+            usize::try_from(self.config.max_tree_size / BLOCK_BYTES as u64).unwrap_or(usize::MAX);
+        let mut terms: Vec<Terms> = candidates
             .iter()
             .map(|w| {
-                let matched_blocks = self.index_of(w).lock().matched(chain);
+                let (matched_blocks, held) = {
+                    let index = self.index_of(w);
+                    let index = index.lock();
+                    (index.matched(chain), index.len())
+                };
                 let load = w.load(now);
-                let queued = load
-                    .engine
-                    .map_or(0.0, |e| e.waiting + e.in_flight_change.max(0) as f64);
-                let pressure = queued + f64::from(load.in_flight) / 4.0;
-                let cost = (chain.len() - matched_blocks) as f64 + mean_blocks * pressure;
+                let waiting = load.engine.map_or(0.0, |e| {
+                    let sent_since = if e.waiting > 0.0 {
+                        e.in_flight_change.max(0) as f64
+                    } else {
+                        0.0
+                    };
+                    e.waiting + sent_since
+                });
+                let booked_blocks = w.booked_prefill();
+                let in_flight = load.in_flight;
+                let queued = booked_blocks as f64
+                    + DECODE_BLOCKS * f64::from(in_flight)
+                    + mean_blocks * waiting;
+                // Against the worker's capacity when learned; else, below, the fullest's.
+                let capacity = self.capacity(w);
+                let cache_fill = if capacity < by_flag {
+                    (held as f64 / capacity.max(1) as f64).min(1.0)
+                } else {
+                    -(held as f64)
+                };
                 Terms {
                     matched_blocks,
-                    load,
-                    cost,
+                    uncached_blocks: chain.len() - matched_blocks,
+                    booked_blocks,
+                    in_flight,
+                    waiting,
+                    cache_fill,
+                    queued,
+                    cost: 0.0,
+                    load: load.queue(),
                 }
             })
-            .collect()
+            .collect();
+        // Unknown capacities were marked negative: judge those against the fullest of them.
+        let fullest = terms.iter().map(|t| -t.cache_fill).fold(0.0f64, f64::max);
+        let new_prefix = is_new_prefix(chain, &terms, self.config.cache_threshold);
+        for t in &mut terms {
+            if t.cache_fill <= 0.0 {
+                t.cache_fill = if fullest > 0.0 {
+                    -t.cache_fill / fullest
+                } else {
+                    0.0
+                };
+            }
+            t.cost = if new_prefix {
+                t.queued + ROOM_WEIGHT * t.cache_fill * chain.len() as f64
+            } else {
+                t.uncached_blocks as f64 + t.queued
+            };
+        }
+        terms
     }
 
     /// Choose for `chain` without learning from the choice; the decision carries the
-    /// fraction of the prompt the chosen worker is predicted to hold.
+    /// fraction of the prompt the chosen worker is predicted to hold and the prefill it books.
     pub fn choose(&self, chain: &[u64], candidates: &[Arc<Worker>]) -> Option<Decision> {
         if candidates.is_empty() {
             return None;
         }
         let terms = self.terms(chain, candidates, Instant::now());
         let decision = self.decide(chain, candidates, &terms)?;
-        let predicted_hit = (!chain.is_empty())
-            .then(|| terms[decision.index].matched_blocks as f64 / chain.len() as f64);
+        let chosen = &terms[decision.index];
+        let predicted_hit =
+            (!chain.is_empty()).then(|| chosen.matched_blocks as f64 / chain.len() as f64);
         Some(Decision {
             predicted_hit,
+            prefill_blocks: chosen.uncached_blocks as u64,
             ..decision
         })
     }
@@ -163,35 +258,46 @@ impl CacheAware {
         candidates: &[Arc<Worker>],
         terms: &[Terms],
     ) -> Option<Decision> {
-        let queues: Vec<f64> = terms.iter().map(|t| t.load.queue()).collect();
-        let (min, max) = queues
-            .iter()
-            .fold((f64::MAX, 0.0f64), |(lo, hi), &q| (lo.min(q), hi.max(q)));
-        let least_loaded = |reason| {
+        let (min, max) = terms.iter().fold((f64::MAX, 0.0f64), |(lo, hi), t| {
+            (lo.min(t.load), hi.max(t.load))
+        });
+        let lowest = |key: &dyn Fn(&Terms) -> f64| {
             let mut i = 0;
             least_by(candidates, |_| {
                 i += 1;
-                queues[i - 1]
+                key(&terms[i - 1])
             })
-            .map(|index| Decision::new(index, reason))
         };
         if max - min > self.config.balance_abs_threshold
             && max > min * self.config.balance_rel_threshold
         {
-            return least_loaded("load imbalance: least loaded");
+            return lowest(&|t| t.load).map(|i| Decision::new(i, "load imbalance: least loaded"));
         }
-        let best_match = terms.iter().map(|t| t.matched_blocks).max().unwrap_or(0);
-        if chain.is_empty()
-            || (best_match as f64) < self.config.cache_threshold * chain.len() as f64
-        {
-            return least_loaded("prefix below cache threshold: least loaded");
+        if chain.is_empty() {
+            return lowest(&|t| t.queued).map(|i| Decision::new(i, "no prompt: least work ahead"));
         }
-        let mut i = 0;
-        let index = least_by(candidates, |_| {
-            i += 1;
-            terms[i - 1].cost
-        })?;
-        Some(Decision::new(index, "lowest prefill + queue cost"))
+        if is_new_prefix(chain, terms, self.config.cache_threshold) {
+            return lowest(&|t| t.cost).map(|i| Decision::new(i, "new prefix: most room"));
+        }
+        let cheapest = lowest(&|t| t.cost)?;
+        // The holder: the deepest match, the cheapest among equals.
+        let holder = (0..terms.len())
+            .max_by(|&a, &b| {
+                let (ta, tb) = (&terms[a], &terms[b]);
+                ta.matched_blocks
+                    .cmp(&tb.matched_blocks)
+                    .then(tb.cost.total_cmp(&ta.cost))
+            })
+            .unwrap_or(cheapest);
+        if cheapest == holder {
+            return Some(Decision::new(holder, "cached prefix: holder"));
+        }
+        let margin = SPILL_MARGIN * terms[holder].matched_blocks as f64;
+        if terms[holder].cost - terms[cheapest].cost > margin {
+            Some(Decision::new(cheapest, "spill: queue past recompute cost"))
+        } else {
+            Some(Decision::new(holder, "cached prefix: holder"))
+        }
     }
 
     /// Learn that `worker` now holds `chain`.
@@ -256,6 +362,7 @@ impl Policy for CacheAware {
             scores: Some(terms.iter().map(|t| t.cost).collect()),
             matched_blocks: Some(terms.iter().map(|t| t.matched_blocks).collect()),
             prompt_blocks: Some(chain.len()),
+            terms: Some(terms),
         }
     }
 

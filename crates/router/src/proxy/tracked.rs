@@ -215,8 +215,13 @@ where
         }
         let cut = match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(exchange), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
-                    exchange.frame(data.as_ref());
+                if let Some(data) = frame.data_ref() {
+                    if let Some(exchange) = this.exchange.as_mut() {
+                        exchange.frame(data.as_ref());
+                    }
+                    if let Some(guard) = this.guard.as_mut() {
+                        guard.prefilled();
+                    }
                 }
                 if let Some(t) = this.timers.as_mut() {
                     let next = Timers::next_deadline(&t.limits);

@@ -125,6 +125,7 @@ fn explain_pool(
                 })),
                 "score": explained.scores.as_ref().and_then(|s| s.get(i)),
                 "matched_prefix_blocks": explained.matched_blocks.as_ref().and_then(|m| m.get(i)),
+                "terms": explained.terms.as_ref().and_then(|t| t.get(i)),
             })
         })
         .collect();

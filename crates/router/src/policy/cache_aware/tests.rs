@@ -1,4 +1,5 @@
 use super::*;
+use crate::fleet::InFlight;
 use crate::policy::test_support::{engine, workers};
 
 fn prompt(group: usize, turns: usize) -> String {
@@ -96,4 +97,149 @@ fn removed_workers_lose_their_index() {
     assert!(!policy.indexes.read().is_empty());
     policy.on_fleet_change(&Snapshot::default());
     assert!(policy.indexes.read().is_empty());
+}
+
+/// A chat prompt: a system prompt of `system` blocks shared by `group`, then `private` blocks
+/// of conversation `conv`.
+fn chat(group: usize, conv: usize, system: usize, private: usize) -> String {
+    let block = |tag: String| format!("{tag:-<width$}", width = BLOCK_BYTES);
+    let mut p = String::new();
+    for i in 0..system {
+        p.push_str(&block(format!("system {group} part {i} ")));
+    }
+    for i in 0..private {
+        p.push_str(&block(format!("conversation {conv} turn {i} ")));
+    }
+    p
+}
+
+/// Choose for `text` and dispatch there, as the proxy does: the guard books the predicted
+/// prefill until it drops.
+fn dispatch(policy: &CacheAware, ws: &[Arc<Worker>], text: &str) -> (usize, InFlight) {
+    let headers = http::HeaderMap::new();
+    let req = RouteRequest {
+        prompt: Some(text),
+        ..RouteRequest::new("/v1/chat/completions", &headers)
+    };
+    let d = policy.pick(&req, ws).unwrap();
+    (d.index, ws[d.index].begin_booked(d.prefill_blocks))
+}
+
+fn decide(policy: &CacheAware, ws: &[Arc<Worker>], text: &str) -> Decision {
+    policy.choose(&chain_hashes(text.as_bytes()), ws).unwrap()
+}
+
+#[test]
+fn new_prefixes_spread_over_the_fleet() {
+    let ws = workers(4);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    // Each group's first request finishes before the next group arrives: only the room
+    // each worker's cache has left tells them apart.
+    let homes: Vec<usize> = (0..4)
+        .map(|g| pick(&policy, &ws, &chat(g, g, 20, 2)))
+        .collect();
+    let mut sorted = homes.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [0, 1, 2, 3], "one group per worker: {homes:?}");
+    let d = decide(&policy, &ws, &chat(9, 9, 20, 2));
+    assert_eq!(d.reason, "new prefix: most room");
+}
+
+#[test]
+fn followers_stay_where_their_prefix_is_cached() {
+    let ws = workers(4);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    let home = pick(&policy, &ws, &chat(1, 1, 20, 2));
+    // Other workers idle, the holder a little busy: the group's new conversations follow.
+    let _busy: Vec<_> = (0..3).map(|_| ws[home].begin()).collect();
+    for conv in 2..10 {
+        let d = decide(&policy, &ws, &chat(1, conv, 20, 2));
+        assert_eq!(
+            (d.index, d.reason),
+            (home, "cached prefix: holder"),
+            "conv {conv}"
+        );
+        assert_eq!(d.prefill_blocks, 2, "only the private part is prefilled");
+    }
+}
+
+#[test]
+fn a_spill_happens_only_past_the_recompute_cost() {
+    let ws = workers(2);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    let home = pick(&policy, &ws, &chat(1, 1, 20, 2));
+    let other = 1 - home;
+    let text = chat(1, 2, 20, 2);
+    // Recomputing the 20 shared blocks elsewhere costs 20 more blocks, and the margin a
+    // quarter of the 20 held: a holder 24 blocks behind keeps the follower...
+    let _booked = ws[home].begin_booked(24);
+    assert_eq!(decide(&policy, &ws, &text).index, home);
+    // ...one 27 blocks behind loses it.
+    let _more = ws[home].begin_booked(3);
+    let d = decide(&policy, &ws, &text);
+    assert_eq!(
+        (d.index, d.reason),
+        (other, "spill: queue past recompute cost")
+    );
+    assert_eq!(d.prefill_blocks, 22, "the whole prompt is prefilled there");
+}
+
+#[test]
+fn a_session_does_not_flap_between_equal_workers() {
+    let ws = workers(2);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    // Both workers hold the group's system prompt; the session's history is on one.
+    pick(&policy, &ws, &chat(1, 1, 20, 2));
+    let home = pick(&policy, &ws, &chat(1, 2, 20, 4));
+    let other = 1 - home;
+    policy.learn(&ws[other], &chain_hashes(chat(1, 3, 20, 1).as_bytes()));
+    // Loads swing a few blocks either way, as a busy fleet's do: the session stays.
+    for turn in 5..15 {
+        let busy = if turn % 2 == 0 { home } else { other };
+        let _swing = ws[busy].begin_booked(5);
+        let (chosen, _guard) = dispatch(&policy, &ws, &chat(1, 2, 20, turn));
+        assert_eq!(chosen, home, "turn {turn}");
+    }
+}
+
+#[test]
+fn a_burst_of_new_conversations_spreads() {
+    let ws = workers(4);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    // An idle fleet: 32 conversations of one group arrive before any first token.
+    let mut held = Vec::new();
+    let mut per_worker = [0usize; 4];
+    for conv in 0..32 {
+        let (i, guard) = dispatch(&policy, &ws, &chat(1, conv, 20, 2));
+        per_worker[i] += 1;
+        held.push(guard);
+    }
+    assert!(
+        per_worker.iter().all(|&n| (4..=12).contains(&n)),
+        "every worker takes a share: {per_worker:?}"
+    );
+    drop(held);
+    assert!(ws.iter().all(|w| w.booked_prefill() == 0));
+}
+
+#[test]
+fn debug_terms_name_every_part_of_the_cost() {
+    let ws = workers(2);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    let home = pick(&policy, &ws, &chat(1, 1, 20, 2));
+    let _booked = ws[home].begin_booked(7);
+    let headers = http::HeaderMap::new();
+    let text = chat(1, 2, 20, 2);
+    let req = RouteRequest {
+        prompt: Some(&text),
+        ..RouteRequest::new("/v1/chat/completions", &headers)
+    };
+    let explained = policy.explain(&req, &ws);
+    let terms = explained.terms.unwrap();
+    let t = terms[home];
+    assert_eq!((t.matched_blocks, t.uncached_blocks), (20, 2));
+    assert_eq!((t.booked_blocks, t.in_flight), (7, 1));
+    assert_eq!(t.queued, 7.0 + DECODE_BLOCKS);
+    assert_eq!(t.cost, 2.0 + t.queued);
+    assert_eq!(terms[1 - home].uncached_blocks, 22);
 }
