@@ -11,7 +11,7 @@
 //! - the running batch: each request in flight adds a decode token to every step, about one
 //!   block of prefill ([`DECODE_BLOCKS`]);
 //! - the engine's queue for a batch slot (scraped `waiting`, plus requests sent since while it
-//!   had one), each about the mean prompt.
+//!   had one), each about the mean prefill of a request.
 //!
 //! Three rules use it:
 //! - a prefix nobody holds (no worker holds `--cache-threshold` of the prompt) goes to the
@@ -130,8 +130,10 @@ pub struct CacheAware {
     config: CacheAwareConfig,
     indexes: RwLock<HashMap<u64, Arc<Mutex<PrefixIndex>>>>,
     clock: AtomicU64,
-    /// Mean prompt size in blocks, × 16 (an exponentially weighted moving average).
-    mean_blocks_x16: AtomicU64,
+    /// Mean prefill per request in blocks (the uncached part of its prompt where it was
+    /// sent), × 16: an exponentially weighted moving average, the cost of each request
+    /// waiting ahead in an engine's queue.
+    mean_prefill_x16: AtomicU64,
     started: Instant,
     last_sweep_ms: AtomicU64,
 }
@@ -149,7 +151,7 @@ impl CacheAware {
             config,
             indexes: RwLock::default(),
             clock: AtomicU64::new(1),
-            mean_blocks_x16: AtomicU64::new(16),
+            mean_prefill_x16: AtomicU64::new(16),
             started: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
         }
@@ -169,7 +171,7 @@ impl CacheAware {
 
     /// Every candidate's terms for a prompt of `chain`.
     pub fn terms(&self, chain: &[u64], candidates: &[Arc<Worker>], now: Instant) -> Vec<Terms> {
-        let mean_blocks = self.mean_blocks_x16.load(Ordering::Relaxed) as f64 / 16.0;
+        let mean_prefill = self.mean_prefill_x16.load(Ordering::Relaxed) as f64 / 16.0;
         let by_flag =
             usize::try_from(self.config.max_tree_size / BLOCK_BYTES as u64).unwrap_or(usize::MAX);
         let mut terms: Vec<Terms> = candidates
@@ -193,7 +195,7 @@ impl CacheAware {
                 let in_flight = load.in_flight;
                 let queued = booked_blocks as f64
                     + DECODE_BLOCKS * f64::from(in_flight)
-                    + mean_blocks * waiting;
+                    + mean_prefill * waiting;
                 // Against the worker's capacity when learned; else, below, the fullest's.
                 let capacity = self.capacity(w);
                 let cache_fill = if capacity < by_flag {
@@ -343,9 +345,9 @@ impl Policy for CacheAware {
     fn pick(&self, req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
         let chain = chain_hashes(req.prompt.unwrap_or_default().as_bytes());
         let decision = self.choose(&chain, candidates)?;
-        let blocks = chain.len() as u64;
+        let blocks = decision.prefill_blocks;
         let _ = self
-            .mean_blocks_x16
+            .mean_prefill_x16
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
                 Some(m - m / 16 + blocks)
             });
