@@ -29,14 +29,21 @@ pub struct SimConfig {
     /// Data-parallel ranks behind the one port, each its own engine with its own batch, queue,
     /// prefix cache and counters (`vllm serve --data-parallel-size`).
     pub data_parallel_size: usize,
-    /// Fixed overhead before the first token.
+    /// Fixed overhead each request waits before joining its engine's batch; it holds no step.
     pub ttft: Duration,
-    /// Prefill cost per prompt token not served from the prefix cache.
+    /// Prefill cost per prompt token not served from the prefix cache, added to the step that
+    /// computes it.
     pub prefill_per_token: Duration,
-    /// Inter-token latency with a running batch of one.
+    /// Duration of a step in which one sequence decodes (inter-token latency of a lone
+    /// sequence).
     pub itl: Duration,
-    /// Decode slows by `1 + itl_batch_factor * (running - 1)`.
+    /// A step's decode time is `itl * (1 + itl_batch_factor * (decoding - 1))` with `decoding`
+    /// sequences decoding in it.
     pub itl_batch_factor: f64,
+    /// Token budget of one engine step, shared by the batch as in vLLM's chunked prefill
+    /// (`--max-num-batched-tokens`): each decoding sequence takes one token, prefills take
+    /// chunks of the rest, oldest first.
+    pub max_num_batched_tokens: usize,
     /// Output tokens when the request sets neither `max_tokens` nor `max_completion_tokens`.
     pub default_max_tokens: u32,
     /// Prefix-cache block size in tokens.
@@ -69,6 +76,7 @@ impl Default for SimConfig {
             prefill_per_token: Duration::ZERO,
             itl: Duration::ZERO,
             itl_batch_factor: 0.0,
+            max_num_batched_tokens: 2048,
             default_max_tokens: 16,
             block_size: 16,
             num_blocks: 4096,
@@ -115,6 +123,7 @@ impl SimConfig {
         let positive = [
             ("block_size", self.block_size),
             ("max_num_seqs", self.max_num_seqs),
+            ("max_num_batched_tokens", self.max_num_batched_tokens),
             ("max_model_len", self.max_model_len as usize),
             ("data_parallel_size", self.data_parallel_size),
         ];
@@ -198,6 +207,16 @@ mod tests {
             cfg.validate(),
             Err(ConfigError::Zero {
                 field: "block_size"
+            })
+        );
+        let cfg = SimConfig {
+            max_num_batched_tokens: 0,
+            ..SimConfig::default()
+        };
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::Zero {
+                field: "max_num_batched_tokens"
             })
         );
     }

@@ -1,16 +1,28 @@
 //! The simulated inference engine of one data-parallel rank: admission into a bounded batch,
-//! prefix-cache lookups and the clock of each sequence. Counters here feed both `/metrics` and
-//! `SimStats`.
+//! prefix-cache lookups, and the steps that run the batch. Counters here feed both `/metrics`
+//! and `SimStats`.
+//!
+//! Like vLLM's scheduler with chunked prefill, the engine runs its batch in steps
+//! (`batch`, `step`): each step has a token budget (`max_num_batched_tokens`) shared by the
+//! batch, every decoding sequence takes one token of it and prefills, oldest first, take chunks
+//! of the rest; a step lasts the batch's decode time (slowed by its size) plus its prefill
+//! tokens' cost. So concurrent prefills on one engine queue behind each other and a big prefill
+//! slows every sequence decoding beside it. When neither prefill nor decode costs anything
+//! (the default), no steps run and tokens are handed out at once.
 
+mod batch;
 mod sequence;
+mod step;
+#[cfg(test)]
+mod tests;
 mod timing;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::SimConfig;
 use crate::metrics::histogram::{Histogram, TTFT_BUCKETS};
@@ -43,7 +55,20 @@ pub(crate) struct Engine {
     num_blocks: usize,
     cache: Mutex<PrefixCache>,
     slots: Arc<Semaphore>,
+    /// The sequences the scheduler loop steps (unused when steps cost nothing).
+    batch: Mutex<batch::Batch>,
+    /// Wakes the scheduler loop: a sequence joined, or the engine is gone.
+    wake: Arc<Notify>,
+    /// Whether the scheduler loop has been started.
+    stepping: AtomicBool,
     pub(crate) counters: EngineCounters,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The loop holds the engine weakly: woken, it finds it gone and ends.
+        self.wake.notify_one();
+    }
 }
 
 /// A request that chose this engine and waits for a batch slot. It counts in `waiting` from
@@ -85,6 +110,9 @@ impl Engine {
             slots: Arc::new(Semaphore::new(
                 config.max_num_seqs.clamp(1, Semaphore::MAX_PERMITS),
             )),
+            batch: Mutex::new(batch::Batch::default()),
+            wake: Arc::new(Notify::new()),
+            stepping: AtomicBool::new(false),
             counters: EngineCounters {
                 running: AtomicU64::new(0),
                 waiting: AtomicU64::new(0),

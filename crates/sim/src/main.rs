@@ -35,18 +35,22 @@ struct Cli {
     /// Data-parallel ranks per worker, each its own engine; `X-data-parallel-rank` picks one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=vllm_sim::MAX_DATA_PARALLEL_SIZE as i64))]
     data_parallel_size: u16,
-    /// Fixed delay before the first token, in milliseconds.
+    /// Fixed delay before a request joins the batch, in milliseconds.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     ttft_ms: f64,
-    /// Prefill cost per uncached prompt token, in microseconds.
+    /// Prefill cost per uncached prompt token, in microseconds, added to the step computing it.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     prefill_us_per_token: f64,
     /// Inter-token latency with a batch of one, in milliseconds.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     itl_ms: f64,
-    /// Decode slows by 1 + factor * (running - 1).
+    /// Decode slows by 1 + factor * (decoding - 1) with that many sequences decoding in a step.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     itl_batch_factor: f64,
+    /// Token budget of one engine step, shared by the batch (chunked prefill): each decoding
+    /// sequence takes one token, prefills take chunks of the rest, oldest first.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    max_num_batched_tokens: u32,
     /// Output tokens when a request sets no max_tokens.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: u32,
@@ -130,6 +134,7 @@ impl Cli {
             prefill_per_token: Duration::from_secs_f64(self.prefill_us_per_token / 1e6),
             itl: millis(self.itl_ms),
             itl_batch_factor: self.itl_batch_factor,
+            max_num_batched_tokens: self.max_num_batched_tokens as usize,
             default_max_tokens: self.max_tokens,
             block_size: self.block_size as usize,
             num_blocks: self.num_blocks as usize,

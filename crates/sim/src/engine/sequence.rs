@@ -1,4 +1,8 @@
 //! One request's life in the running batch: prefill, then one token at a time.
+//!
+//! When steps cost time, the sequence joins its engine's stepped batch after the fixed
+//! overhead and each token arrives at the end of the step that produced it; otherwise every
+//! token is there at once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -7,6 +11,7 @@ use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Engine;
+use super::batch::{Joining, Ticket};
 use crate::tokenizer::output_word;
 
 /// The prompt as the engine sees it.
@@ -17,7 +22,8 @@ pub(crate) struct Prompt {
     pub(crate) seed: u32,
 }
 
-/// A sequence holding a batch slot; dropping it (finished or cancelled) frees the slot.
+/// A sequence holding a batch slot; dropping it (finished or cancelled) leaves the batch and
+/// frees the slot and its KV blocks.
 pub(crate) struct Sequence {
     engine: Arc<Engine>,
     _slot: OwnedSemaphorePermit,
@@ -27,6 +33,8 @@ pub(crate) struct Sequence {
     arrived: Instant,
     blocks_held: u64,
     block_ids: Vec<u32>,
+    /// Its place in the engine's stepped batch, from the moment it joined.
+    ticket: Option<Ticket>,
 }
 
 impl Sequence {
@@ -52,33 +60,23 @@ impl Sequence {
             arrived,
             blocks_held,
             block_ids: Vec::new(),
+            ticket: None,
         }
     }
 
-    /// Produces the next output word after its simulated delay, or `None` once `max_tokens`
-    /// are out. Cancel-safe: dropping the future mid-delay changes nothing.
+    /// Produces the next output word once the engine has it, or `None` once `max_tokens` are
+    /// out. Cancel-safe: dropping the future mid-wait loses nothing; the sequence stays in the
+    /// batch and the next call picks up where this one stopped.
     pub(crate) async fn next_token(&mut self) -> Option<&'static str> {
         if self.generated >= self.max_tokens {
             return None;
         }
-        let engine = &self.engine;
-        if self.generated == 0 {
-            let delay = engine
-                .timing
-                .first_token(self.prompt.len - self.prompt.cached);
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            self.block_ids = engine.commit_prefill(&self.prompt.hashes);
-            engine.counters.ttft.observe(self.arrived.elapsed());
-        } else {
-            let delay = engine
-                .timing
-                .next_token(engine.counters.running.load(Relaxed));
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
+        if self.engine.timing.is_instant() {
+            self.instant_token().await;
+        } else if !self.stepped_token().await {
+            return None;
         }
+        let engine = &self.engine;
         let word = output_word(self.prompt.seed, self.generated);
         self.generated += 1;
         let c = &engine.counters;
@@ -93,6 +91,48 @@ impl Sequence {
             c.success.fetch_add(1, Relaxed);
         }
         Some(word)
+    }
+
+    /// Steps cost nothing: after the fixed overhead the prompt is prefilled and every token is
+    /// there at once, with no batch to go through.
+    async fn instant_token(&mut self) {
+        if self.generated > 0 {
+            return;
+        }
+        let ttft = self.engine.timing.ttft();
+        if !ttft.is_zero() {
+            tokio::time::sleep(ttft).await;
+        }
+        self.block_ids = self.engine.commit_prefill(&self.prompt.hashes);
+        self.engine.counters.ttft.observe(self.arrived.elapsed());
+    }
+
+    /// Joins the batch after the fixed overhead (once), then waits for the step that produces
+    /// the next token. `false` if the engine can never produce it.
+    async fn stepped_token(&mut self) -> bool {
+        if self.ticket.is_none() {
+            let ttft = self.engine.timing.ttft();
+            if !ttft.is_zero() {
+                tokio::time::sleep(ttft).await;
+            }
+            self.ticket = Some(self.engine.join(Joining {
+                hashes: std::mem::take(&mut self.prompt.hashes),
+                uncached: self.prompt.len.saturating_sub(self.prompt.cached),
+                max_tokens: self.max_tokens,
+                arrived: self.arrived,
+            }));
+        }
+        let Some(ticket) = self.ticket.as_mut() else {
+            return false;
+        };
+        let want = self.generated + 1;
+        let Ok(progress) = ticket.progress.wait_for(|p| p.produced >= want).await else {
+            return false;
+        };
+        if self.generated == 0 {
+            self.block_ids.clone_from(&progress.block_ids);
+        }
+        true
     }
 
     /// True once every requested token has been produced.
@@ -125,6 +165,9 @@ impl Sequence {
 
 impl Drop for Sequence {
     fn drop(&mut self) {
+        if let Some(ticket) = &self.ticket {
+            self.engine.leave(ticket.id);
+        }
         let c = &self.engine.counters;
         c.running.fetch_sub(1, Relaxed);
         c.kv_blocks_in_use.fetch_sub(self.blocks_held, Relaxed);

@@ -214,4 +214,10 @@ fn binary_prints_one_line_per_worker_and_rejects_bad_flags() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--error-rate"));
+    let out = Command::new(exe)
+        .args(["--max-num-batched-tokens", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-num-batched-tokens"));
 }
