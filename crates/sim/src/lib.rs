@@ -1,17 +1,18 @@
 //! A simulated vLLM server speaking vLLM's OpenAI-compatible HTTP API, for the router's tests,
 //! demo and benchmarks. It models what routing decisions depend on (a bounded running batch with
-//! a waiting queue, a block-level prefix cache, TTFT and inter-token latency) and records what
-//! it received, so tests can check exactly what reached each worker.
+//! a waiting queue, a block-level prefix cache, and a batch run in steps whose token budget is
+//! shared by prefills and decodes, so load on one engine costs its requests time) and records
+//! what it received, so tests can check exactly what reached each worker.
 //!
 //! - `config`: [`SimConfig`] and [`Role`], the knobs of one server.
 //! - `tokenizer`: a deterministic whitespace/punctuation tokenizer and the fake output words.
 //! - `prefix_cache`: chained block hashes and an LRU set of cached blocks.
-//! - `engine`: one rank's engine: admission into the batch, prefix lookups, and each
-//!   sequence's clock.
+//! - `engine`: one rank's engine: admission into the batch, prefix lookups, and the scheduler
+//!   loop stepping the batch (chunked prefill under `max_num_batched_tokens`).
 //! - `ranks`: the data-parallel ranks behind the port and which one takes a request
 //!   (`X-data-parallel-rank`, else the least busy).
-//! - `openai`: the inference routes (chat, completions, embeddings, tokenize, ...), their
-//!   request views, streaming and vLLM's error JSON.
+//! - `openai`: the inference routes (chat, completions, embeddings, tokenize, render, ...),
+//!   their request views, streaming and vLLM's error JSON.
 //! - `control`: `/health`, `/metrics`, `/reset_prefix_cache`, `/sim/stats`, `/sim/records`.
 //! - `bootstrap`: the Mooncake bootstrap `GET /query` of a prefill-role server.
 //! - `metrics`: the Prometheus exposition under vLLM's names.

@@ -1,11 +1,13 @@
-//! vLLM's OpenAI-compatible inference routes. Every handler here receives an [`Inbound`]: the
-//! already-read body plus the record it fills in.
+//! vLLM's OpenAI-compatible inference routes, and the render routes that only tokenize them.
+//! Every handler here receives an [`Inbound`]: the already-read body plus the record it fills
+//! in.
 
 mod audio;
 pub(crate) mod error;
 mod generate;
 mod models;
 mod pooling;
+mod render;
 mod request;
 mod stream;
 mod tokens;
@@ -48,6 +50,8 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
     Router::new()
         .route("/v1/chat/completions", post(generate::chat))
         .route("/v1/completions", post(generate::completions))
+        .route("/v1/chat/completions/render", post(render::chat))
+        .route("/v1/completions/render", post(render::completions))
         .route("/v1/responses", post(generate::responses))
         .route("/inference/v1/generate", post(generate::tokens))
         .route("/v1/embeddings", post(pooling::embeddings))

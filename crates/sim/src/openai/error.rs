@@ -55,6 +55,13 @@ impl ApiError {
         }
     }
 
+    /// A prompt of `tokens` tokens over the model's context length, in vLLM's words.
+    pub(crate) fn context_too_long(max_model_len: u32, tokens: usize) -> Self {
+        Self::bad_request(format!(
+            "This model's maximum context length is {max_model_len} tokens. However, your request has {tokens} input tokens."
+        ))
+    }
+
     /// An error asked for by `X-Return-Error` or drawn by `error_rate`.
     pub(crate) fn injected(status: StatusCode) -> Self {
         Self::new(status, "Injected error from the simulated vLLM server.")

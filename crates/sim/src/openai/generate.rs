@@ -68,11 +68,7 @@ async fn run(sim: Arc<Sim>, inbound: Inbound, kind: Kind) -> Response {
     let prompt = req.prompt_tokens();
     let max_len = sim.config.max_model_len;
     if prompt.len() > max_len as usize {
-        let msg = format!(
-            "This model's maximum context length is {max_len} tokens. However, your request has {} input tokens.",
-            prompt.len()
-        );
-        return ApiError::bad_request(msg).into_response();
+        return ApiError::context_too_long(max_len, prompt.len()).into_response();
     }
     let stream = req.stream.unwrap_or(false) && matches!(kind, Kind::Chat | Kind::Completion);
     let role = sim.config.role;

@@ -7,4 +7,5 @@ mod faults;
 mod inference;
 mod lifecycle;
 mod pd;
+mod render;
 mod streaming;
