@@ -191,7 +191,7 @@ async fn debug_route_explains_without_forwarding_or_learning() {
     let v = first.json();
     assert_eq!(v["policy"], "cache_aware");
     assert_eq!(v["choice"]["url"], home.as_str());
-    assert_eq!(v["choice"]["reason"], "lowest prefill + queue cost");
+    assert_eq!(v["choice"]["reason"], "cached prefix: holder");
     let rows = v["candidates"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
     let held: Vec<u64> = rows
@@ -205,6 +205,20 @@ async fn debug_route_explains_without_forwarding_or_learning() {
     );
     assert_eq!(held.iter().filter(|&&b| b > 0).count(), 1, "{v}");
     assert!(rows.iter().all(|r| r["score"].is_number()));
+    // Every term of the cost is shown, and they add up to the score.
+    let terms = &home_row["terms"];
+    assert_eq!(
+        terms["matched_blocks"], home_row["matched_prefix_blocks"],
+        "{v}"
+    );
+    assert_eq!(terms["booked_blocks"], 0, "{v}");
+    let uncached = terms["uncached_blocks"].as_f64().unwrap();
+    let queued = terms["queued"].as_f64().unwrap();
+    assert_eq!(
+        home_row["score"].as_f64().unwrap(),
+        uncached + queued,
+        "{v}"
+    );
 
     // Nothing was forwarded, and explaining again sees the same index (nothing learned).
     assert_eq!(

@@ -30,15 +30,15 @@ fn has(text: &str, line: &str) {
 #[test]
 fn renders_decisions_and_workers_without_double_counting() {
     let metrics = Metrics::default();
-    metrics.decided("cache_aware", "lowest prefill + queue cost");
-    metrics.decided("cache_aware", "lowest prefill + queue cost");
+    metrics.decided("cache_aware", "cached prefix: holder");
+    metrics.decided("cache_aware", "cached prefix: holder");
     let w = worker("http://w:1");
     let _held = w.begin();
     let snap = fleet(&[&w]);
     let text = render(&metrics, &snap);
     has(
         &text,
-        r#"vllm_router_routing_decisions_total{policy="cache_aware",reason="lowest prefill + queue cost"} 2"#,
+        r#"vllm_router_routing_decisions_total{policy="cache_aware",reason="cached prefix: holder"} 2"#,
     );
     has(
         &text,
