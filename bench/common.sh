@@ -2,10 +2,13 @@
 #   build PACKAGE...      release-build the packages; sets $target_dir
 #   ensure_tools TOOL...  apt-install whichever of the tools (wrk, nginx) is missing
 #   ensure_peer           vllm-router 0.1.17 from PyPI in $venv ($BENCH_VENV)
+#   ensure_smg            smg 1.13.0 (SGLang's gateway) from PyPI in $smg_venv ($BENCH_VENV-smg)
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 venv="${BENCH_VENV:-$HOME/.cache/vllm-router-bench}"
 peer_version="0.1.17"
+smg_venv="$venv-smg"
+smg_version="1.13.0"
 cd "$root"
 
 build() {
@@ -34,4 +37,11 @@ ensure_peer() {
     echo "installing vllm-router==$peer_version into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "vllm-router==$peer_version"
+}
+
+ensure_smg() {
+    [[ -x "$smg_venv/bin/smg" ]] && return 0
+    echo "installing smg==$smg_version into $smg_venv" >&2
+    python3 -m venv "$smg_venv"
+    "$smg_venv/bin/python" -m pip install --quiet --disable-pip-version-check "smg==$smg_version"
 }
