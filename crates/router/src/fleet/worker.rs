@@ -30,6 +30,8 @@ pub struct Worker {
     /// Prefix-index blocks of prefill work sent to the worker whose first token has not come
     /// back: work the engine's gauges may not show yet (see [`InFlight::prefilled`]).
     booked_prefill: AtomicU64,
+    /// Requests in flight whose first token has not come back.
+    awaiting_first: AtomicUsize,
     served: AtomicU64,
     recent: Recent,
     /// Shared by every rank of one URL: one server, one verdict.
@@ -87,6 +89,7 @@ impl Worker {
             engine: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
             booked_prefill: AtomicU64::new(0),
+            awaiting_first: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             recent: Recent::default(),
             health,
@@ -276,6 +279,7 @@ impl Worker {
     pub fn begin_booked(self: &Arc<Self>, prefill_blocks: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
+        self.awaiting_first.fetch_add(1, Ordering::Relaxed);
         if prefill_blocks > 0 {
             self.booked_prefill
                 .fetch_add(prefill_blocks, Ordering::Relaxed);
@@ -283,12 +287,19 @@ impl Worker {
         InFlight {
             worker: Arc::clone(self),
             booked: prefill_blocks,
+            awaiting: true,
         }
     }
 
     /// Blocks of prefill work booked on the worker and not yet answered.
     pub fn booked_prefill(&self) -> u64 {
         self.booked_prefill.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to the worker whose first token has not come back: those the
+    /// engine may be holding in its queue or prefilling.
+    pub fn awaiting_first(&self) -> usize {
+        self.awaiting_first.load(Ordering::Relaxed)
     }
 
     /// The upstream URI for a client's path and query.
@@ -313,6 +324,7 @@ impl Worker {
 pub struct InFlight {
     worker: Arc<Worker>,
     booked: u64,
+    awaiting: bool,
 }
 
 impl InFlight {
@@ -323,6 +335,9 @@ impl InFlight {
 
     /// The first token came back: the request's prefill is done, its booking ends.
     pub fn prefilled(&mut self) {
+        if std::mem::take(&mut self.awaiting) {
+            self.worker.awaiting_first.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.booked > 0 {
             self.worker
                 .booked_prefill
@@ -369,10 +384,14 @@ mod tests {
         a.prefilled();
         a.prefilled();
         assert_eq!((w.booked_prefill(), w.in_flight()), (5, 2));
+        assert_eq!(w.awaiting_first(), 1);
         drop(b);
         assert_eq!(w.booked_prefill(), 0);
         drop(a);
-        assert_eq!((w.booked_prefill(), w.in_flight()), (0, 0));
+        assert_eq!(
+            (w.booked_prefill(), w.in_flight(), w.awaiting_first()),
+            (0, 0, 0)
+        );
     }
 
     #[test]

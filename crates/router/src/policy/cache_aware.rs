@@ -3,24 +3,27 @@
 //! what the router already sent each worker.
 //!
 //! One cost model, in blocks of prefill work, decides (see [`Terms`]). A worker's cost for a
-//! request is what it must prefill (prompt blocks not cached there) plus the work ahead of
-//! the request there:
+//! request is what it must prefill (prompt blocks not cached there), times `1 + fill` where
+//! `fill` (0..1) is how full its cache is, since each block prefilled into a full cache
+//! evicts one that someone will recompute ([`EVICTION_WEIGHT`]); plus the work ahead of the
+//! request there:
 //! - prefill booked on it: every request the router sent it books the blocks it predicted
 //!   the worker would prefill, until its first token comes back, so a burst sees its own
 //!   earlier members before any scrape does;
 //! - the running batch: each request in flight adds a decode token to every step, about one
 //!   block of prefill ([`DECODE_BLOCKS`]);
-//! - the engine's queue for a batch slot (scraped `waiting`, plus requests sent since while it
-//!   had one), each about the mean prefill of a request.
+//! - the engine's queue beyond the router's own requests awaiting their first token (those
+//!   are booked): each request there costs about the mean prefill of a request.
 //!
 //! Three rules use it:
 //! - a prefix nobody holds (no worker holds `--cache-threshold` of the prompt) goes to the
-//!   worker with the most room: the least work ahead, and the emptiest cache, a full one
-//!   counting as [`ROOM_WEIGHT`] of the prompt, so that groups spread over the fleet;
+//!   cheapest worker: the least work ahead and the emptiest cache, so that groups spread over
+//!   the fleet instead of piling up;
 //! - a follower of a cached prefix stays on the worker holding the most of it;
-//! - it spills to another worker only when the work ahead of it there is less than on the
-//!   holder by more than the extra prefill, plus a margin of [`SPILL_MARGIN`] of the held
-//!   prefix, so that a session does not flap between two workers of about equal load.
+//! - it spills to another worker only when that worker's cost is lower by more than a margin
+//!   of [`SPILL_MARGIN`] of the held prefix: the work ahead on the holder must exceed the
+//!   recompute (and the evictions it causes) elsewhere, with hysteresis, so that a session
+//!   does not flap between two workers of about equal load.
 //!
 //! vllm-project/router's balance guard keeps its meaning: when the most loaded candidate has
 //! more than `--balance-abs-threshold` requests (in flight plus waiting) over the least
@@ -88,9 +91,9 @@ impl Default for CacheAwareConfig {
 /// decode token to every step the new request's prefill shares with it.
 pub const DECODE_BLOCKS: f64 = 1.0;
 
-/// What a full cache costs a prefix nobody holds, as a share of its prompt: placing it there
-/// evicts what others will have to recompute.
-pub const ROOM_WEIGHT: f64 = 0.5;
+/// What each block prefilled into a full cache costs beyond its own prefill, as a share of
+/// it: it evicts a block that another request will have to recompute.
+pub const EVICTION_WEIGHT: f64 = 1.0;
 
 /// A follower leaves the worker holding most of its prefix only to save more than this share
 /// of the held prefix.
@@ -108,16 +111,15 @@ pub struct Terms {
     pub booked_blocks: u64,
     /// Requests in flight to it from this router.
     pub in_flight: u32,
-    /// Requests waiting in its engine for a batch slot (scraped, plus those sent since while
-    /// it had a queue).
+    /// Requests waiting in its engine (scraped) beyond those this router sent that await
+    /// their first token, which are booked already.
     pub waiting: f64,
     /// How full its cache is, 0..1: the index against the worker's capacity (or, with no
     /// capacity known, against the largest index of the candidates).
     pub cache_fill: f64,
     /// Work ahead of a new request: booked prefill, decode steps and queue.
     pub queued: f64,
-    /// The cost the rule that decided compared: uncached + queued for followers, queued +
-    /// room for a prefix nobody holds.
+    /// The cost: uncached × (1 + fill), the prefill and what it evicts, plus queued.
     pub cost: f64,
     /// Requests ahead, for the balance guard: in flight plus waiting.
     #[serde(skip)]
@@ -183,14 +185,11 @@ impl CacheAware {
                     (index.matched(chain), index.len())
                 };
                 let load = w.load(now);
-                let waiting = load.engine.map_or(0.0, |e| {
-                    let sent_since = if e.waiting > 0.0 {
-                        e.in_flight_change.max(0) as f64
-                    } else {
-                        0.0
-                    };
-                    e.waiting + sent_since
-                });
+                // Requests this router sent and that wait for their first token are booked
+                // already; the engine's queue beyond them came from elsewhere.
+                let waiting = load
+                    .engine
+                    .map_or(0.0, |e| (e.waiting - w.awaiting_first() as f64).max(0.0));
                 let booked_blocks = w.booked_prefill();
                 let in_flight = load.in_flight;
                 let queued = booked_blocks as f64
@@ -218,7 +217,6 @@ impl CacheAware {
             .collect();
         // Unknown capacities were marked negative: judge those against the fullest of them.
         let fullest = terms.iter().map(|t| -t.cache_fill).fold(0.0f64, f64::max);
-        let new_prefix = is_new_prefix(chain, &terms, self.config.cache_threshold);
         for t in &mut terms {
             if t.cache_fill <= 0.0 {
                 t.cache_fill = if fullest > 0.0 {
@@ -227,11 +225,7 @@ impl CacheAware {
                     0.0
                 };
             }
-            t.cost = if new_prefix {
-                t.queued + ROOM_WEIGHT * t.cache_fill * chain.len() as f64
-            } else {
-                t.uncached_blocks as f64 + t.queued
-            };
+            t.cost = t.uncached_blocks as f64 * (1.0 + EVICTION_WEIGHT * t.cache_fill) + t.queued;
         }
         terms
     }

@@ -170,12 +170,14 @@ fn a_spill_happens_only_past_the_recompute_cost() {
     let home = pick(&policy, &ws, &chat(1, 1, 20, 2));
     let other = 1 - home;
     let text = chat(1, 2, 20, 2);
-    // Recomputing the 20 shared blocks elsewhere costs 20 more blocks, and the margin a
-    // quarter of the 20 held: a holder 24 blocks behind keeps the follower...
-    let _booked = ws[home].begin_booked(24);
+    // The holder's cache is the only full one: its 2 new blocks cost twice, 4. Elsewhere the
+    // whole prompt is prefilled, 22, into an empty cache. The margin is a quarter of the 20
+    // held, 5. With 21 blocks booked and that one request in flight, the holder's cost is
+    // 4 + 21 + 1 = 26, within 22 + 5: it keeps the follower...
+    let _booked = ws[home].begin_booked(21);
     assert_eq!(decide(&policy, &ws, &text).index, home);
-    // ...one 27 blocks behind loses it.
-    let _more = ws[home].begin_booked(3);
+    // ...with 2 blocks and a request more (29), it loses it.
+    let _more = ws[home].begin_booked(2);
     let d = decide(&policy, &ws, &text);
     assert_eq!(
         (d.index, d.reason),
@@ -240,6 +242,10 @@ fn debug_terms_name_every_part_of_the_cost() {
     assert_eq!((t.matched_blocks, t.uncached_blocks), (20, 2));
     assert_eq!((t.booked_blocks, t.in_flight), (7, 1));
     assert_eq!(t.queued, 7.0 + DECODE_BLOCKS);
-    assert_eq!(t.cost, 2.0 + t.queued);
+    assert_eq!(
+        t.cache_fill, 1.0,
+        "the fullest index, with no capacity known"
+    );
+    assert_eq!(t.cost, 2.0 * (1.0 + EVICTION_WEIGHT) + t.queued);
     assert_eq!(terms[1 - home].uncached_blocks, 22);
 }
