@@ -97,7 +97,7 @@ pub const EVICTION_WEIGHT: f64 = 1.0;
 
 /// A follower leaves the worker holding most of its prefix only to save more than this share
 /// of the held prefix.
-pub const SPILL_MARGIN: f64 = 0.25;
+pub const SPILL_MARGIN: f64 = 0.5;
 
 /// One candidate's terms under the cost model, in blocks of prefill work, for decisions and
 /// `/debug/route`.

@@ -42,7 +42,7 @@ fn a_deep_queue_outweighs_a_cache_hit() {
     let ws = workers(2);
     let policy = CacheAware::new(CacheAwareConfig::default());
     let home = pick(&policy, &ws, &prompt(1, 1));
-    engine(&ws[home], |m| m.waiting = Some(10.0));
+    engine(&ws[home], |m| m.waiting = Some(20.0));
     engine(&ws[1 - home], |m| m.waiting = Some(0.0));
     assert_eq!(pick(&policy, &ws, &prompt(1, 2)), 1 - home);
 }
@@ -171,13 +171,13 @@ fn a_spill_happens_only_past_the_recompute_cost() {
     let other = 1 - home;
     let text = chat(1, 2, 20, 2);
     // The holder's cache is the only full one: its 2 new blocks cost twice, 4. Elsewhere the
-    // whole prompt is prefilled, 22, into an empty cache. The margin is a quarter of the 20
-    // held, 5. With 21 blocks booked and that one request in flight, the holder's cost is
-    // 4 + 21 + 1 = 26, within 22 + 5: it keeps the follower...
+    // whole prompt is prefilled, 22, into an empty cache. The margin is half the 20 held, 10.
+    // With 21 blocks booked and that one request in flight, the holder's cost is
+    // 4 + 21 + 1 = 26, within 22 + 10: it keeps the follower...
     let _booked = ws[home].begin_booked(21);
     assert_eq!(decide(&policy, &ws, &text).index, home);
-    // ...with 2 blocks and a request more (29), it loses it.
-    let _more = ws[home].begin_booked(2);
+    // ...with 6 blocks and a request more (33), it loses it.
+    let _more = ws[home].begin_booked(6);
     let d = decide(&policy, &ws, &text);
     assert_eq!(
         (d.index, d.reason),
