@@ -26,7 +26,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, log, machine_line, start, start_listening, stop, tail, version_of, wait_ready
+from procs import (free_port, log, machine_line, nginx_argv, start, start_listening, stop, tail,
+                   version_of, wait_ready)
 
 MODEL = "sim-model"
 WARMUP_S = 1
@@ -132,53 +133,12 @@ def start_target(name: str, paths: Paths, workers: list[str], workdir: Path) -> 
             "--log-level", "warning",
         ]
     elif name == "nginx":
-        argv = nginx_argv(paths.nginx, port, workers, workdir)
+        argv = nginx_argv(paths.nginx, port, workers, workdir / "nginx")
     else:
         raise ValueError(name)
     return Running(f"http://127.0.0.1:{port}", start(argv, logf), logf)
 
 
-def nginx_argv(nginx: str, port: int, workers: list[str], workdir: Path) -> list[str]:
-    prefix = workdir / "nginx"
-    if prefix.exists():
-        shutil.rmtree(prefix)
-    prefix.mkdir()
-    # Started as root, nginx workers run as an unprivileged user that must reach the prefix.
-    for d in (workdir, prefix):
-        d.chmod(0o755)
-    servers = "\n".join(
-        f"        server {u.removeprefix('http://')};" for u in workers
-    )
-    conf = prefix / "nginx.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        worker_processes 1;
-        pid {prefix}/nginx.pid;
-        error_log {prefix}/error.log warn;
-        events {{ worker_connections 4096; }}
-        http {{
-            access_log off;
-            client_body_temp_path {prefix}/client_body;
-            proxy_temp_path {prefix}/proxy;
-            fastcgi_temp_path {prefix}/fastcgi;
-            uwsgi_temp_path {prefix}/uwsgi;
-            scgi_temp_path {prefix}/scgi;
-            upstream llm {{
-                least_conn;
-        {servers}
-                keepalive 64;
-            }}
-            server {{
-                listen 127.0.0.1:{port};
-                location / {{
-                    proxy_pass http://llm;
-                    proxy_http_version 1.1;
-                    proxy_set_header Connection "";
-                    proxy_buffering off;
-                }}
-            }}
-        }}
-    """))
-    return [nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"]
 
 
 # ---------------------------------------------------------------------------------------------

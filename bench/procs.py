@@ -8,10 +8,12 @@ import queue
 import re
 import threading
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -192,3 +194,48 @@ class SimFleet:
         for proc in self.procs:
             stop(proc)
         self.procs, self.urls = [], []
+
+
+def nginx_argv(nginx: str, port: int, workers: list[str], prefix: Path,
+               read_timeout_s: int | None = None) -> list[str]:
+    """nginx as a plain least-connections reverse proxy over `workers` on `port`, unbuffered,
+    with keep-alive upstreams; its configuration and state live in `prefix`, made anew."""
+    if prefix.exists():
+        shutil.rmtree(prefix)
+    prefix.mkdir(parents=True)
+    # Started as root, nginx workers run as an unprivileged user that must reach the prefix.
+    for d in (prefix.parent, prefix):
+        d.chmod(0o755)
+    servers = "\n".join(f"        server {u.removeprefix('http://')};" for u in workers)
+    timeout = f"\n            proxy_read_timeout {read_timeout_s}s;" if read_timeout_s else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        worker_processes 1;
+        pid {prefix}/nginx.pid;
+        error_log {prefix}/error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            client_body_temp_path {prefix}/client_body;
+            proxy_temp_path {prefix}/proxy;
+            fastcgi_temp_path {prefix}/fastcgi;
+            uwsgi_temp_path {prefix}/uwsgi;
+            scgi_temp_path {prefix}/scgi;
+            upstream llm {{
+                least_conn;
+        {{servers}}
+                keepalive 64;
+            }}
+            server {{
+                listen 127.0.0.1:{port};
+                location / {{
+                    proxy_pass http://llm;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_buffering off;{{timeout}}
+                }}
+            }}
+        }}
+    """).replace("{servers}", servers).replace("{timeout}", timeout))
+    return [nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"]
+

@@ -40,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -48,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import charts
-from procs import (SimFleet, free_port, get_json, log, machine_line, start, stop, tail,
+from procs import (SimFleet, free_port, get_json, log, machine_line, nginx_argv, start, stop, tail,
                    version_of, wait_ready)
 
 MODEL = "sim-model"
@@ -561,50 +560,10 @@ def router_argv(t: Target, paths: Paths, port: int, workers: list[str], workdir:
                 "--shutdown-grace-period-secs", "1", "--log-level", "warn",
                 "--worker-urls", *workers, "--policy", t.policy, *extra]
     if t.router == "nginx":
-        return nginx_argv(paths.nginx, port, workers, workdir / f"{tag}.nginx")
+        return nginx_argv(paths.nginx, port, workers, workdir / f"{tag}.nginx", read_timeout_s=300)
     raise ValueError(t.router)
 
 
-def nginx_argv(nginx: str, port: int, workers: list[str], prefix: Path) -> list[str]:
-    """nginx as a plain least-connections proxy, configured like bench/overhead.py's."""
-    if prefix.exists():
-        shutil.rmtree(prefix)
-    prefix.mkdir(parents=True)
-    # Started as root, nginx workers run as an unprivileged user that must reach the prefix.
-    for d in (prefix.parent, prefix):
-        d.chmod(0o755)
-    servers = "\n".join(f"        server {u.removeprefix('http://')};" for u in workers)
-    conf = prefix / "nginx.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        worker_processes 1;
-        pid {prefix}/nginx.pid;
-        error_log {prefix}/error.log warn;
-        events {{ worker_connections 4096; }}
-        http {{
-            access_log off;
-            client_body_temp_path {prefix}/client_body;
-            proxy_temp_path {prefix}/proxy;
-            fastcgi_temp_path {prefix}/fastcgi;
-            uwsgi_temp_path {prefix}/uwsgi;
-            scgi_temp_path {prefix}/scgi;
-            upstream llm {{
-                least_conn;
-        {servers}
-                keepalive 64;
-            }}
-            server {{
-                listen 127.0.0.1:{port};
-                location / {{
-                    proxy_pass http://llm;
-                    proxy_http_version 1.1;
-                    proxy_set_header Connection "";
-                    proxy_buffering off;
-                    proxy_read_timeout 300s;
-                }}
-            }}
-        }}
-    """))
-    return [nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"]
 
 
 def post_json(url: str, body: dict, timeout: float = 10.0) -> tuple[int, bytes]:
