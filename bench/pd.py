@@ -41,7 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import SimFleet, free_port, get_json, http_get, log, start, stop, tail, wait_ready
+from procs import (SimFleet, free_port, get_json, http_get, log, pin_binaries, start, stop, tail,
+                   wait_ready)
 from quality import (DISPLAY, ROLE_MARKER_TOKENS, commands_block, driver_args, fmt, last_line,
                      report_head, shell)
 
@@ -682,15 +683,9 @@ def report(runs: list[tuple[Scenario, list[Result]]], paths: Paths, argv: list[s
 
 
 def pin(paths: Paths, dest: Path) -> Paths:
-    """Copies of our binaries, so that a rebuild in the tree during the run cannot swap them
-    between targets."""
-    dest.mkdir(parents=True, exist_ok=True)
-    copies = {}
-    for what in ("router", "sim", "bench"):
-        src = Path(shutil.which(getattr(paths, what)) or getattr(paths, what))
-        copies[what] = str(dest / src.name)
-        shutil.copy2(src, copies[what])
-    return Paths(copies["router"], copies["sim"], paths.peer, copies["bench"])
+    """Our binaries copied into `dest` (see `pin_binaries`); the peer's stays where it is."""
+    router, sim, bench = pin_binaries(dest, [paths.router, paths.sim, paths.bench])
+    return Paths(router, sim, paths.peer, bench)
 
 
 def run_order(sc: Scenario) -> list[tuple[int, Target]]:

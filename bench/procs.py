@@ -239,3 +239,15 @@ def nginx_argv(nginx: str, port: int, workers: list[str], prefix: Path,
     """).replace("{servers}", servers).replace("{timeout}", timeout))
     return [nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"]
 
+
+def pin_binaries(dest: Path, binaries: list[str]) -> list[str]:
+    """Copies of `binaries` (paths or names on PATH) in `dest`, so that a rebuild in the tree
+    during a run cannot swap them between targets; their paths, in order."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for binary in binaries:
+        src = Path(shutil.which(binary) or binary)
+        copies.append(str(dest / src.name))
+        shutil.copy2(src, copies[-1])
+    return copies
+

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import charts
-from procs import (SimFleet, free_port, get_json, log, machine_line, nginx_argv, start, stop, tail,
-                   version_of, wait_ready)
+from procs import (SimFleet, free_port, get_json, log, machine_line, nginx_argv, pin_binaries,
+                   start, stop, tail, version_of, wait_ready)
 
 MODEL = "sim-model"
 # The simulator's chat template wraps each message in `<|role|>` (five tokens) and ends the
@@ -1223,16 +1223,9 @@ def sweep_chart(results: list[PointResult], path: Path) -> None:
 
 
 def pin(paths: Paths, dest: Path) -> Paths:
-    """Copies of our binaries, so that a rebuild in the tree during the run cannot swap them
-    between targets."""
-    dest.mkdir(parents=True, exist_ok=True)
-    copies = {}
-    for what in ("router", "sim", "bench"):
-        src = Path(shutil.which(getattr(paths, what)) or getattr(paths, what))
-        copies[what] = str(dest / src.name)
-        shutil.copy2(src, copies[what])
-    return Paths(copies["router"], copies["sim"], copies["bench"], paths.vllm_router,
-                 paths.smg, paths.nginx)
+    """Our binaries copied into `dest` (see `pin_binaries`); the peers' stay where they are."""
+    router, sim, bench = pin_binaries(dest, [paths.router, paths.sim, paths.bench])
+    return Paths(router, sim, bench, paths.vllm_router, paths.smg, paths.nginx)
 
 
 def estimate(plan: list[Point], rounds: int) -> tuple[float, int]:
