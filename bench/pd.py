@@ -176,8 +176,9 @@ def timing_note(args: argparse.Namespace) -> str:
         f"uncached prompt token (nothing on a decode worker handed `do_remote_prefill`); then "
         f"a token every {args.itl_ms:g} ms x (1 + {args.itl_batch_factor:g} x (running - 1)). "
         f"A prefill worker runs at most {args.prefill_max_num_seqs} prompts at once and queues "
-        f"the rest (the simulator has no compute contention; the bound stands in for it), a "
-        f"decode worker {args.decode_max_num_seqs} requests."
+        f"the rest, a decode worker {args.decode_max_num_seqs} requests; each runs its batch "
+        f"in steps with a shared token budget, so prompts on one worker prefill in turn and "
+        f"slow the batch's decoding."
     )
 
 
@@ -668,8 +669,7 @@ def report(runs: list[tuple[Scenario, list[Result]]], paths: Paths, argv: list[s
         "TTFT is measured by the client to the first chunk carrying a choice, so in P/D mode it "
         "covers the prefill leg, the hand-over and the decode worker's first token. The "
         "simulator moves no KV cache: a decode worker handed `do_remote_prefill` starts as if "
-        "the blocks had arrived, so no transfer cost is in these figures, and prompt compute on "
-        "a decode worker does not slow its other requests' tokens.",
+        "the blocks had arrived, so no transfer cost is in these figures.",
         "",
         f"Driver: `{shell(['bench/pd.sh', *driver_args(argv)])}`",
         "",
