@@ -237,7 +237,9 @@ class Traffic:
             t.start()
 
     def _loop(self, n: int) -> None:
-        prompt = "Tell me how a load balancer spreads requests over a fleet. " * 20
+        # Each client its own conversation, as real users are: a cache-aware router keeps an
+        # identical prompt on the workers that hold it, and the page must show every worker.
+        prompt = f"Client {n}: " + "Tell me how a load balancer spreads requests over a fleet. " * 20
         while not self.stop_flag.is_set():
             body = json.dumps({
                 "model": MODEL, "messages": [{"role": "user", "content": prompt}],
