@@ -237,7 +237,17 @@ impl CacheAware {
             return None;
         }
         let terms = self.terms(chain, candidates, Instant::now());
-        let decision = self.decide(chain, candidates, &terms)?;
+        self.decide_on(chain, candidates, &terms)
+    }
+
+    /// The decision on these terms, with the predicted hit and the prefill it books.
+    fn decide_on(
+        &self,
+        chain: &[u64],
+        candidates: &[Arc<Worker>],
+        terms: &[Terms],
+    ) -> Option<Decision> {
+        let decision = self.decide(chain, candidates, terms)?;
         let chosen = &terms[decision.index];
         let predicted_hit =
             (!chain.is_empty()).then(|| chosen.matched_blocks as f64 / chain.len() as f64);
@@ -352,9 +362,10 @@ impl Policy for CacheAware {
 
     fn explain(&self, req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
         let chain = chain_hashes(req.prompt.unwrap_or_default().as_bytes());
+        // One reading of the loads: the decision shown is the one these terms give.
         let terms = self.terms(&chain, candidates, Instant::now());
         Explanation {
-            decision: self.choose(&chain, candidates),
+            decision: self.decide_on(&chain, candidates, &terms),
             scores: Some(terms.iter().map(|t| t.cost).collect()),
             matched_blocks: Some(terms.iter().map(|t| t.matched_blocks).collect()),
             prompt_blocks: Some(chain.len()),
