@@ -232,8 +232,9 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 5.0)]
     pub vllm_discovery_expiry_secs: f64,
     /// Conditional prefill: send a request straight to the decode worker, skipping the
-    /// prefill leg, when fewer than this many of its prompt tokens (estimated at 4 bytes of
-    /// text per token) are not already in the chosen decode worker's prefix cache. 0 disables.
+    /// prefill leg, when fewer than this many of its prompt tokens (estimated from its text at
+    /// the bytes per token the worker's reported usage shows, 4 until it reports any) are not
+    /// already in the chosen decode worker's prefix cache. 0 disables.
     #[arg(long, default_value_t = 0)]
     pub pd_min_uncached_tokens: u32,
     /// When every prefill attempt failed, let the decode worker compute the prompt itself

@@ -25,7 +25,7 @@ pub use health::{admit, admit_url, spawn_health_loop, wait_for_startup};
 pub use load::{EngineLoad, EngineSample, Load};
 pub use recent::{Completion, KEPT, PromptTokens, Recent};
 pub use scrape::spawn_scrape_loop;
-pub use worker::{InFlight, Worker, X_DATA_PARALLEL_RANK};
+pub use worker::{DEFAULT_BYTES_PER_TOKEN, InFlight, Worker, X_DATA_PARALLEL_RANK};
 
 use crate::config::{Role, WorkerSpec};
 use crate::policy::Policy;

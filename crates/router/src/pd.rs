@@ -46,6 +46,7 @@ use crate::prefix::chain_hashes;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{self, Answer, Inbound, Leg, Stage};
 use crate::server::App;
+use crate::telemetry::usage::UsageScan;
 use crate::upstream::UpstreamBody;
 
 /// The parameters of a NIXL prefill leg: "compute, keep the blocks for a remote decode".
@@ -53,9 +54,6 @@ const NIXL_PREFILL_PARAMS: &str = r#"{"do_remote_decode":true,"do_remote_prefill
 
 /// Largest prefill answer read (it carries one token and the transfer parameters).
 const MAX_PREFILL_ANSWER: usize = 4 * 1024 * 1024;
-
-/// Bytes of prompt text per token, for estimating tokens from text.
-const BYTES_PER_TOKEN: usize = 4;
 
 /// Whether requests to `path` go through the two-leg plan; other routes go to one worker.
 pub(crate) fn applies(path: &str) -> bool {
@@ -168,10 +166,10 @@ impl Pd {
     }
 
     /// Tokens of `prompt` (whose blocks are `chain`) not expected in `decode`'s prefix cache
-    /// (text at 4 bytes a token).
+    /// (text at the bytes per token `decode` has shown, see [`Worker::bytes_per_token`]).
     pub(crate) fn uncached_tokens(&self, decode: &Worker, prompt: &str, chain: &[u64]) -> usize {
         let matched = self.affinity.matched_bytes(decode, chain);
-        prompt.len().saturating_sub(matched) / BYTES_PER_TOKEN
+        (prompt.len().saturating_sub(matched) as f64 / decode.bytes_per_token()) as usize
     }
 
     /// Conditional prefill: fewer than `--pd-min-uncached-tokens` of the prompt's tokens are
@@ -504,7 +502,10 @@ async fn prefill_attempts<T>(
         let checked = if status.is_success() {
             read_limited(&mut answer, leg.deadline())
                 .await
-                .and_then(|bytes| check(&bytes))
+                .and_then(|bytes| {
+                    learn_bytes_per_token(&answer.worker, leg.request(), &bytes);
+                    check(&bytes)
+                })
         } else {
             Err(format!("the prefill answered {status}"))
         };
@@ -524,6 +525,19 @@ async fn prefill_attempts<T>(
                 }
             }
         }
+    }
+}
+
+/// A prefill answer reports the prompt's tokens as any answer does: the prefill worker learns
+/// its bytes per token from it (the client's answer teaches only the decode worker).
+fn learn_bytes_per_token(worker: &Worker, request: &Inbound<'_>, answer: &[u8]) {
+    let Some(prompt) = request.route_req.prompt else {
+        return;
+    };
+    let mut scan = UsageScan::default();
+    scan.observe(answer);
+    if let Some(tokens) = scan.usage().prompt {
+        worker.observe_prompt(prompt.len(), tokens);
     }
 }
 

@@ -139,6 +139,7 @@ async fn route(
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await?;
     if let Some(e) = exchange.lock().as_mut() {
         e.set_model(peeked.model.as_deref());
+        e.set_prompt_bytes(peeked.prompt.as_deref().map(str::len));
     }
     if span.is_recording()
         && let Some(model) = &peeked.model

@@ -88,3 +88,26 @@ async fn add_and_remove_publish_new_snapshots_and_keep_live_workers() {
         .await;
     assert!(Arc::ptr_eq(&s1, &fleet.snapshot()));
 }
+
+#[test]
+fn bytes_per_token_starts_from_the_first_report_and_moves_by_a_sixteenth() {
+    let w = Worker::new(url("http://a:1"));
+    assert_eq!(w.learned_bytes_per_token(), None);
+    assert_eq!(w.bytes_per_token(), DEFAULT_BYTES_PER_TOKEN);
+    w.observe_prompt(0, 10);
+    w.observe_prompt(10, 0);
+    assert_eq!(
+        w.learned_bytes_per_token(),
+        None,
+        "empty reports teach nothing"
+    );
+    w.observe_prompt(6000, 1000);
+    assert_eq!(w.bytes_per_token(), 6.0);
+    w.observe_prompt(2200, 1000);
+    let moved = w.bytes_per_token();
+    assert!((moved - (6.0 - 3.8 / 16.0)).abs() < 0.01, "{moved}");
+    for _ in 0..200 {
+        w.observe_prompt(2200, 1000);
+    }
+    assert!((w.bytes_per_token() - 2.2).abs() < 0.01);
+}

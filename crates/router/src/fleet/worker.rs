@@ -32,6 +32,9 @@ pub struct Worker {
     booked_prefill: AtomicU64,
     /// Requests in flight whose first token has not come back.
     awaiting_first: AtomicUsize,
+    /// Bytes of canonical prompt text per prompt token the worker reported, × 1024, as a
+    /// moving average; 0 before the first report.
+    bytes_per_token_x1024: AtomicU64,
     served: AtomicU64,
     recent: Recent,
     /// Shared by every rank of one URL: one server, one verdict.
@@ -48,6 +51,10 @@ struct Health {
     failures: AtomicU32,
     good_probes: AtomicU32,
 }
+
+/// Bytes of prompt text per token assumed before a worker has reported any usage: about
+/// what the tokenizers of common models give on English text.
+pub const DEFAULT_BYTES_PER_TOKEN: f64 = 4.0;
 
 /// The header naming the data-parallel rank a request is for.
 pub static X_DATA_PARALLEL_RANK: http::HeaderName =
@@ -90,6 +97,7 @@ impl Worker {
             in_flight: AtomicUsize::new(0),
             booked_prefill: AtomicU64::new(0),
             awaiting_first: AtomicUsize::new(0),
+            bytes_per_token_x1024: AtomicU64::new(0),
             served: AtomicU64::new(0),
             recent: Recent::default(),
             health,
@@ -300,6 +308,42 @@ impl Worker {
     /// engine may be holding in its queue or prefilling.
     pub fn awaiting_first(&self) -> usize {
         self.awaiting_first.load(Ordering::Relaxed)
+    }
+
+    /// Learn from a finished request: its canonical prompt had `prompt_bytes` bytes and the
+    /// worker reported `prompt_tokens` tokens for it. The first report sets the ratio; later
+    /// ones move it by a sixteenth of the difference.
+    pub fn observe_prompt(&self, prompt_bytes: usize, prompt_tokens: u64) {
+        if prompt_bytes == 0 || prompt_tokens == 0 {
+            return;
+        }
+        let sample = (prompt_bytes as u64).saturating_mul(1024) / prompt_tokens;
+        let sample = sample.max(1);
+        let _ =
+            self.bytes_per_token_x1024
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                    Some(if old == 0 {
+                        sample
+                    } else {
+                        // old + (sample - old) / 16, rounded.
+                        (old * 15 + sample + 8) / 16
+                    })
+                });
+    }
+
+    /// Bytes of canonical prompt text per token on this worker: learned from the usage it
+    /// reports ([`Worker::observe_prompt`]), [`DEFAULT_BYTES_PER_TOKEN`] until it has.
+    pub fn bytes_per_token(&self) -> f64 {
+        self.learned_bytes_per_token()
+            .unwrap_or(DEFAULT_BYTES_PER_TOKEN)
+    }
+
+    /// [`Worker::bytes_per_token`] once learned.
+    pub fn learned_bytes_per_token(&self) -> Option<f64> {
+        match self.bytes_per_token_x1024.load(Ordering::Relaxed) {
+            0 => None,
+            x => Some(x as f64 / 1024.0),
+        }
     }
 
     /// The upstream URI for a client's path and query.

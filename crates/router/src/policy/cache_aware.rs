@@ -31,8 +31,8 @@
 //! outright.
 //!
 //! Each worker's index holds at most `--max-tree-size` bytes of prompt text, or the worker's
-//! KV capacity from `vllm:cache_config_info` (block size × blocks, at four bytes of text per
-//! token) if smaller; it is trimmed when it passes that by an eighth and swept every
+//! KV capacity from `vllm:cache_config_info` (block size × blocks, at the bytes of prompt text
+//! per token the worker's reported usage shows, four until it reports any) if smaller; it is trimmed when it passes that by an eighth and swept every
 //! `--eviction-interval-secs`.
 
 use std::collections::HashMap;
@@ -46,16 +46,14 @@ use super::{Decision, Explanation, Policy, RouteRequest, least_by};
 use crate::fleet::{Snapshot, Worker};
 use crate::prefix::{BLOCK_BYTES, PrefixIndex, chain_hashes};
 
-/// Bytes of prompt text per token, for sizing an index from a KV capacity in tokens.
-const BYTES_PER_TOKEN: u64 = 4;
-
 /// Blocks of prompt text an index of `worker` may hold: `max_bytes` of text, or the worker's
-/// KV capacity from `vllm:cache_config_info` if smaller (the worker cannot hold more).
+/// KV capacity from `vllm:cache_config_info` if smaller (the worker cannot hold more), in
+/// text at the bytes per token the worker has shown ([`Worker::bytes_per_token`]).
 pub(crate) fn index_capacity(worker: &Worker, max_bytes: u64) -> usize {
     let by_flag = max_bytes / BLOCK_BYTES as u64;
     let by_kv = worker.engine_sample().and_then(|s| {
         let tokens = u64::from(s.metrics.block_size?) * s.metrics.num_gpu_blocks?;
-        Some(tokens * BYTES_PER_TOKEN / BLOCK_BYTES as u64)
+        Some((tokens as f64 * worker.bytes_per_token()) as u64 / BLOCK_BYTES as u64)
     });
     usize::try_from(by_kv.map_or(by_flag, |kv| kv.min(by_flag))).unwrap_or(usize::MAX)
 }
@@ -300,6 +298,7 @@ impl CacheAware {
         }
         let margin = SPILL_MARGIN * terms[holder].matched_blocks as f64;
         if terms[holder].cost - terms[cheapest].cost > margin {
+            tracing::debug!(holder = ?terms[holder], to = ?terms[cheapest], "cache_aware spill");
             Some(Decision::new(cheapest, "spill: queue past recompute cost"))
         } else {
             Some(Decision::new(holder, "cached prefix: holder"))

@@ -116,6 +116,7 @@ fn explain_pool(
                 "role": w.role().name(),
                 "capacity": w.capacity(),
                 "in_flight": load.in_flight,
+                "bytes_per_token": w.learned_bytes_per_token(),
                 "engine": load.engine.map(|e| json!({
                     "running": e.running,
                     "waiting": e.waiting,

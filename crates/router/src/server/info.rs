@@ -171,6 +171,7 @@ pub async fn about(State(app): State<Arc<App>>) -> Response {
                 "in_flight": m.worker.in_flight(),
                 "capacity": m.worker.capacity(),
                 "requests_total": m.worker.served(),
+                "bytes_per_token": m.worker.learned_bytes_per_token(),
                 "models": m.model_names(),
             })
         })

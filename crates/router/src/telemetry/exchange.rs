@@ -67,6 +67,9 @@ pub struct Exchange {
     last_frame: Option<Instant>,
     usage: UsageScan,
     predicted_hit: Option<f64>,
+    /// Bytes of the canonical prompt, when the router read it: with the prompt tokens the
+    /// worker reports, the worker's bytes per token.
+    prompt_bytes: Option<usize>,
     outcome: Option<Outcome>,
     error: Option<String>,
 }
@@ -98,6 +101,7 @@ impl Exchange {
             last_frame: None,
             usage: UsageScan::default(),
             predicted_hit: None,
+            prompt_bytes: None,
             outcome: None,
             error: None,
         }
@@ -106,6 +110,11 @@ impl Exchange {
     /// The model the request named.
     pub fn set_model(&mut self, model: Option<&str>) {
         self.model = model.map(|m| m.chars().take(MAX_LOGGED_MODEL).collect());
+    }
+
+    /// The router read the request's canonical prompt, of `bytes` bytes.
+    pub fn set_prompt_bytes(&mut self, bytes: Option<usize>) {
+        self.prompt_bytes = bytes;
     }
 
     /// Some worker serves the request's model: it may label metrics.
@@ -197,8 +206,13 @@ impl Drop for Exchange {
         );
         if let (Some(worker), Some(series)) = (&self.worker, &self.series) {
             series.served(ttft, duration, outcome, usage);
-            if let (Some(predicted), Outcome::Complete) = (self.predicted_hit, outcome) {
-                metrics.prefix_prediction(worker.label(), predicted, usage);
+            if outcome == Outcome::Complete {
+                if let Some(predicted) = self.predicted_hit {
+                    metrics.prefix_prediction(worker.label(), predicted, usage);
+                }
+                if let (Some(bytes), Some(tokens)) = (self.prompt_bytes, usage.prompt) {
+                    worker.observe_prompt(bytes, tokens);
+                }
             }
         }
         metrics.finished(self.worker.as_deref(), now, ttft, usage);

@@ -166,6 +166,57 @@ async fn cache_aware_returns_each_conversation_to_the_worker_holding_its_prefix(
 }
 
 #[tokio::test]
+async fn a_worker_learns_its_bytes_per_token_from_the_usage_it_reports() {
+    let workers = fast_sims(2).await;
+    let router = router_with(&workers, |a| a.policy = Some(PolicyKind::CacheAware)).await;
+    // Six words and a full stop in 40 bytes: the simulator's tokenizer gives about 5.7 bytes
+    // a token, not the 4 assumed before any report.
+    let system = "Shared instructions for the whole team. ".repeat(40);
+    let body = json!({"model": MODEL, "max_tokens": 2, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "hello"},
+    ]});
+    let served = post_json(
+        &format!("{}/v1/chat/completions", router.url()),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(served.status, 200);
+    let home = served.header("x-vllm-router-worker").to_owned();
+    let tokens = served.json()["usage"]["prompt_tokens"].as_f64().unwrap();
+    let learned_by = |url: &str| {
+        let snapshot = router.app().fleet.snapshot();
+        let member = snapshot.members().iter().find(|m| m.worker.url() == url)?;
+        member.worker.learned_bytes_per_token()
+    };
+    let learned = eventually(Duration::from_secs(5), || learned_by(&home)).await;
+    let expected = (system.len() + "hello".len()) as f64 / tokens;
+    assert!(
+        (learned - expected).abs() < 0.15 * expected,
+        "learned {learned}, prompt text over tokens {expected}"
+    );
+    assert!(learned > 5.0, "{learned}");
+    let other = workers
+        .iter()
+        .map(|w| w.url())
+        .find(|u| *u != home)
+        .unwrap();
+    assert_eq!(learned_by(&other), None);
+
+    // /debug/route shows what each worker learned.
+    let v = post_json(
+        &format!("{}/debug/route?path=/v1/chat/completions", router.url()),
+        body,
+    )
+    .await
+    .json();
+    let rows = v["candidates"].as_array().unwrap();
+    let row = |url: &str| rows.iter().find(|r| r["url"] == url).unwrap();
+    assert_eq!(row(&home)["bytes_per_token"].as_f64(), Some(learned), "{v}");
+    assert!(row(&other)["bytes_per_token"].is_null(), "{v}");
+}
+
+#[tokio::test]
 async fn debug_route_explains_without_forwarding_or_learning() {
     let workers = fast_sims(3).await;
     let router = router_with(&workers, |a| a.policy = Some(PolicyKind::CacheAware)).await;

@@ -89,6 +89,18 @@ fn the_index_forgets_beyond_the_workers_kv_capacity() {
 }
 
 #[test]
+fn the_index_is_sized_at_the_bytes_per_token_the_worker_reported() {
+    let ws = workers(1);
+    engine(&ws[0], |m| {
+        (m.block_size, m.num_gpu_blocks) = (Some(16), Some(16))
+    });
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    // 256 tokens of 8 bytes: 2 KiB of text, 16 index blocks instead of the default's 8.
+    ws[0].observe_prompt(8000, 1000);
+    assert_eq!(policy.capacity(&ws[0]), 16);
+}
+
+#[test]
 fn removed_workers_lose_their_index() {
     let ws = workers(2);
     let policy = CacheAware::new(CacheAwareConfig::default());
