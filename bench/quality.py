@@ -534,10 +534,10 @@ class Paths:
 
 
 def router_argv(t: Target, paths: Paths, port: int, workers: list[str], workdir: Path,
-                tag: str) -> list[str]:
+                tag: str, metrics_port: int = 0) -> list[str]:
     if t.router == "ours":
         return [paths.router, "--host", "127.0.0.1", "--port", str(port),
-                "--prometheus-port", "0", "--log-level", "warn",
+                "--prometheus-port", str(metrics_port), "--log-level", "warn",
                 "--worker-urls", *workers, "--policy", t.policy]
     if t.router == "vllm-router":
         return [paths.vllm_router, "--host", "127.0.0.1", "--port", str(port),
@@ -625,6 +625,22 @@ class Run:
     seconds: float = 0.0
     prewarm_cmd: list[str] | None = None
     prewarm: dict | None = None  # the pre-warm's figures, not counted
+    decisions: dict[str, int] = field(default_factory=dict)  # ours: decisions by reason
+
+
+DECISION = re.compile(r'^vllm_router_routing_decisions_total\{[^}]*reason="([^"]*)"[^}]*\} (\S+)$')
+
+
+def save_decisions(metrics_port: int, path: Path) -> dict[str, int]:
+    """Keeps ours' metrics page in `path`; gives its routing decisions by reason."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            page = r.read().decode()
+    except (OSError, urllib.error.URLError):
+        return {}
+    path.write_text(page)
+    found = (DECISION.match(line) for line in page.splitlines())
+    return {m.group(1): int(float(m.group(2))) for m in found if m}
 
 
 def measure(t: Target, rnd: int, position: int, point: Point, fleet: Fleet, paths: Paths,
@@ -634,7 +650,9 @@ def measure(t: Target, rnd: int, position: int, point: Point, fleet: Fleet, path
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     tag = f"{point.name}-{t.router}-{t.policy}-r{rnd + 1}"
-    argv = router_argv(t, paths, port, fleet.urls, workdir, tag)
+    # Ours keeps its metrics page after the run (decisions by reason, per-worker figures).
+    metrics_port = free_port() if t.router == "ours" else 0
+    argv = router_argv(t, paths, port, fleet.urls, workdir, tag, metrics_port)
     json_out = workdir / f"{tag}.json"
     json_out.unlink(missing_ok=True)
     bench = [paths.bench, "--target", f"{t.name}={url}", "--json-out", str(json_out),
@@ -672,6 +690,8 @@ def measure(t: Target, rnd: int, position: int, point: Point, fleet: Fleet, path
         run.figures = json.loads(json_out.read_text())["targets"][0]
         count = lambda s: s.get("by_path", {}).get(CHAT, 0)
         run.per_worker = [count(b) - count(a) for a, b in zip(before, fleet.stats())]
+        if metrics_port:
+            run.decisions = save_decisions(metrics_port, workdir / f"{tag}.metrics.txt")
         if proc.poll() is not None:
             run.failure = f"exited during the run with status {proc.returncode}"
         fleet.check_alive()
