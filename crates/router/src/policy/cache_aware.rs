@@ -21,9 +21,13 @@
 //!   the fleet instead of piling up;
 //! - a follower of a cached prefix stays on the worker holding the most of it;
 //! - it spills to another worker only when that worker's cost is lower by more than a margin
-//!   of [`SPILL_MARGIN`] of the held prefix: the work ahead on the holder must exceed the
-//!   recompute (and the evictions it causes) elsewhere, with hysteresis, so that a session
-//!   does not flap between two workers of about equal load.
+//!   of [`SPILL_MARGIN`] plus that worker's `fill` times the held prefix: the work ahead on
+//!   the holder must exceed the recompute (and the evictions it causes) elsewhere, with
+//!   hysteresis, so that a session does not flap between two workers of about equal load;
+//!   and in a full cache the copy of the prefix a spill leaves keeps evicting as many blocks
+//!   of other prefixes, which their followers recompute, for as long as it is used there.
+//!   Without that term, caches smaller than the working set filled with copies of the same
+//!   system prompts and lost the hits those evicted.
 //!
 //! vllm-project/router's balance guard keeps its meaning: when the most loaded candidate has
 //! more than `--balance-abs-threshold` requests (in flight plus waiting) over the least
@@ -94,7 +98,7 @@ pub const DECODE_BLOCKS: f64 = 1.0;
 pub const EVICTION_WEIGHT: f64 = 1.0;
 
 /// A follower leaves the worker holding most of its prefix only to save more than this share
-/// of the held prefix.
+/// of the held prefix, plus the other worker's cache fill times it.
 pub const SPILL_MARGIN: f64 = 0.5;
 
 /// One candidate's terms under the cost model, in blocks of prefill work, for decisions and
@@ -296,7 +300,8 @@ impl CacheAware {
         if cheapest == holder {
             return Some(Decision::new(holder, "cached prefix: holder"));
         }
-        let margin = SPILL_MARGIN * terms[holder].matched_blocks as f64;
+        let margin = (SPILL_MARGIN + EVICTION_WEIGHT * terms[cheapest].cache_fill)
+            * terms[holder].matched_blocks as f64;
         if terms[holder].cost - terms[cheapest].cost > margin {
             tracing::debug!(holder = ?terms[holder], to = ?terms[cheapest], "cache_aware spill");
             Some(Decision::new(cheapest, "spill: queue past recompute cost"))

@@ -1,6 +1,7 @@
 use super::*;
 use crate::fleet::InFlight;
 use crate::policy::test_support::{engine, workers};
+use std::time::Instant;
 
 fn prompt(group: usize, turns: usize) -> String {
     let mut p = format!("<|system|>\nYou are assistant number {group}. ").repeat(40);
@@ -260,4 +261,36 @@ fn debug_terms_name_every_part_of_the_cost() {
     );
     assert_eq!(t.cost, 2.0 * (1.0 + EVICTION_WEIGHT) + t.queued);
     assert_eq!(terms[1 - home].uncached_blocks, 22);
+}
+
+#[test]
+fn a_spill_into_a_full_cache_must_also_pay_for_the_copy_it_makes_there() {
+    let ws = workers(2);
+    // 48 KV blocks of 16 tokens at 4 bytes a token: 24 index blocks each.
+    for w in &ws {
+        engine(w, |m| {
+            (m.block_size, m.num_gpu_blocks) = (Some(16), Some(48))
+        });
+    }
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    let home = pick(&policy, &ws, &chat(1, 1, 20, 2));
+    let other = 1 - home;
+    // The other worker's cache is full of another group.
+    policy.learn(&ws[other], &chain_hashes(chat(2, 9, 20, 4).as_bytes()));
+    let text = chat(1, 2, 20, 2);
+    let terms = policy.terms(&chain_hashes(text.as_bytes()), &ws, Instant::now());
+    assert_eq!(terms[other].cache_fill, 1.0);
+    // Elsewhere the whole prompt, 22 blocks, is prefilled into a full cache (cost 44), and
+    // the copy of the 20 held blocks stays there evicting as many: the margin is
+    // (0.5 + 1) x 20 = 30. The holder's 2 new blocks cost 2 x (1 + 22/24) = 3.83, plus the
+    // booked prefill and one decode block: it keeps the follower up to 70 blocks booked...
+    let _booked = ws[home].begin_booked(69);
+    assert_eq!(decide(&policy, &ws, &text).index, home);
+    // ...and loses it past them.
+    let _more = ws[home].begin_booked(2);
+    let d = decide(&policy, &ws, &text);
+    assert_eq!(
+        (d.index, d.reason),
+        (other, "spill: queue past recompute cost")
+    );
 }
