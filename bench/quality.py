@@ -390,6 +390,7 @@ def points(args: argparse.Namespace) -> list[Point]:
         warmup_secs=args.warmup_secs, duration_secs=args.duration_secs,
         targets_spec=args.targets, base=True,
         prewarm_flags=(sp_flags + ["--rate", f"{prewarm_rate:g}", "--seed", str(args.seed + 1000),
+                                   "--prefix-seed", str(args.seed),
                                    "--duration-secs", f"{args.sp_prewarm_secs:g}",
                                    "--max-tokens", str(args.max_tokens), "--model", MODEL]
                        if args.sp_prewarm_secs > 0 else None),
@@ -400,8 +401,8 @@ def points(args: argparse.Namespace) -> list[Point]:
                          + ("" if args.sp_rate else
                             f" (= {args.sp_load:g} x the estimated capacity below)")
                          + (f", after a pre-warm of {args.sp_prewarm_secs:g} s at "
-                            f"{prewarm_rate:g} req/s (another seed, not counted) on the same "
-                            "workers and router" if args.sp_prewarm_secs > 0 else "")),
+                            f"{prewarm_rate:g} req/s (the same prefixes, other questions and "
+                            "arrivals, not counted) on the same workers and router" if args.sp_prewarm_secs > 0 else "")),
                 ("groups", f"{args.sp_groups} prefixes of {args.sp_prefix_words} words "
                            f"({prefix} tokens with the role marker)"),
                 ("question", f"{args.sp_question_words} words"),
@@ -1365,7 +1366,8 @@ def main() -> int:
                    help="the default rate as a fraction of the estimated capacity (an upper "
                         "bound: queueing near it is steep)")
     g.add_argument("--sp-prewarm-secs", type=float, default=10.0,
-                   help="an uncounted load run before the measured one (0: none)")
+                   help="an uncounted load run before the measured one: the same prefixes, other "
+                        "questions (0: none)")
     g.add_argument("--sp-prewarm-fraction", type=float, default=0.5,
                    help="the pre-warm's rate as a fraction of the measured rate")
     g = ap.add_argument_group("random")

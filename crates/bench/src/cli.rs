@@ -31,6 +31,11 @@ pub struct Cli {
     /// Seed for all generated text and for open-loop arrivals.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Seed for the groups' shared prefixes (system prompts, few-shot blocks) alone, so that a
+    /// pre-warm under another `--seed` sends the same prefixes with other questions; default:
+    /// `--seed`.
+    #[arg(long)]
+    pub prefix_seed: Option<u64>,
     /// Distinct shared prefixes (system prompts or few-shot blocks).
     #[arg(long, default_value_t = 8)]
     pub groups: u64,
@@ -122,6 +127,7 @@ impl Cli {
             workload: WorkloadConfig {
                 kind: self.workload,
                 seed: self.seed,
+                prefix_seed: self.prefix_seed.unwrap_or(self.seed),
                 groups: NonZeroU64::new(self.groups).ok_or_else(|| at_least_one("--groups", 0))?,
                 turns: NonZeroU32::new(self.turns)
                     .ok_or_else(|| at_least_one("--turns", self.turns))?,

@@ -55,14 +55,17 @@ pub enum WorkloadKind {
     Random,
 }
 
-/// What the requests contain. Text is a function of `seed` and the request's place in the
+/// What the requests contain. Text is a function of the seeds and the request's place in the
 /// workload only, so every target sees the same prompts.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkloadConfig {
     /// Traffic shape.
     pub kind: WorkloadKind,
-    /// Seed for every piece of generated text and for open-loop arrivals.
+    /// Seed for the generated text other than the shared prefixes, and for open-loop
+    /// arrivals.
     pub seed: u64,
+    /// Seed for the groups' shared prefixes: system prompts and few-shot blocks.
+    pub prefix_seed: u64,
     /// Distinct shared prefixes (system prompts or few-shot blocks).
     pub groups: NonZeroU64,
     /// User turns per multi-turn conversation.

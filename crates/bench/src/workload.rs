@@ -1,5 +1,5 @@
 //! Conversations and the requests they send. A conversation is named by a number; its group,
-//! its system prompt and every user turn are functions of the seed and that number alone, so a
+//! its system prompt and every user turn are functions of the seeds and that number alone, so a
 //! conversation reads the same whichever target runs it and however fast the answers come.
 //! Only the assistant replies, appended as they arrive, come from the target.
 
@@ -95,7 +95,8 @@ impl Workload {
         let mut messages = Vec::with_capacity(2 + 2 * c.turns.get() as usize);
         let turns = match c.kind {
             WorkloadKind::MultiTurn => {
-                let mut rng = fastrand::Rng::with_seed(derive_seed(seed, &[SYSTEM, group]));
+                let mut rng =
+                    fastrand::Rng::with_seed(derive_seed(c.prefix_seed, &[SYSTEM, group]));
                 messages.push(Message {
                     role: "system",
                     content: words(&mut rng, c.system_prompt_words),
@@ -107,7 +108,7 @@ impl Workload {
                 let group = rng.u64(..c.groups.get());
                 messages.push(Message {
                     role: "system",
-                    content: few_shot_prefix(seed, group, c.system_prompt_words),
+                    content: few_shot_prefix(c.prefix_seed, group, c.system_prompt_words),
                 });
                 messages.push(Message {
                     role: "user",

@@ -8,6 +8,7 @@ fn config(kind: WorkloadKind) -> WorkloadConfig {
     WorkloadConfig {
         kind,
         seed: 1,
+        prefix_seed: 1,
         groups: NonZeroU64::new(4).unwrap(),
         turns: NonZeroU32::new(3).unwrap(),
         system_prompt_words: 60,
@@ -123,6 +124,35 @@ fn few_shot_requests_share_a_prefix_per_group() {
         .collect();
     assert_eq!(questions.len(), 40);
     assert!(bodies.iter().all(|b| b.get("user").is_none()));
+}
+
+/// A pre-warm runs under another seed: it must send the same shared prefixes with other
+/// questions, or it warms the caches with prefixes the measured run never sends.
+#[test]
+fn another_seed_keeps_the_prefixes_of_the_prefix_seed() {
+    let first = |seed: u64, kind: WorkloadKind| {
+        let w = Workload::new(WorkloadConfig {
+            seed,
+            ..config(kind)
+        });
+        let prefixes: std::collections::BTreeSet<String> = (0..40)
+            .map(|id| play(w.conversation(id, id)).remove(0)["messages"][0].to_string())
+            .collect();
+        let question = play(w.conversation(0, 0)).remove(0)["messages"][1].to_string();
+        (prefixes, question)
+    };
+    for kind in [WorkloadKind::FewShot, WorkloadKind::MultiTurn] {
+        let (prefixes_a, question_a) = first(1, kind);
+        let (prefixes_b, question_b) = first(1001, kind);
+        assert_eq!(prefixes_a, prefixes_b, "{kind:?}");
+        assert_ne!(question_a, question_b, "{kind:?}");
+    }
+    let w = Workload::new(WorkloadConfig {
+        prefix_seed: 2,
+        ..config(WorkloadKind::FewShot)
+    });
+    let other = play(w.conversation(0, 0)).remove(0)["messages"][0].to_string();
+    assert!(!first(1, WorkloadKind::FewShot).0.contains(&other));
 }
 
 #[test]
