@@ -402,7 +402,8 @@ def points(args: argparse.Namespace) -> list[Point]:
                             f" (= {args.sp_load:g} x the estimated capacity below)")
                          + (f", after a pre-warm of {args.sp_prewarm_secs:g} s at "
                             f"{prewarm_rate:g} req/s (the same prefixes, other questions and "
-                            "arrivals, not counted) on the same workers and router" if args.sp_prewarm_secs > 0 else "")),
+                            "arrivals, not counted) on the same workers and router"
+                            if args.sp_prewarm_secs > 0 else "")),
                 ("groups", f"{args.sp_groups} prefixes of {args.sp_prefix_words} words "
                            f"({prefix} tokens with the role marker)"),
                 ("question", f"{args.sp_question_words} words"),

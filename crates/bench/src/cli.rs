@@ -28,7 +28,8 @@ pub struct Cli {
     /// Traffic shape.
     #[arg(long, value_enum, default_value_t = WorkloadKind::MultiTurn)]
     pub workload: WorkloadKind,
-    /// Seed for all generated text and for open-loop arrivals.
+    /// Seed for the generated text and for open-loop arrivals (the shared prefixes too, unless
+    /// `--prefix-seed` is given).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Seed for the groups' shared prefixes (system prompts, few-shot blocks) alone, so that a
