@@ -67,6 +67,9 @@ POLICIES: dict[str, tuple[str, ...]] = {
     "smg": ("cache_aware", "prefix_hash", "consistent_hashing", "power_of_two", "round_robin"),
     "vllm-router": ("cache_aware", "consistent_hash", "power_of_two", "round_robin"),
     "nginx": ("least_conn",),
+    # Another build of ours (`--baseline-bin`), for a before/after run of a router change in
+    # one alternating session; never a peer, never in `all` or `shortlist`.
+    "base": ("cache_aware", "consistent_hash", "least_load", "power_of_two", "round_robin"),
 }
 # Policies that look only at load (nothing of the request's content or session).
 LOAD_ONLY = frozenset({"round_robin", "power_of_two", "least_load", "least_conn"})
@@ -81,7 +84,7 @@ SESSION_HEADER = "x-session-id"
 
 # Seconds a run costs beyond its warm-up and measured window: restarting the workers, starting
 # the router and waiting until it routes, stopping it. For the estimate printed at the start.
-OVERHEAD_SECS = {"ours": 2.0, "smg": 3.0, "vllm-router": 3.0, "nginx": 2.0}
+OVERHEAD_SECS = {"ours": 2.0, "smg": 3.0, "vllm-router": 3.0, "nginx": 2.0, "base": 2.0}
 
 # The verdicts' goals.
 GOAL_VS_VLLM_ROUTER = 1.3
@@ -111,7 +114,7 @@ class Target:
 
 
 def every_target() -> list[Target]:
-    return [Target(r, p) for r, ps in POLICIES.items() for p in ps]
+    return [Target(r, p) for r, ps in POLICIES.items() if r != "base" for p in ps]
 
 
 def parse_target(text: str) -> Target:
@@ -130,7 +133,8 @@ def resolve_targets(spec: str, load_only_best: dict[str, str] | None = None) -> 
             new = every_target()
         elif item == "shortlist":
             best = {**LOAD_ONLY_FALLBACK, **(load_only_best or {})}
-            new = [parse_target(t) for t in SHORTLIST] + [Target(r, best[r]) for r in POLICIES]
+            new = [parse_target(t) for t in SHORTLIST] + [Target(r, best[r]) for r in POLICIES
+                                                           if r != "base"]
         else:
             new = [parse_target(item)]
         out += [t for t in new if t not in out]
@@ -533,12 +537,14 @@ class Paths:
     vllm_router: str
     smg: str
     nginx: str
+    baseline: str | None = None
 
 
 def router_argv(t: Target, paths: Paths, port: int, workers: list[str], workdir: Path,
                 tag: str, metrics_port: int = 0) -> list[str]:
-    if t.router == "ours":
-        return [paths.router, "--host", "127.0.0.1", "--port", str(port),
+    if t.router in ("ours", "base"):
+        binary = paths.router if t.router == "ours" else paths.baseline
+        return [binary, "--host", "127.0.0.1", "--port", str(port),
                 "--prometheus-port", str(metrics_port), "--log-level", "warn",
                 "--worker-urls", *workers, "--policy", t.policy]
     if t.router == "vllm-router":
@@ -653,7 +659,7 @@ def measure(t: Target, rnd: int, position: int, point: Point, fleet: Fleet, path
     url = f"http://127.0.0.1:{port}"
     tag = f"{point.name}-{t.router}-{t.policy}-r{rnd + 1}"
     # Ours keeps its metrics page after the run (decisions by reason, per-worker figures).
-    metrics_port = free_port() if t.router == "ours" else 0
+    metrics_port = free_port() if t.router in ("ours", "base") else 0
     argv = router_argv(t, paths, port, fleet.urls, workdir, tag, metrics_port)
     json_out = workdir / f"{tag}.json"
     json_out.unlink(missing_ok=True)
@@ -863,7 +869,8 @@ def verdicts(point: Point, aggs: list[Agg], hit_tolerance: float) -> Verdict:
                 fmt(om.get(key)), fmt(b.med[key] if b else None), fx(r), ">= 1.00x",
                 None if r is None else round(r, 2) >= 1.0))
         ratios[label] = (row[0], row[1], " / ".join(dict.fromkeys(names)))
-    hit_best = max((a for a in aggs if a.rounds and a.med.get("hit") is not None),
+    hit_best = max((a for a in aggs if a.rounds and a.med.get("hit") is not None
+                    and a.target.router != "base"),
                    key=lambda a: a.med["hit"], default=None)
     hit_points = None
     if hit_best and om.get("hit") is not None:
@@ -891,7 +898,7 @@ def verdicts(point: Point, aggs: list[Agg], hit_tolerance: float) -> Verdict:
             else round(goal_ratio, 2) >= GOAL_VS_VLLM_ROUTER, kind="goal"))
     load_only_ratio = None
     if point.workload == "random":
-        b = best(aggs, "ttft_mean", lambda a: a.target.load_only)
+        b = best(aggs, "ttft_mean", lambda a: a.target.load_only and a.target.router != "base")
         load_only_ratio = ratio(om.get("ttft_mean"), b.med["ttft_mean"] if b else None)
         checks.append(Check(
             "TTFT mean: ours default / best load-only of any router", b.target.name if b
@@ -1112,6 +1119,8 @@ def report(results: list[PointResult], paths: Paths, argv: list[str], args,
     measured = (f"Ours = `{versions['ours']}`; smg = `{versions['smg']}` (PyPI `smg=="
                 f"{SMG_VERSION}`); vllm-router = `vllm-router` {VLLM_ROUTER_VERSION} (PyPI); "
                 f"nginx = `{versions['nginx']}`")
+    if versions.get("base"):
+        measured += f"; base (`--baseline-bin`, another build of ours) = `{versions['base']}`"
     t = SimTimings(args.ttft_ms, args.prefill_us_per_token, args.itl_ms)
     sim_bits = [f"TTFT overhead {t.ttft_ms:g} ms", f"prefill {t.prefill_us_per_token:g} µs per "
                 f"uncached prompt token", f"{t.itl_ms:g} ms per output token",
@@ -1193,7 +1202,8 @@ def raw_json(results: list[PointResult], argv: list[str], args, versions: dict[s
     }
 
 
-ROUTER_COLORS = {"ours": "#1f5fbf", "smg": "#e07b00", "vllm-router": "#2e9a3a", "nginx": "#777777"}
+ROUTER_COLORS = {"ours": "#1f5fbf", "smg": "#e07b00", "vllm-router": "#2e9a3a", "nginx": "#777777",
+                 "base": "#7fa6e0"}
 DASHES = ("", "7 3", "2 3", "9 3 2 3", "4 2 1 2")
 
 
@@ -1248,7 +1258,8 @@ def sweep_chart(results: list[PointResult], path: Path) -> None:
 def pin(paths: Paths, dest: Path) -> Paths:
     """Our binaries copied into `dest` (see `pin_binaries`); the peers' stay where they are."""
     router, sim, bench = pin_binaries(dest, [paths.router, paths.sim, paths.bench])
-    return Paths(router, sim, bench, paths.vllm_router, paths.smg, paths.nginx)
+    baseline = pin_binaries(dest / "baseline", [paths.baseline])[0] if paths.baseline else None
+    return Paths(router, sim, bench, paths.vllm_router, paths.smg, paths.nginx, baseline)
 
 
 def estimate(plan: list[Point], rounds: int) -> tuple[float, int]:
@@ -1391,6 +1402,9 @@ def main() -> int:
     g.add_argument("--smg-bin",
                    default=str(Path.home() / ".cache/vllm-router-bench-smg/bin/smg"))
     g.add_argument("--nginx-bin", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    g.add_argument("--baseline-bin", default=None,
+                   help="another build of vllm-router, run as targets base/POLICY next to "
+                        "ours (e.g. main before a change), in the same alternating rounds")
     for flag, hint in REMOVED_FLAGS.items():
         ap.add_argument(flag, dest=f"removed{flag}", nargs="?", help=argparse.SUPPRESS,
                         action=Removed, hint=hint)
@@ -1433,10 +1447,12 @@ def main() -> int:
         return 0
 
     paths = Paths(args.router_bin, args.sim_bin, args.bench_bin, args.vllm_router_bin,
-                  args.smg_bin, args.nginx_bin)
+                  args.smg_bin, args.nginx_bin, args.baseline_bin)
     used = {t.router for p in plan for t in p.targets}
+    if "base" in used and not args.baseline_bin:
+        ap.error("targets base/POLICY need --baseline-bin (another build of vllm-router)")
     needed = {"router": True, "sim": True, "bench": True, "vllm_router": "vllm-router" in used,
-              "smg": "smg" in used, "nginx": "nginx" in used}
+              "smg": "smg" in used, "nginx": "nginx" in used, "baseline": "base" in used}
     for what, p in vars(paths).items():
         if needed[what] and not (os.access(p, os.X_OK) or shutil.which(p)):
             ap.error(f"{what}: {p} is not an executable")
@@ -1461,6 +1477,8 @@ def main() -> int:
             (str(root) + "/", ""),
         ]
         versions = {"ours": version_of([paths.router, "--version"]),
+                    "base": version_of([paths.baseline, "--version"]) if paths.baseline
+                    else "",
                     "smg": version_of([paths.smg, "--version"]) if needed["smg"]
                     else f"smg {SMG_VERSION}",
                     "vllm-router": f"vllm-router {VLLM_ROUTER_VERSION}",
