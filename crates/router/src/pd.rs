@@ -227,7 +227,7 @@ impl<'a> Plan<'a> {
         };
         let params = match run_prefill(&mut prefill, None, build, transfer_params).await {
             Prefilled::Ready(params, _) => params,
-            Prefilled::Refused(answer) => return Ok(self.respond(answer)),
+            Prefilled::Refused(answer) => return Ok(self.respond(*answer)),
             Prefilled::Failed(error) => return self.prefill_failed(decode, chosen, error).await,
         };
         self.app.metrics.pd_plan("prefilled");
@@ -270,7 +270,7 @@ impl<'a> Plan<'a> {
             };
             let prefilled = match run_prefill(&mut prefill, None, build, whole).await {
                 Prefilled::Ready((), worker) => worker,
-                Prefilled::Refused(answer) => return Ok(self.respond(answer)),
+                Prefilled::Refused(answer) => return Ok(self.respond(*answer)),
                 Prefilled::Failed(error) => {
                     return self.prefill_failed(decodes, chosen, error).await;
                 }
@@ -454,7 +454,7 @@ enum Prefilled<T> {
     /// A worker's whole answer passed the check, which gave this.
     Ready(T, Arc<Worker>),
     /// The client's request was refused (4xx): the decode worker would refuse it too.
-    Refused(Answer),
+    Refused(Box<Answer>),
     /// Every attempt failed.
     Failed(ApiError),
 }
@@ -497,7 +497,7 @@ async fn prefill_attempts<T>(
         let status = answer.response.status();
         if status.is_client_error() {
             answer.accept(leg.config());
-            return Prefilled::Refused(answer);
+            return Prefilled::Refused(Box::new(answer));
         }
         let checked = if status.is_success() {
             read_limited(&mut answer, leg.deadline())
@@ -511,6 +511,8 @@ async fn prefill_attempts<T>(
         };
         match checked {
             Ok(value) => {
+                // The prefill's whole answer is its first token.
+                answer.guard.first_token();
                 answer.accept(leg.config());
                 return Prefilled::Ready(value, Arc::clone(&answer.worker));
             }

@@ -83,6 +83,11 @@ pub struct Decision {
     /// Prefix-index blocks the worker is predicted to prefill, booked on it until the first
     /// token comes back (0 when the policy does not predict).
     pub prefill_blocks: u64,
+    /// Blocks of work the policy predicts before the request's first token (the work ahead
+    /// of it on the worker, its own prefill, and one for the fixed cost of a request): its
+    /// first token is timed against it, so the worker learns its pace
+    /// ([`Worker::secs_per_block`]). `None` when the policy does not predict.
+    pub work_blocks: Option<f64>,
 }
 
 impl Decision {
@@ -93,6 +98,7 @@ impl Decision {
             reason,
             predicted_hit: None,
             prefill_blocks: 0,
+            work_blocks: None,
         }
     }
 }

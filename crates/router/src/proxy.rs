@@ -274,7 +274,7 @@ pub(crate) fn respond(
     let Answer {
         response,
         worker,
-        guard,
+        mut guard,
         decision,
         span,
         ..
@@ -308,6 +308,10 @@ pub(crate) fn respond(
         metrics: Arc::clone(&app.metrics),
         drain: Some(app.drain_signal()),
     };
+    if !sse || !head.status.is_success() {
+        // The first bytes of a whole answer come after the generation, not the first token.
+        guard.untimed();
+    }
     let body = TrackedBody::new(upstream_body, guard)
         .holding(slot)
         .recording(exchange)

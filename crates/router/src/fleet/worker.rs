@@ -35,6 +35,9 @@ pub struct Worker {
     /// Bytes of canonical prompt text per prompt token the worker reported, × 1024, as a
     /// moving average; 0 before the first report.
     bytes_per_token_x1024: AtomicU64,
+    /// Time to first token and the work the router predicted for it, as moving averages
+    /// (see [`Worker::secs_per_block`]).
+    pace: Pace,
     served: AtomicU64,
     recent: Recent,
     /// Shared by every rank of one URL: one server, one verdict.
@@ -50,6 +53,29 @@ struct Health {
     draining: AtomicBool,
     failures: AtomicU32,
     good_probes: AtomicU32,
+}
+
+/// How fast a worker turns work into first tokens: moving averages (1/16) of the seconds
+/// from dispatch to first token and of the blocks of work the policy predicted for those
+/// requests, as `f64` bits; both 0 before the first sample.
+#[derive(Debug, Default)]
+struct Pace {
+    secs: AtomicU64,
+    blocks: AtomicU64,
+}
+
+impl Pace {
+    fn observe(cell: &AtomicU64, sample: f64) {
+        let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let old = f64::from_bits(bits);
+            let new = if bits == 0 {
+                sample
+            } else {
+                old + (sample - old) / 16.0
+            };
+            Some(new.to_bits())
+        });
+    }
 }
 
 /// Bytes of prompt text per token assumed before a worker has reported any usage: about
@@ -98,6 +124,7 @@ impl Worker {
             booked_prefill: AtomicU64::new(0),
             awaiting_first: AtomicUsize::new(0),
             bytes_per_token_x1024: AtomicU64::new(0),
+            pace: Pace::default(),
             served: AtomicU64::new(0),
             recent: Recent::default(),
             health,
@@ -296,6 +323,7 @@ impl Worker {
             worker: Arc::clone(self),
             booked: prefill_blocks,
             awaiting: true,
+            timed: None,
         }
     }
 
@@ -346,6 +374,26 @@ impl Worker {
         }
     }
 
+    /// Learn from a request whose first token came back `elapsed` after it was sent, with
+    /// `work_blocks` blocks of work predicted for it (the work ahead of it there, its own
+    /// prefill, and one block for the fixed cost of any request).
+    pub fn observe_first_token(&self, elapsed: std::time::Duration, work_blocks: f64) {
+        if !(work_blocks.is_finite() && work_blocks > 0.0) {
+            return;
+        }
+        Pace::observe(&self.pace.secs, elapsed.as_secs_f64().max(1e-6));
+        Pace::observe(&self.pace.blocks, work_blocks);
+    }
+
+    /// Seconds this worker takes per block of predicted work, as its first tokens showed
+    /// (the ratio of the two averages, so that light requests do not dominate); `None`
+    /// before any request was timed. A slower GPU or a busier engine shows a larger figure.
+    pub fn secs_per_block(&self) -> Option<f64> {
+        let blocks = f64::from_bits(self.pace.blocks.load(Ordering::Relaxed));
+        let secs = f64::from_bits(self.pace.secs.load(Ordering::Relaxed));
+        (blocks > 0.0 && secs > 0.0).then(|| secs / blocks)
+    }
+
     /// The upstream URI for a client's path and query.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let pq = if self.spec.url.prefix.is_empty() {
@@ -369,6 +417,9 @@ pub struct InFlight {
     worker: Arc<Worker>,
     booked: u64,
     awaiting: bool,
+    /// When the request was sent and the blocks of work predicted for it, while its first
+    /// token is to be timed ([`InFlight::first_token`]).
+    timed: Option<(Instant, f64)>,
 }
 
 impl InFlight {
@@ -377,8 +428,29 @@ impl InFlight {
         &self.worker
     }
 
-    /// The first token came back: the request's prefill is done, its booking ends.
+    /// Time this request's first token against `work_blocks` of predicted work, from now.
+    pub fn time_first_token(&mut self, work_blocks: f64) {
+        self.timed = Some((Instant::now(), work_blocks));
+    }
+
+    /// Do not time this request: its first bytes do not mark its first token (an answer
+    /// that is not an event stream comes whole, after the generation), or it failed.
+    pub fn untimed(&mut self) {
+        self.timed = None;
+    }
+
+    /// The first token came back: the worker learns its pace from the request if it was
+    /// timed, and the request's booking ends.
+    pub fn first_token(&mut self) {
+        if let Some((sent, work)) = self.timed.take() {
+            self.worker.observe_first_token(sent.elapsed(), work);
+        }
+        self.prefilled();
+    }
+
+    /// The request's prefill is done (or it ended): its booking ends, untimed.
     pub fn prefilled(&mut self) {
+        self.timed = None;
         if std::mem::take(&mut self.awaiting) {
             self.worker.awaiting_first.fetch_sub(1, Ordering::Relaxed);
         }
@@ -400,11 +472,53 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn worker(url: &str) -> Arc<Worker> {
         Arc::new(Worker::new(
             crate::config::WorkerUrl::parse("--worker-urls", url).unwrap(),
         ))
+    }
+
+    #[test]
+    fn pace_is_the_ratio_of_the_averages() {
+        let w = worker("http://127.0.0.1:9");
+        assert_eq!(w.secs_per_block(), None);
+        w.observe_first_token(Duration::from_millis(1000), 10.0);
+        assert!((w.secs_per_block().unwrap() - 0.1).abs() < 1e-9);
+        // A light request moves both averages by a sixteenth: (15 + 0.1) / (150 + 1) s.
+        w.observe_first_token(Duration::from_millis(100), 1.0);
+        let expected = (0.9375 + 0.1 / 16.0) / (9.375 + 1.0 / 16.0);
+        assert!((w.secs_per_block().unwrap() - expected).abs() < 1e-9);
+        w.observe_first_token(Duration::from_millis(100), f64::NAN);
+        w.observe_first_token(Duration::from_millis(100), 0.0);
+        assert!((w.secs_per_block().unwrap() - expected).abs() < 1e-9);
+    }
+
+    #[test]
+    fn only_a_timed_first_token_teaches_the_pace() {
+        let w = worker("http://127.0.0.1:9");
+        let mut untimed = w.begin_booked(3);
+        untimed.first_token();
+        let mut cancelled = w.begin_booked(3);
+        cancelled.time_first_token(4.0);
+        cancelled.untimed();
+        cancelled.first_token();
+        let mut gone = w.begin_booked(3);
+        gone.time_first_token(4.0);
+        drop(gone);
+        assert_eq!(
+            w.secs_per_block(),
+            None,
+            "nothing was timed to its first token"
+        );
+        let mut timed = w.begin_booked(3);
+        timed.time_first_token(4.0);
+        std::thread::sleep(Duration::from_millis(5));
+        timed.first_token();
+        timed.first_token();
+        assert!(w.secs_per_block().unwrap() >= 0.005 / 4.0);
+        assert_eq!(w.booked_prefill(), 0);
     }
 
     #[test]

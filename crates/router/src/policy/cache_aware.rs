@@ -15,6 +15,13 @@
 //! - the engine's queue beyond the router's own requests awaiting their first token (those
 //!   are booked): each request there costs about the mean prefill of a request.
 //!
+//! Blocks are not the same time everywhere: a slower GPU, or an engine slowed by what the
+//! router cannot see, takes longer per block. Each worker learns its pace, the seconds from
+//! dispatch to first token per block of work predicted for the request
+//! ([`Worker::secs_per_block`]), and the cost is scaled by its pace against the candidates'
+//! mean ([`Terms::speed`]; 1 until timed, bounded by [`PACE_BOUNDS`]), so it reads in blocks
+//! at the fleet's mean pace.
+//!
 //! Three rules use it:
 //! - a prefix nobody holds (no worker holds `--cache-threshold` of the prompt) goes to the
 //!   cheapest worker: the least work ahead and the emptiest cache, so that groups spread over
@@ -101,6 +108,10 @@ pub const EVICTION_WEIGHT: f64 = 1.0;
 /// of the held prefix, plus the other worker's cache fill times it.
 pub const SPILL_MARGIN: f64 = 0.5;
 
+/// Bounds of a worker's pace against the candidates' mean, so that a few odd first tokens
+/// (a stall, a burst the prediction missed) cannot price a worker out of the fleet.
+pub const PACE_BOUNDS: (f64, f64) = (0.25, 4.0);
+
 /// One candidate's terms under the cost model, in blocks of prefill work, for decisions and
 /// `/debug/route`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -121,7 +132,11 @@ pub struct Terms {
     pub cache_fill: f64,
     /// Work ahead of a new request: booked prefill, decode steps and queue.
     pub queued: f64,
-    /// The cost: uncached × (1 + fill), the prefill and what it evicts, plus queued.
+    /// The worker's seconds per block of work against the candidates' mean: above 1 slower,
+    /// 1 while unknown.
+    pub speed: f64,
+    /// The cost: uncached × (1 + fill), the prefill and what it evicts, plus queued, times
+    /// speed.
     pub cost: f64,
     /// Requests ahead, for the balance guard: in flight plus waiting.
     #[serde(skip)]
@@ -212,6 +227,7 @@ impl CacheAware {
                     waiting,
                     cache_fill,
                     queued,
+                    speed: w.secs_per_block().unwrap_or(0.0),
                     cost: 0.0,
                     load: load.queue(),
                 }
@@ -219,7 +235,17 @@ impl CacheAware {
             .collect();
         // Unknown capacities were marked negative: judge those against the fullest of them.
         let fullest = terms.iter().map(|t| -t.cache_fill).fold(0.0f64, f64::max);
+        // Paces were read raw (0 when unknown): against the mean of the known ones.
+        let (sum, known) = terms
+            .iter()
+            .filter(|t| t.speed > 0.0)
+            .fold((0.0, 0u32), |(s, n), t| (s + t.speed, n + 1));
         for t in &mut terms {
+            t.speed = if t.speed > 0.0 {
+                (t.speed * f64::from(known) / sum).clamp(PACE_BOUNDS.0, PACE_BOUNDS.1)
+            } else {
+                1.0
+            };
             if t.cache_fill <= 0.0 {
                 t.cache_fill = if fullest > 0.0 {
                     -t.cache_fill / fullest
@@ -227,7 +253,8 @@ impl CacheAware {
                     0.0
                 };
             }
-            t.cost = t.uncached_blocks as f64 * (1.0 + EVICTION_WEIGHT * t.cache_fill) + t.queued;
+            t.cost = (t.uncached_blocks as f64 * (1.0 + EVICTION_WEIGHT * t.cache_fill) + t.queued)
+                * t.speed;
         }
         terms
     }
@@ -256,6 +283,7 @@ impl CacheAware {
         Some(Decision {
             predicted_hit,
             prefill_blocks: chosen.uncached_blocks as u64,
+            work_blocks: Some(chosen.queued + chosen.uncached_blocks as f64 + 1.0),
             ..decision
         })
     }
@@ -300,8 +328,10 @@ impl CacheAware {
         if cheapest == holder {
             return Some(Decision::new(holder, "cached prefix: holder"));
         }
+        // The recompute happens on the cheapest, at its pace.
         let margin = (SPILL_MARGIN + EVICTION_WEIGHT * terms[cheapest].cache_fill)
-            * terms[holder].matched_blocks as f64;
+            * terms[holder].matched_blocks as f64
+            * terms[cheapest].speed;
         if terms[holder].cost - terms[cheapest].cost > margin {
             tracing::debug!(holder = ?terms[holder], to = ?terms[cheapest], "cache_aware spill");
             Some(Decision::new(cheapest, "spill: queue past recompute cost"))

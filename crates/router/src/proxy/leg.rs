@@ -251,7 +251,10 @@ impl<'a> Leg<'a> {
                     .headers_mut()
                     .insert(TRACEPARENT.clone(), traceparent);
             }
-            let guard = worker.begin_booked(decision.prefill_blocks);
+            let mut guard = worker.begin_booked(decision.prefill_blocks);
+            if let Some(work) = decision.work_blocks {
+                guard.time_first_token(work);
+            }
             let left = self.deadline.saturating_duration_since(Instant::now());
             let first_byte = config.timeouts.first_byte.min(left);
             let sent = tokio::time::timeout(first_byte, app.upstream.send(request)).await;

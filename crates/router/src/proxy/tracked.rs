@@ -220,7 +220,7 @@ where
                         exchange.frame(data.as_ref());
                     }
                     if let Some(guard) = this.guard.as_mut() {
-                        guard.prefilled();
+                        guard.first_token();
                     }
                 }
                 if let Some(t) = this.timers.as_mut() {

@@ -117,6 +117,7 @@ fn explain_pool(
                 "capacity": w.capacity(),
                 "in_flight": load.in_flight,
                 "bytes_per_token": w.learned_bytes_per_token(),
+                "secs_per_block": w.secs_per_block(),
                 "engine": load.engine.map(|e| json!({
                     "running": e.running,
                     "waiting": e.waiting,

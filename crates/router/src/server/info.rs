@@ -172,6 +172,7 @@ pub async fn about(State(app): State<Arc<App>>) -> Response {
                 "capacity": m.worker.capacity(),
                 "requests_total": m.worker.served(),
                 "bytes_per_token": m.worker.learned_bytes_per_token(),
+                "secs_per_block": m.worker.secs_per_block(),
                 "models": m.model_names(),
             })
         })

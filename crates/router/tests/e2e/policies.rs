@@ -294,3 +294,67 @@ async fn debug_route_explains_without_forwarding_or_learning() {
     let unknown = post_json(&debug, json!({"model": "nope", "messages": []})).await;
     unknown.assert_error(404);
 }
+
+#[tokio::test]
+async fn a_worker_learns_its_pace_from_streamed_first_tokens_only() {
+    let paced = |per_token_us: u64| SimConfig {
+        ttft: Duration::from_millis(per_token_us / 10),
+        prefill_per_token: Duration::from_micros(per_token_us),
+        ..SimConfig::default()
+    };
+    let workers = sims([paced(20), paced(400)]).await;
+    let (fast, slow) = (workers[0].url(), workers[1].url());
+    let router = router_with(&workers, |a| a.policy = Some(PolicyKind::CacheAware)).await;
+    let body = |n: usize, stream: bool| {
+        json!({"model": MODEL, "max_tokens": 2, "stream": stream, "messages": [
+            {"role": "system", "content": format!("Instructions of team {n}. ").repeat(60)},
+            {"role": "user", "content": "hello"},
+        ]})
+    };
+    let pace_of = |url: &str| {
+        let snapshot = router.app().fleet.snapshot();
+        let member = snapshot.members().iter().find(|m| m.worker.url() == url)?;
+        member.worker.secs_per_block()
+    };
+    // Whole answers come after the generation: they teach nothing.
+    for n in 0..4 {
+        let r = post_json(
+            &format!("{}/v1/chat/completions", router.url()),
+            body(n, false),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!((pace_of(&fast), pace_of(&slow)), (None, None));
+    // Streamed ones do. New prefixes spread over both workers (the emptier cache is cheaper).
+    for n in 10..16 {
+        let r = post_json(
+            &format!("{}/v1/chat/completions", router.url()),
+            body(n, true),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let (f, s) = eventually(Duration::from_secs(5), || {
+        Some((pace_of(&fast)?, pace_of(&slow)?))
+    })
+    .await;
+    assert!(
+        s > 2.0 * f,
+        "the slow worker's pace {s} against the fast one's {f}"
+    );
+
+    // /debug/route shows the pace, and the speed the cost is scaled by.
+    let v = post_json(
+        &format!("{}/debug/route?path=/v1/chat/completions", router.url()),
+        body(99, true),
+    )
+    .await
+    .json();
+    let rows = v["candidates"].as_array().unwrap();
+    let row = |url: &str| rows.iter().find(|r| r["url"] == url).unwrap();
+    assert_eq!(row(&slow)["secs_per_block"].as_f64(), Some(s), "{v}");
+    let speed = |url: &str| row(url)["terms"]["speed"].as_f64().unwrap();
+    assert!(speed(&slow) > 1.0 && speed(&fast) < 1.0, "{v}");
+    assert_eq!(v["choice"]["url"], fast.as_str(), "{v}");
+}

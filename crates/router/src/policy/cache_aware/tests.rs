@@ -294,3 +294,79 @@ fn a_spill_into_a_full_cache_must_also_pay_for_the_copy_it_makes_there() {
         (other, "spill: queue past recompute cost")
     );
 }
+
+/// Teach `w` a pace of `ms` milliseconds per block of work.
+fn pace(w: &Worker, ms: u64) {
+    w.observe_first_token(std::time::Duration::from_millis(ms * 10), 10.0);
+}
+
+#[test]
+fn a_slower_worker_costs_more_per_block() {
+    let ws = workers(2);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    pace(&ws[0], 20);
+    pace(&ws[1], 10);
+    // The faster worker has 10 blocks booked: in blocks it costs more (22 + 10 + 1 against
+    // 22), in time less: against the mean pace, 33 x 2/3 = 22 against 22 x 4/3 = 29.3.
+    let _booked = ws[1].begin_booked(10);
+    let text = chat(1, 1, 20, 2);
+    let terms = policy.terms(&chain_hashes(text.as_bytes()), &ws, Instant::now());
+    assert!((terms[0].speed - 4.0 / 3.0).abs() < 1e-9, "{:?}", terms[0]);
+    assert!((terms[1].speed - 2.0 / 3.0).abs() < 1e-9, "{:?}", terms[1]);
+    let d = decide(&policy, &ws, &text);
+    assert_eq!((d.index, d.reason), (1, "new prefix: most room"));
+    // Untimed, the same loads send it to the idle one.
+    let untimed = workers(2);
+    let _booked = untimed[1].begin_booked(10);
+    assert_eq!(decide(&policy, &untimed, &text).index, 0);
+}
+
+#[test]
+fn a_slow_holder_spills_sooner() {
+    let ws = workers(2);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    let home = pick(&policy, &ws, &chat(1, 1, 20, 2));
+    let other = 1 - home;
+    pace(&ws[home], 20);
+    pace(&ws[other], 10);
+    let text = chat(1, 2, 20, 2);
+    // As in the spill test above, in blocks: the holder 4 + booked + 1, the other 22 and a
+    // margin of 10; the holder's blocks now take 4/3 of the mean, the other's 2/3. With 10
+    // booked, 20 - 14.7 stays within the margin (6.7); with 13 (at equal paces it would
+    // keep the follower up to 27 booked), 24 - 14.7 passes it.
+    let _booked = ws[home].begin_booked(10);
+    assert_eq!(decide(&policy, &ws, &text).index, home);
+    let _more = ws[home].begin_booked(3);
+    let d = decide(&policy, &ws, &text);
+    assert_eq!(
+        (d.index, d.reason),
+        (other, "spill: queue past recompute cost")
+    );
+}
+
+#[test]
+fn a_decision_predicts_the_work_its_first_token_is_timed_against() {
+    let ws = workers(2);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    let home = pick(&policy, &ws, &chat(1, 1, 20, 2));
+    let _booked = ws[home].begin_booked(7);
+    let d = decide(&policy, &ws, &chat(1, 2, 20, 2));
+    assert_eq!(d.index, home);
+    // 7 booked and a decode block ahead, 2 of its own, 1 for any request.
+    assert_eq!(d.work_blocks, Some(7.0 + DECODE_BLOCKS + 2.0 + 1.0));
+}
+
+#[test]
+fn odd_paces_are_bounded() {
+    let ws = workers(2);
+    let policy = CacheAware::new(CacheAwareConfig::default());
+    pace(&ws[0], 1);
+    pace(&ws[1], 1000);
+    let terms = policy.terms(
+        &chain_hashes(chat(1, 1, 20, 2).as_bytes()),
+        &ws,
+        Instant::now(),
+    );
+    assert_eq!(terms[0].speed, PACE_BOUNDS.0);
+    assert!(terms[1].speed <= PACE_BOUNDS.1);
+}
