@@ -131,6 +131,9 @@ impl Pd {
         let Some(chosen) = decode.choose() else {
             return Err(decode.no_worker());
         };
+        // The decode leg is sent once the prefill is done: until then the worker counts it,
+        // or every request arriving meanwhile would see the same least loaded worker.
+        let _placed = chosen.0.reserve();
         let skips = match (request.route_req.prompt, &plan.chain) {
             (Some(prompt), Some(chain)) => self.skips_prefill(&chosen.0, prompt, chain),
             _ => false,

@@ -327,6 +327,16 @@ impl Worker {
         }
     }
 
+    /// Count a request the router has placed on this worker but not sent yet (a P/D decode
+    /// leg waits for its prefill) as in flight until the returned guard drops, so that the
+    /// requests placed meanwhile see it; nothing is booked and nothing served.
+    pub fn reserve(self: &Arc<Self>) -> Reservation {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Reservation {
+            worker: Arc::clone(self),
+        }
+    }
+
     /// Blocks of prefill work booked on the worker and not yet answered.
     pub fn booked_prefill(&self) -> u64 {
         self.booked_prefill.load(Ordering::Relaxed)
@@ -462,6 +472,19 @@ impl InFlight {
     }
 }
 
+/// A unit of a worker's in-flight count for a request placed there and not yet sent
+/// ([`Worker::reserve`]); dropping it releases the unit.
+#[derive(Debug)]
+pub struct Reservation {
+    worker: Arc<Worker>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.prefilled();
@@ -519,6 +542,18 @@ mod tests {
         timed.first_token();
         assert!(w.secs_per_block().unwrap() >= 0.005 / 4.0);
         assert_eq!(w.booked_prefill(), 0);
+    }
+
+    #[test]
+    fn a_reservation_counts_in_flight_without_serving_or_booking() {
+        let w = worker("http://127.0.0.1:9");
+        let placed = w.reserve();
+        assert_eq!((w.in_flight(), w.served(), w.awaiting_first()), (1, 0, 0));
+        let sent = w.begin_booked(4);
+        assert_eq!((w.in_flight(), w.booked_prefill()), (2, 4));
+        drop(placed);
+        drop(sent);
+        assert_eq!((w.in_flight(), w.served(), w.booked_prefill()), (0, 1, 0));
     }
 
     #[test]

@@ -523,3 +523,39 @@ async fn debug_route_explains_both_legs_and_the_conditional_prefill() {
     assert_eq!(embed["candidates"].as_array().unwrap().len(), 4, "{embed}");
     assert!(all_records(&prefill).is_empty() && all_records(&decode).is_empty());
 }
+
+#[tokio::test]
+async fn requests_arriving_during_a_prefill_see_its_decode_worker_as_taken() {
+    // A slow prefill and slow decodes: all eight requests are placed while the first one's
+    // decode leg is still unsent, and none has finished before the last is placed.
+    let prefill = sims([SimConfig {
+        ttft: Duration::from_millis(300),
+        ..role(Role::Prefill)
+    }])
+    .await;
+    let decode = sims((0..4).map(|_| SimConfig {
+        itl: Duration::from_millis(100),
+        ..role(Role::Decode)
+    }))
+    .await;
+    let router = pd_router(&prefill, &decode, |a| {
+        a.decode_policy = Some(vllm_router::policy::PolicyKind::LeastLoad);
+    })
+    .await;
+    let replies = futures_util::future::join_all((0..8u64).map(|i| {
+        let router = &router;
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i)).await;
+            chat_via(router, false).await
+        }
+    }))
+    .await;
+    replies.iter().for_each(assert_ok);
+    let served: Vec<usize> = decode
+        .iter()
+        .map(|d| inference(d.records()).len())
+        .collect();
+    // Unseen, every one of them would have looked idle to every request (a 4% chance of
+    // this spread by luck).
+    assert_eq!(served, [2, 2, 2, 2], "two decode legs each: {served:?}");
+}
