@@ -200,8 +200,10 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
             fleet=fleet_spec(args, blocks),
             bench_flags=bench_common(args) + ["--user-words", str(args.user_words)],
             targets=[
-                Target("ours", "ours/default", "cache_aware / least_load"),
+                Target("ours", "ours/default", "cache_aware / cache_aware"),
                 Target("peer", "peer/default", "cache_aware / cache_aware"),
+                Target("ours", "ours/decode least_load", "cache_aware / least_load",
+                       ["--decode-policy", "least_load"]),
                 Target("ours", "ours/round_robin", "round_robin / round_robin",
                        ["--policy", "round_robin"]),
                 Target("peer", "peer/round_robin", "round_robin / round_robin",
@@ -229,8 +231,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
             fleet=fleet_spec(args, blocks),
             bench_flags=bench_common(args) + ["--user-words", str(args.cond_user_words)],
             targets=[
-                Target("ours", "ours/default", "cache_aware / least_load"),
-                Target("ours", f"ours/default min{n}", "cache_aware / least_load",
+                Target("ours", "ours/default", "cache_aware / cache_aware"),
+                Target("ours", f"ours/default min{n}", "cache_aware / cache_aware",
                        ["--pd-min-uncached-tokens", str(n)]),
                 Target("ours", f"ours/decode {follow}", f"cache_aware / {follow}",
                        ["--decode-policy", follow]),
@@ -738,8 +740,8 @@ def main() -> int:
     g = ap.add_argument_group("conditional prefill")
     g.add_argument("--min-uncached-tokens", type=int, default=256,
                    help="--pd-min-uncached-tokens of the conditional targets")
-    g.add_argument("--cond-decode-policy", default="cache_aware",
-                   help="the decode policy that follows the prefix")
+    g.add_argument("--cond-decode-policy", default="least_load",
+                   help="the other decode policy the conditional targets are run with (the default decode policy is cache_aware)")
     g = ap.add_argument_group("binaries")
     g.add_argument("--router-bin", default=str(root / "target/release/vllm-router"))
     g.add_argument("--sim-bin", default=str(root / "target/release/vllm-sim"))

@@ -217,7 +217,7 @@ pub struct RouterArgs {
     /// prefill is where the prefix cache pays].
     #[arg(long, value_enum)]
     pub prefill_policy: Option<PolicyKind>,
-    /// Policy choosing the decode worker [default: --policy if given, else least_load].
+    /// Policy choosing the decode worker [default: --policy if given, else cache_aware].
     #[arg(long, value_enum)]
     pub decode_policy: Option<PolicyKind>,
     /// How the KV cache moves from a `--prefill` to a `--decode` worker [default: nixl].

@@ -142,7 +142,7 @@ pub(super) fn pd_config(
         decode_policy: args
             .decode_policy
             .or(args.policy)
-            .unwrap_or(PolicyKind::LeastLoad),
+            .unwrap_or(PolicyKind::CacheAware),
         min_uncached_tokens: args.pd_min_uncached_tokens,
         recompute_on_prefill_failure: args.pd_recompute_on_prefill_failure,
         discovery,

@@ -214,8 +214,8 @@ fn pd_flags_take_the_compatible_router_spelling() {
     assert_eq!(pd.connector, KvConnector::Nixl);
     assert_eq!(
         (pd.prefill_policy, pd.decode_policy),
-        (PolicyKind::CacheAware, PolicyKind::LeastLoad),
-        "prefill where the cache pays, decode by load"
+        (PolicyKind::CacheAware, PolicyKind::CacheAware),
+        "one cost model on both pools: a decode worker pulls only what its own cache lacks"
     );
     assert_eq!(pd.min_uncached_tokens, 0);
     assert!(!pd.recompute_on_prefill_failure && pd.discovery.is_none());

@@ -503,7 +503,7 @@ async fn debug_route_explains_both_legs_and_the_conditional_prefill() {
     let v = explained.json();
     assert_eq!(v["plan"], "prefill_decode");
     assert_eq!(v["prefill"]["policy"], "cache_aware");
-    assert_eq!(v["decode"]["policy"], "least_load");
+    assert_eq!(v["decode"]["policy"], "cache_aware");
     assert_eq!(v["prefill"]["candidates"].as_array().unwrap().len(), 2);
     assert!(
         v["decode"]["candidates"]
