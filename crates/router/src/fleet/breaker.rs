@@ -56,6 +56,9 @@ pub struct Breaker {
     failures: AtomicU32,
     successes: AtomicU32,
     trials: AtomicU32,
+    /// Bumped on every change of state: a trial counts only within the half-open period it
+    /// was taken in, so a late verdict from an earlier one cannot settle (or wrap) the next.
+    period: AtomicU32,
     opened_at: Mutex<Option<Instant>>,
 }
 
@@ -99,14 +102,27 @@ impl Breaker {
     }
 
     fn open(&self, now: Instant) {
+        self.period.fetch_add(1, Ordering::AcqRel);
         *self.opened_at.lock() = Some(now);
         self.successes.store(0, Ordering::Release);
         self.state.store(OPEN, Ordering::Release);
     }
 
     fn close(&self) {
+        self.period.fetch_add(1, Ordering::AcqRel);
         self.failures.store(0, Ordering::Release);
         self.state.store(CLOSED, Ordering::Release);
+    }
+
+    /// Give back the place of a trial taken in `period`, if that period is still current.
+    fn end_trial(&self, period: u32) -> bool {
+        if self.period.load(Ordering::Acquire) != period {
+            return false;
+        }
+        let _ = self
+            .trials
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1));
+        true
     }
 }
 
@@ -115,7 +131,8 @@ impl Breaker {
 #[derive(Debug)]
 pub struct Ticket {
     worker: Arc<Worker>,
-    trial: bool,
+    /// The half-open period this trial was taken in; `None` for an ordinary request.
+    trial: Option<u32>,
     settled: bool,
 }
 
@@ -129,10 +146,10 @@ impl Ticket {
             settled: false,
         };
         if !config.enabled {
-            return Some(ticket(false));
+            return Some(ticket(None));
         }
         match b.state(config, now) {
-            BreakerState::Closed => Some(ticket(false)),
+            BreakerState::Closed => Some(ticket(None)),
             BreakerState::Open => None,
             BreakerState::HalfOpen => {
                 // The first request past the timeout turns the breaker half-open.
@@ -142,13 +159,15 @@ impl Ticket {
                 {
                     b.trials.store(0, Ordering::Release);
                     b.successes.store(0, Ordering::Release);
+                    b.period.fetch_add(1, Ordering::AcqRel);
                 }
+                let period = b.period.load(Ordering::Acquire);
                 b.trials
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
                         (t < config.half_open_max).then_some(t + 1)
                     })
                     .ok()
-                    .map(|_| ticket(true))
+                    .map(|_| ticket(Some(period)))
             }
         }
     }
@@ -157,8 +176,10 @@ impl Ticket {
     pub fn success(mut self, config: &BreakerConfig) {
         self.settled = true;
         let b = self.worker.breaker();
-        if self.trial {
-            b.trials.fetch_sub(1, Ordering::AcqRel);
+        if let Some(period) = self.trial {
+            if !b.end_trial(period) {
+                return;
+            }
             if b.successes.fetch_add(1, Ordering::AcqRel) + 1 >= config.success_threshold {
                 b.close();
                 tracing::info!(worker = self.worker.url(), "circuit breaker closed");
@@ -175,9 +196,8 @@ impl Ticket {
             return;
         }
         let b = self.worker.breaker();
-        let opens = if self.trial {
-            b.trials.fetch_sub(1, Ordering::AcqRel);
-            true
+        let opens = if let Some(period) = self.trial {
+            b.end_trial(period)
         } else {
             b.failures.fetch_add(1, Ordering::AcqRel) + 1 >= config.failure_threshold
                 && b.state.load(Ordering::Acquire) == CLOSED
@@ -191,8 +211,8 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.trial && !self.settled {
-            self.worker.breaker().trials.fetch_sub(1, Ordering::AcqRel);
+        if let (Some(period), false) = (self.trial, self.settled) {
+            self.worker.breaker().end_trial(period);
         }
     }
 }

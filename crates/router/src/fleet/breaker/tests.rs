@@ -103,3 +103,65 @@ async fn a_disabled_breaker_never_opens() {
     assert!(Ticket::take(&w, &c, Instant::now()).is_some());
     assert!(w.breaker().admits(&c, Instant::now()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_trial_from_an_earlier_half_open_period_leaves_the_current_one_alone() {
+    let c = BreakerConfig {
+        half_open_max: 2,
+        ..config()
+    };
+    let w = worker();
+    for _ in 0..3 {
+        fail(&w, &c);
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let now = Instant::now();
+    let early = Ticket::take(&w, &c, now).expect("first trial");
+    Ticket::take(&w, &c, now)
+        .expect("second trial")
+        .failure(&c, now);
+    assert_eq!(w.breaker().state(&c, now), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let now = Instant::now();
+    let current = Ticket::take(&w, &c, now).expect("a trial of the new period");
+    // The earlier period's verdict arrives late: it must not settle the current trial.
+    early.success(&c);
+    current.success(&c);
+    assert_eq!(
+        w.breaker().state(&c, now),
+        BreakerState::HalfOpen,
+        "one success of this period is not enough to close"
+    );
+    let a = Ticket::take(&w, &c, now).expect("the period still admits trials");
+    let b = Ticket::take(&w, &c, now).expect("two at a time");
+    assert!(Ticket::take(&w, &c, now).is_none(), "at most two at a time");
+    drop(b);
+    a.success(&c);
+    assert_eq!(w.breaker().state(&c, now), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_trial_dropped_after_its_period_ended_frees_no_place_of_the_next() {
+    let c = BreakerConfig {
+        half_open_max: 1,
+        ..config()
+    };
+    let w = worker();
+    for _ in 0..3 {
+        fail(&w, &c);
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let early = Ticket::take(&w, &c, Instant::now()).expect("trial");
+    // A second client's failure (a request let through before the breaker opened) reopens it.
+    w.breaker().open(Instant::now());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let now = Instant::now();
+    let current = Ticket::take(&w, &c, now).expect("the new period's trial");
+    drop(early);
+    assert!(
+        Ticket::take(&w, &c, now).is_none(),
+        "the new period's only place is still taken"
+    );
+    drop(current);
+    assert!(Ticket::take(&w, &c, now).is_some());
+}
