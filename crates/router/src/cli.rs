@@ -76,7 +76,7 @@ pub struct DemoArgs {
     pub top: bool,
     /// Requests a second sent by the demo's own clients (multi-turn chats, so the fleet moves
     /// and the prefix cache is used); 0 sends none.
-    #[arg(long, default_value_t = 6.0)]
+    #[arg(long, default_value_t = 6.0, value_parser = finite)]
     pub traffic_per_sec: f64,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
@@ -229,7 +229,7 @@ pub struct RouterArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub vllm_discovery_address: Option<String>,
     /// Seconds of silence after which a registered instance is dropped.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = finite)]
     pub vllm_discovery_expiry_secs: f64,
     /// Conditional prefill: send a request straight to the decode worker, skipping the
     /// prefill leg, when fewer than this many of its prompt tokens (estimated from its text at
@@ -294,19 +294,19 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 2000)]
     pub retry_max_backoff_ms: u64,
     /// Backoff growth per retry.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = finite)]
     pub retry_backoff_multiplier: f64,
     /// Random spread of each backoff, as a fraction of it (0..1).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = finite)]
     pub retry_jitter_factor: f64,
     /// Extra statuses that are retried on another worker (e.g. 408 429).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub retry_on_status: Vec<u16>,
     /// Retries allowed, as a fraction of requests (a sick fleet is not hammered)...
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = finite)]
     pub retry_budget_ratio: f64,
     /// ...plus this many retries per second whatever the traffic.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = finite)]
     pub retry_budget_min_per_sec: f64,
     /// Never retry.
     #[arg(long)]
@@ -336,7 +336,7 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 30)]
     pub queue_timeout_secs: u64,
     /// Requests admitted per second, sustained (a token bucket); over it, 429.
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub rate_limit_tokens_per_second: Option<f64>,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
@@ -466,18 +466,18 @@ pub struct RouterArgs {
     )]
     pub session_key_headers: Vec<String>,
     /// `consistent_hash`: no worker takes more than this factor of the mean in-flight.
-    #[arg(long, default_value_t = 1.25)]
+    #[arg(long, default_value_t = 1.25, value_parser = finite)]
     pub hash_load_factor: f64,
     /// `cache_aware`: least fraction (0..1) of a prompt some worker must hold for the cache
     /// to count; below it the least loaded worker wins.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = finite)]
     pub cache_threshold: f64,
     /// `cache_aware`: load balancing overrides the cache when (max_load - min_load) exceeds
     /// this AND max_load > min_load * --balance-rel-threshold. Load: in flight plus waiting.
-    #[arg(long, default_value_t = 64.0)]
+    #[arg(long, default_value_t = 64.0, value_parser = finite)]
     pub balance_abs_threshold: f64,
     /// `cache_aware`: see --balance-abs-threshold.
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 1.5, value_parser = finite)]
     pub balance_rel_threshold: f64,
     /// `cache_aware`: seconds between sweeps of every prefix index down to its capacity.
     #[arg(long, default_value_t = 120)]
@@ -501,5 +501,14 @@ impl Default for RouterArgs {
     /// Every flag at its default, as if the router were started with none.
     fn default() -> Self {
         RouterOnly::parse_from(["vllm-router"]).args
+    }
+}
+
+/// A number that is finite: `inf` and `NaN` are refused where they are given, naming the flag.
+fn finite(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(e) => Err(e.to_string()),
     }
 }

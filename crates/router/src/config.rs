@@ -188,11 +188,11 @@ fn at_least_one(flag: &'static str, value: u32) -> Result<u32, ConfigError> {
 }
 
 fn retry(args: &RouterArgs) -> Result<RetryConfig, ConfigError> {
-    if !(args.retry_backoff_multiplier >= 1.0 && args.retry_backoff_multiplier.is_finite()) {
+    if !(1.0..=MAX_BACKOFF_MULTIPLIER).contains(&args.retry_backoff_multiplier) {
         return Err(invalid(
             "--retry-backoff-multiplier",
             args.retry_backoff_multiplier,
-            "must be at least 1",
+            format!("must be between 1 and {MAX_BACKOFF_MULTIPLIER}"),
         ));
     }
     if !(0.0..=1.0).contains(&args.retry_jitter_factor) {
@@ -227,7 +227,13 @@ fn retry(args: &RouterArgs) -> Result<RetryConfig, ConfigError> {
             "must be an error status (400-599)",
         ));
     }
-    if args.retry_max_backoff_ms < args.retry_initial_backoff_ms {
+    let initial_backoff = millis(
+        "--retry-initial-backoff-ms",
+        args.retry_initial_backoff_ms,
+        true,
+    )?;
+    let max_backoff = millis("--retry-max-backoff-ms", args.retry_max_backoff_ms, true)?;
+    if max_backoff < initial_backoff {
         return Err(invalid(
             "--retry-max-backoff-ms",
             args.retry_max_backoff_ms,
@@ -240,8 +246,8 @@ fn retry(args: &RouterArgs) -> Result<RetryConfig, ConfigError> {
         } else {
             args.retry_max_retries
         },
-        initial_backoff: Duration::from_millis(args.retry_initial_backoff_ms),
-        max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
+        initial_backoff,
+        max_backoff,
         multiplier: args.retry_backoff_multiplier,
         jitter: args.retry_jitter_factor,
         extra_statuses: args.retry_on_status.clone(),
@@ -323,13 +329,6 @@ fn listener_config(args: &RouterArgs) -> Result<ListenerConfig, ConfigError> {
             false,
         )?,
     })
-}
-
-fn secs(flag: &'static str, value: u64, allow_zero: bool) -> Result<Duration, ConfigError> {
-    if value == 0 && !allow_zero {
-        return Err(invalid(flag, value, "must be at least 1"));
-    }
-    Ok(Duration::from_secs(value))
 }
 
 impl Config {
@@ -442,8 +441,12 @@ impl Config {
                 hash_load_factor: args.hash_load_factor,
                 cache_aware,
             },
-            load_scrape_interval: (args.load_scrape_interval_ms > 0)
-                .then(|| Duration::from_millis(args.load_scrape_interval_ms)),
+            load_scrape_interval: Some(millis(
+                "--load-scrape-interval-ms",
+                args.load_scrape_interval_ms,
+                true,
+            )?)
+            .filter(|d| !d.is_zero()),
             session_key_headers,
             timeouts: Timeouts {
                 connect: secs("--connect-timeout-secs", args.connect_timeout_secs, false)?,
@@ -532,8 +535,12 @@ impl Config {
             service_discovery,
             data_parallel_size: ranks,
             config_file: args.config,
-            config_reload_interval: (args.config_reload_interval_secs > 0)
-                .then(|| Duration::from_secs(args.config_reload_interval_secs)),
+            config_reload_interval: Some(secs(
+                "--config-reload-interval-secs",
+                args.config_reload_interval_secs,
+                true,
+            )?)
+            .filter(|d| !d.is_zero()),
             admin_api_key: args
                 .admin_api_key
                 .filter(|k| !k.trim().is_empty())
@@ -558,6 +565,7 @@ impl Config {
     }
 }
 
+mod bounds;
 mod error;
 mod file;
 mod kube;
@@ -569,6 +577,8 @@ mod summary;
 mod tests;
 mod workers;
 
+pub use bounds::{MAX_BACKOFF_MULTIPLIER, MAX_DURATION_SECS};
+use bounds::{millis, secs};
 pub(crate) use error::invalid;
 pub use error::{ConfigError, Secret};
 use file::FileWorker;

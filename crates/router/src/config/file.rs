@@ -203,6 +203,8 @@ fn json(value: toml::Value) -> Value {
     match value {
         toml::Value::String(s) => Value::String(s),
         toml::Value::Integer(i) => Value::from(i),
+        // JSON has no inf or NaN: as text, they fail the number check naming their key.
+        toml::Value::Float(f) if !f.is_finite() => Value::String(f.to_string()),
         toml::Value::Float(f) => Value::from(f),
         toml::Value::Boolean(b) => Value::Bool(b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),

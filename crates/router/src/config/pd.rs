@@ -4,6 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::bounds::secs_f64;
 use super::{ConfigError, Role, WorkerSpec, WorkerUrl, invalid};
 use crate::cli::{KvConnector, RouterArgs};
 use crate::policy::PolicyKind;
@@ -109,17 +110,12 @@ pub(super) fn pd_config(
                     "expected host:port",
                 ));
             }
-            let expiry = args.vllm_discovery_expiry_secs;
-            if !(expiry > 0.0 && expiry.is_finite()) {
-                return Err(invalid(
-                    "--vllm-discovery-expiry-secs",
-                    expiry,
-                    "must be above 0",
-                ));
-            }
             Some(DiscoveryConfig {
                 address: address.clone(),
-                expiry: Duration::from_secs_f64(expiry),
+                expiry: secs_f64(
+                    "--vllm-discovery-expiry-secs",
+                    args.vllm_discovery_expiry_secs,
+                )?,
                 ranks,
             })
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Uri};
 
+use super::bounds::{millis, secs};
 use super::{ConfigError, Secret, invalid};
 use crate::cli::RouterArgs;
 
@@ -95,13 +96,6 @@ pub(crate) fn http_url(flag: &'static str, raw: &str) -> Result<Uri, ConfigError
     }
 }
 
-fn duration_secs(flag: &'static str, value: u64) -> Result<Duration, ConfigError> {
-    if value == 0 {
-        return Err(invalid(flag, value, "must be at least 1"));
-    }
-    Ok(Duration::from_secs(value))
-}
-
 /// Client authentication from the flags.
 pub(super) fn auth_config(args: &RouterArgs) -> Result<AuthConfig, ConfigError> {
     let mut keys: Vec<Secret> = args.api_keys.iter().filter_map(|k| clean_key(k)).collect();
@@ -114,25 +108,27 @@ pub(super) fn auth_config(args: &RouterArgs) -> Result<AuthConfig, ConfigError> 
         .filter(|u| !u.trim().is_empty())
         .map(|u| http_url("--api-key-validation-urls", u))
         .collect::<Result<Vec<_>, _>>()?;
-    if args.api_key_validation_timeout_ms == 0 {
-        return Err(invalid(
-            "--api-key-validation-timeout-ms",
-            0,
-            "must be at least 1",
-        ));
-    }
     Ok(AuthConfig {
         keys,
         keys_file: args.api_keys_file.clone(),
         validation_urls,
-        cache_ttl: duration_secs("--api-key-cache-ttl-secs", args.api_key_cache_ttl_secs)?,
-        rejected_ttl: duration_secs(
+        cache_ttl: secs(
+            "--api-key-cache-ttl-secs",
+            args.api_key_cache_ttl_secs,
+            false,
+        )?,
+        rejected_ttl: secs(
             "--api-key-rejected-ttl-secs",
             args.api_key_rejected_ttl_secs,
+            false,
         )?,
         cache_size: NonZeroUsize::new(args.api_key_cache_size)
             .ok_or_else(|| invalid("--api-key-cache-size", 0, "must be at least 1"))?,
-        validation_timeout: Duration::from_millis(args.api_key_validation_timeout_ms),
+        validation_timeout: millis(
+            "--api-key-validation-timeout-ms",
+            args.api_key_validation_timeout_ms,
+            false,
+        )?,
     })
 }
 

@@ -21,7 +21,8 @@ pub fn backoff(config: &RetryConfig, retry: u32, headers: Option<&HeaderMap>) ->
     let base = config.initial_backoff.as_secs_f64()
         * config.multiplier.powi(retry.saturating_sub(1) as i32);
     let spread = base * config.jitter * (2.0 * fastrand::f64() - 1.0);
-    let mut wait = Duration::from_secs_f64((base + spread).max(0.0));
+    // Past the maximum (or past what a Duration holds) the maximum applies.
+    let mut wait = Duration::try_from_secs_f64((base + spread).max(0.0)).unwrap_or(Duration::MAX);
     if let Some(asked) = headers.and_then(retry_after) {
         wait = wait.max(asked);
     }
@@ -99,6 +100,21 @@ mod tests {
             extra_statuses: vec![429],
             budget_ratio: 0.2,
             budget_min_per_sec: 1.0,
+        }
+    }
+
+    #[test]
+    fn backoff_at_the_largest_accepted_settings_is_the_maximum() {
+        let year = Duration::from_secs(crate::config::MAX_DURATION_SECS);
+        let c = RetryConfig {
+            initial_backoff: year,
+            max_backoff: year,
+            multiplier: crate::config::MAX_BACKOFF_MULTIPLIER,
+            jitter: 1.0,
+            ..config()
+        };
+        for retry in [1, 2, 100, u32::MAX] {
+            assert!(backoff(&c, retry, None) <= year, "{retry}");
         }
     }
 

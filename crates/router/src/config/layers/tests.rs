@@ -416,3 +416,82 @@ fn security_settings_from_flags_env_and_file() {
         "{err}"
     );
 }
+
+/// Every duration setting, as a flag and as its file key.
+const DURATIONS: &[(&str, &str)] = &[
+    ("--request-timeout-secs", "request_timeout_secs"),
+    ("--connect-timeout-secs", "connect_timeout_secs"),
+    ("--first-byte-timeout-secs", "first_byte_timeout_secs"),
+    ("--stream-idle-timeout-secs", "stream_idle_timeout_secs"),
+    ("--retry-initial-backoff-ms", "retry_initial_backoff_ms"),
+    ("--retry-max-backoff-ms", "retry_max_backoff_ms"),
+    ("--cb-timeout-duration-secs", "cb_timeout_duration_secs"),
+    ("--queue-timeout-secs", "queue_timeout_secs"),
+    ("--header-read-timeout-secs", "header_read_timeout_secs"),
+    ("--client-write-timeout-secs", "client_write_timeout_secs"),
+    ("--shutdown-timeout-secs", "shutdown_timeout_secs"),
+    ("--api-key-cache-ttl-secs", "api_key_cache_ttl_secs"),
+    ("--api-key-rejected-ttl-secs", "api_key_rejected_ttl_secs"),
+    (
+        "--api-key-validation-timeout-ms",
+        "api_key_validation_timeout_ms",
+    ),
+    (
+        "--worker-startup-timeout-secs",
+        "worker_startup_timeout_secs",
+    ),
+    (
+        "--worker-startup-check-interval",
+        "worker_startup_check_interval",
+    ),
+    ("--health-check-interval-secs", "health_check_interval_secs"),
+    ("--health-check-timeout-secs", "health_check_timeout_secs"),
+    ("--load-scrape-interval-ms", "load_scrape_interval_ms"),
+    ("--eviction-interval-secs", "eviction_interval_secs"),
+    (
+        "--config-reload-interval-secs",
+        "config_reload_interval_secs",
+    ),
+];
+
+#[test]
+fn a_duration_past_its_bound_is_refused_naming_its_key() {
+    let huge = u64::MAX.to_string();
+    let year = crate::config::MAX_DURATION_SECS.to_string();
+    for (flag, key) in DURATIONS {
+        // Just past the bound in the flag's own unit: a year and one unit.
+        let past = if flag.ends_with("-ms") {
+            (crate::config::MAX_DURATION_SECS * 1000 + 1).to_string()
+        } else {
+            (crate::config::MAX_DURATION_SECS + 1).to_string()
+        };
+        for value in [&huge, &past] {
+            let e = load(&[flag, value], &[], None).unwrap_err();
+            assert!(e.contains(&format!("'{flag}'")), "{flag}={value}: {e}");
+        }
+        // TOML integers stop at i64::MAX.
+        for value in [&i64::MAX.to_string(), &past] {
+            let e = load(&[], &[], Some(&format!("{key} = {value}"))).unwrap_err();
+            assert!(
+                e.contains(&format!("'{key}' in router.toml")),
+                "{key}={value}: {e}"
+            );
+        }
+        let mut at_bound = vec![*flag, year.as_str()];
+        if *flag == "--retry-initial-backoff-ms" {
+            at_bound.extend(["--retry-max-backoff-ms", year.as_str()]);
+        }
+        load(&at_bound, &[], None).unwrap_or_else(|e| panic!("{flag} at the bound: {e}"));
+    }
+    for value in ["17", "1e300", "inf"] {
+        let e = load(&["--retry-backoff-multiplier", value], &[], None).unwrap_err();
+        assert!(e.contains("--retry-backoff-multiplier"), "{value}: {e}");
+    }
+    let e = load(&[], &[], Some("rate_limit_tokens_per_second = inf")).unwrap_err();
+    assert!(
+        e.contains("'rate_limit_tokens_per_second' in router.toml"),
+        "{e}"
+    );
+    let e = load(&[], &[("VLLM_ROUTER_CACHE_THRESHOLD", "NaN")], None).unwrap_err();
+    assert!(e.contains("$VLLM_ROUTER_CACHE_THRESHOLD"), "{e}");
+}
