@@ -17,7 +17,8 @@ use crate::fleet::{Snapshot, Worker};
 /// Virtual nodes per worker: enough for an even spread of keys and of a leaver's sessions.
 const VNODES: u64 = 160;
 
-/// The ring: (point, worker id), sorted by point.
+/// The ring: (point, worker id), sorted by point. Points hash the worker's label (its URL,
+/// with `#rank` for a data-parallel rank), so every rank of a server is a node of its own.
 #[derive(Debug, Default)]
 struct Ring(Vec<(u64, u64)>);
 
@@ -25,7 +26,7 @@ impl Ring {
     fn build<'a>(workers: impl Iterator<Item = &'a Worker>) -> Self {
         let mut points: Vec<(u64, u64)> = workers
             .flat_map(|w| {
-                (0..VNODES).map(move |v| (xxh3_64_with_seed(w.url().as_bytes(), v), w.id()))
+                (0..VNODES).map(move |v| (xxh3_64_with_seed(w.label().as_bytes(), v), w.id()))
             })
             .collect();
         points.sort_unstable();

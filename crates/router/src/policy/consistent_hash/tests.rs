@@ -102,3 +102,47 @@ fn candidates_limit_the_walk_to_workers_serving_the_model() {
         assert!(id == ws[1].id() || id == ws[3].id());
     }
 }
+
+#[test]
+fn every_data_parallel_rank_is_a_home_of_its_own_under_skewed_keys() {
+    use crate::config::{WorkerSpec, WorkerUrl};
+    use std::num::NonZeroU32;
+    // Two servers of four ranks each: eight workers, two URLs.
+    let ws: Vec<Arc<Worker>> = (0..2)
+        .flat_map(|s| {
+            let url = WorkerUrl::parse("--worker-urls", &format!("http://10.0.1.{s}:8000"));
+            let spec = WorkerSpec {
+                ranks: NonZeroU32::new(4).unwrap(),
+                ..WorkerSpec::from(url.unwrap())
+            };
+            Worker::ranks(&spec)
+        })
+        .collect();
+    assert_eq!(ws.len(), 8);
+    let p = policy_over(&ws);
+    // Skewed: key k is sent 1 + 400 / (k + 1) times (a few heavy sessions, a long tail).
+    let mut served: HashMap<u64, usize> = HashMap::new();
+    let mut homes: HashMap<u64, usize> = HashMap::new();
+    for k in 0..400 {
+        let key = format!("tenant-{k}");
+        let at = home(&p, &ws, &key);
+        *homes.entry(at).or_default() += 1;
+        *served.entry(at).or_default() += 1 + 400 / (k + 1);
+    }
+    assert_eq!(
+        homes.len(),
+        8,
+        "every rank is the home of some sessions: {homes:?}"
+    );
+    let most = *homes.values().max().unwrap();
+    assert!(
+        most < 400 / 4,
+        "one rank is home to {most} of 400 sessions: {homes:?}"
+    );
+    let heaviest = *served.values().max().unwrap();
+    let total: usize = served.values().sum();
+    assert!(
+        heaviest * 3 < total,
+        "one rank took {heaviest} of {total}: {served:?}"
+    );
+}
