@@ -216,11 +216,21 @@ pub enum FleetEvent {
 
 type Command = (FleetEvent, Option<oneshot::Sender<()>>);
 
+/// Hears of every snapshot the fleet publishes, after the policies have: for state kept per
+/// worker outside the fleet (metric series), which must go when its worker goes.
+pub trait Watcher: Send + Sync + std::fmt::Debug {
+    /// `snapshot` is now the current one.
+    fn on_fleet_change(&self, snapshot: &Snapshot);
+}
+
+type Watchers = Arc<parking_lot::RwLock<Vec<Arc<dyn Watcher>>>>;
+
 /// The fleet's handle: lock-free reads of the current snapshot, ordered writes through events.
 #[derive(Debug)]
 pub struct Fleet {
     current: Arc<ArcSwap<Snapshot>>,
     events: mpsc::UnboundedSender<Command>,
+    watchers: Watchers,
 }
 
 impl Fleet {
@@ -234,8 +244,24 @@ impl Fleet {
         }
         let current = Arc::new(ArcSwap::new(first));
         let (events, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(members, Arc::clone(&current), policies, rx));
-        Self { current, events }
+        let watchers = Watchers::default();
+        tokio::spawn(writer(
+            members,
+            Arc::clone(&current),
+            policies,
+            Arc::clone(&watchers),
+            rx,
+        ));
+        Self {
+            current,
+            events,
+            watchers,
+        }
+    }
+
+    /// From the next published snapshot on, `watcher` hears of every one.
+    pub fn watch(&self, watcher: Arc<dyn Watcher>) {
+        self.watchers.write().push(watcher);
     }
 
     /// The current snapshot.
@@ -257,6 +283,7 @@ async fn writer(
     mut members: Vec<Member>,
     current: Arc<ArcSwap<Snapshot>>,
     policies: Vec<Arc<dyn Policy>>,
+    watchers: Watchers,
     mut rx: mpsc::UnboundedReceiver<Command>,
 ) {
     while let Some((event, done)) = rx.recv().await {
@@ -266,7 +293,10 @@ async fn writer(
             for policy in &policies {
                 policy.on_fleet_change(&next);
             }
-            current.store(next);
+            current.store(Arc::clone(&next));
+            for watcher in watchers.read().iter() {
+                watcher.on_fleet_change(&next);
+            }
         }
         if let Some(done) = done {
             let _ = done.send(());

@@ -131,6 +131,7 @@ impl App {
         policies.extend(pd.iter().flat_map(Pd::policies));
         let fleet = Arc::new(Fleet::start(&config.workers, policies));
         let metrics = Metrics::new();
+        fleet.watch(Arc::clone(&metrics) as Arc<dyn fleet::Watcher>);
         let traces = config
             .otlp_traces_endpoint
             .as_ref()

@@ -277,3 +277,33 @@ async fn every_series_the_grafana_dashboard_queries_is_exported() {
         "not exported: {missing:?}\n{exported:?}"
     );
 }
+
+#[tokio::test]
+async fn a_departed_workers_series_go_when_it_leaves_without_a_scrape() {
+    use crate::config::WorkerSpec;
+    use crate::fleet::{Fleet, FleetEvent};
+    let metrics = Metrics::new();
+    let fleet = Fleet::start(&[], Vec::new());
+    fleet.watch(Arc::clone(&metrics) as Arc<dyn Watcher>);
+    // Churn: workers join, serve a request each, and leave; nobody scrapes /metrics.
+    for i in 0..50 {
+        let url = format!("http://10.9.0.{i}:8000");
+        let spec = WorkerSpec::from(WorkerUrl::parse("--worker-urls", &url).unwrap());
+        fleet.apply(FleetEvent::Add(spec)).await;
+        let w = Arc::clone(&fleet.snapshot().members()[0].worker);
+        metrics
+            .series(&ExchangeLabels {
+                model: "m".into(),
+                worker: w.label().to_owned(),
+            })
+            .inter_token(Duration::from_millis(5));
+        fleet.apply(FleetEvent::Remove(url)).await;
+    }
+    assert!(
+        metrics.served.read().is_empty(),
+        "{} series of departed workers kept",
+        metrics.served.read().len()
+    );
+    let text = render(&metrics, &fleet.snapshot());
+    assert!(!text.contains("10.9.0."), "{text}");
+}
