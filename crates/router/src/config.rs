@@ -8,107 +8,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::admission::AdmissionConfig;
-use crate::cli::{LogFormat, LogLevel, LogRotation, RouterArgs};
-use crate::policy::{CacheAwareConfig, PolicyConfig, PolicyKind};
-use crate::prefix::BLOCK_BYTES;
-
-/// When and how a failed attempt is retried on another worker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryConfig {
-    /// Retries of one request (0 disables).
-    pub max_retries: u32,
-    /// First backoff.
-    pub initial_backoff: Duration,
-    /// Longest backoff, and longest `Retry-After` honoured.
-    pub max_backoff: Duration,
-    /// Backoff growth per retry.
-    pub multiplier: f64,
-    /// Random spread of each backoff, as a fraction of it.
-    pub jitter: f64,
-    /// Statuses retried besides 502, 503 and 504.
-    pub extra_statuses: Vec<u16>,
-    /// Retries allowed as a fraction of requests...
-    pub budget_ratio: f64,
-    /// ...plus this many per second.
-    pub budget_min_per_sec: f64,
-}
-
-/// Per-worker circuit breakers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerConfig {
-    /// Whether breakers open at all.
-    pub enabled: bool,
-    /// Consecutive failed requests that open a breaker.
-    pub failure_threshold: u32,
-    /// Successful trial requests that close it.
-    pub success_threshold: u32,
-    /// Time an open breaker waits before trial requests (half-open).
-    pub open_for: Duration,
-    /// Trial requests let through at once while half-open.
-    pub half_open_max: u32,
-}
-
-/// How long each stage of a request may take.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Timeouts {
-    /// Opening a connection.
-    pub connect: Duration,
-    /// Until a worker's response headers.
-    pub first_byte: Duration,
-    /// Between two frames of a response.
-    pub stream_idle: Duration,
-    /// The whole request.
-    pub total: Duration,
-}
-
-/// How the router probes worker health.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthConfig {
-    /// Time between probe rounds.
-    pub interval: Duration,
-    /// Time a probe may take.
-    pub timeout: Duration,
-    /// Path probed, starting with `/`.
-    pub endpoint: String,
-    /// Consecutive failures that take a worker out of rotation.
-    pub failure_threshold: u32,
-    /// Consecutive good probes that bring it back.
-    pub success_threshold: u32,
-}
-
-/// How the router's own listener treats client connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenerConfig {
-    /// Time a client has to send a whole request head; also how long an idle keep-alive
-    /// connection stays open.
-    pub header_read_timeout: Duration,
-    /// Largest request head accepted, in bytes (at least [`MIN_HEADER_BYTES`]).
-    pub max_header_bytes: usize,
-    /// Time in-flight requests get to finish once shutdown starts.
-    pub shutdown_timeout: Duration,
-    /// Time a client may leave the router's writes unread before its connection closes.
-    pub client_write_timeout: Duration,
-}
-
-/// Where and how the router logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
-    /// Verbosity.
-    pub level: LogLevel,
-    /// Line format on stderr.
-    pub format: LogFormat,
-    /// Directory of the log files, when they are written.
-    pub dir: Option<PathBuf>,
-    /// When the files rotate.
-    pub rotation: LogRotation,
-    /// Files kept of each log.
-    pub max_files: NonZeroUsize,
-}
-
-/// The smallest `--max-header-bytes`: the HTTP/1 read buffer cannot be made smaller.
-pub const MIN_HEADER_BYTES: usize = 8 * 1024;
-/// The largest `--max-header-bytes`.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+use crate::cli::RouterArgs;
+use crate::policy::{PolicyConfig, PolicyKind};
 
 /// The router's whole configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,117 +88,6 @@ fn at_least_one(flag: &'static str, value: u32) -> Result<u32, ConfigError> {
     Ok(value)
 }
 
-fn retry(args: &RouterArgs) -> Result<RetryConfig, ConfigError> {
-    if !(1.0..=MAX_BACKOFF_MULTIPLIER).contains(&args.retry_backoff_multiplier) {
-        return Err(invalid(
-            "--retry-backoff-multiplier",
-            args.retry_backoff_multiplier,
-            format!("must be between 1 and {MAX_BACKOFF_MULTIPLIER}"),
-        ));
-    }
-    if !(0.0..=1.0).contains(&args.retry_jitter_factor) {
-        return Err(invalid(
-            "--retry-jitter-factor",
-            args.retry_jitter_factor,
-            "must be between 0 and 1",
-        ));
-    }
-    if !(args.retry_budget_ratio >= 0.0 && args.retry_budget_ratio.is_finite()) {
-        return Err(invalid(
-            "--retry-budget-ratio",
-            args.retry_budget_ratio,
-            "must be 0 or more",
-        ));
-    }
-    if !(args.retry_budget_min_per_sec >= 0.0 && args.retry_budget_min_per_sec.is_finite()) {
-        return Err(invalid(
-            "--retry-budget-min-per-sec",
-            args.retry_budget_min_per_sec,
-            "must be 0 or more",
-        ));
-    }
-    if let Some(bad) = args
-        .retry_on_status
-        .iter()
-        .find(|s| !(400..=599).contains(*s))
-    {
-        return Err(invalid(
-            "--retry-on-status",
-            bad,
-            "must be an error status (400-599)",
-        ));
-    }
-    let initial_backoff = millis(
-        "--retry-initial-backoff-ms",
-        args.retry_initial_backoff_ms,
-        true,
-    )?;
-    let max_backoff = millis("--retry-max-backoff-ms", args.retry_max_backoff_ms, true)?;
-    if max_backoff < initial_backoff {
-        return Err(invalid(
-            "--retry-max-backoff-ms",
-            args.retry_max_backoff_ms,
-            "must be at least --retry-initial-backoff-ms",
-        ));
-    }
-    Ok(RetryConfig {
-        max_retries: if args.disable_retries {
-            0
-        } else {
-            args.retry_max_retries
-        },
-        initial_backoff,
-        max_backoff,
-        multiplier: args.retry_backoff_multiplier,
-        jitter: args.retry_jitter_factor,
-        extra_statuses: args.retry_on_status.clone(),
-        budget_ratio: args.retry_budget_ratio,
-        budget_min_per_sec: args.retry_budget_min_per_sec,
-    })
-}
-
-fn cache_aware(args: &RouterArgs) -> Result<CacheAwareConfig, ConfigError> {
-    if !(0.0..=1.0).contains(&args.cache_threshold) {
-        return Err(invalid(
-            "--cache-threshold",
-            args.cache_threshold,
-            "must be between 0 and 1",
-        ));
-    }
-    if !(args.balance_abs_threshold >= 0.0 && args.balance_abs_threshold.is_finite()) {
-        return Err(invalid(
-            "--balance-abs-threshold",
-            args.balance_abs_threshold,
-            "must be 0 or more",
-        ));
-    }
-    if !(args.balance_rel_threshold > 0.0 && args.balance_rel_threshold.is_finite()) {
-        return Err(invalid(
-            "--balance-rel-threshold",
-            args.balance_rel_threshold,
-            "must be above 0",
-        ));
-    }
-    if args.max_tree_size < BLOCK_BYTES as u64 {
-        return Err(invalid(
-            "--max-tree-size",
-            args.max_tree_size,
-            format!("must be at least {BLOCK_BYTES}"),
-        ));
-    }
-    Ok(CacheAwareConfig {
-        cache_threshold: args.cache_threshold,
-        balance_abs_threshold: args.balance_abs_threshold,
-        balance_rel_threshold: args.balance_rel_threshold,
-        eviction_interval: secs(
-            "--eviction-interval-secs",
-            args.eviction_interval_secs,
-            false,
-        )?,
-        max_tree_size: args.max_tree_size,
-    })
-}
-
 fn header_names(flag: &'static str, raw: &[String]) -> Result<Vec<HeaderName>, ConfigError> {
     raw.iter()
         .map(|h| {
@@ -305,30 +95,6 @@ fn header_names(flag: &'static str, raw: &[String]) -> Result<Vec<HeaderName>, C
                 .map_err(|_| invalid(flag, h, "not a valid header name"))
         })
         .collect()
-}
-
-fn listener_config(args: &RouterArgs) -> Result<ListenerConfig, ConfigError> {
-    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&args.max_header_bytes) {
-        return Err(invalid(
-            "--max-header-bytes",
-            args.max_header_bytes,
-            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
-        ));
-    }
-    Ok(ListenerConfig {
-        header_read_timeout: secs(
-            "--header-read-timeout-secs",
-            args.header_read_timeout_secs,
-            false,
-        )?,
-        max_header_bytes: args.max_header_bytes,
-        shutdown_timeout: secs("--shutdown-timeout-secs", args.shutdown_timeout_secs, true)?,
-        client_write_timeout: secs(
-            "--client-write-timeout-secs",
-            args.client_write_timeout_secs,
-            false,
-        )?,
-    })
 }
 
 impl Config {
@@ -571,6 +337,7 @@ mod file;
 mod kube;
 mod layers;
 mod pd;
+mod sections;
 mod security;
 mod summary;
 #[cfg(test)]
@@ -588,6 +355,11 @@ pub use kube::{Selector, ServiceDiscoveryConfig};
 pub use layers::{ENV_PREFIX, Place, Sources, fingerprint};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
+pub use sections::{
+    BreakerConfig, HealthConfig, ListenerConfig, LogConfig, MAX_HEADER_BYTES, MIN_HEADER_BYTES,
+    RetryConfig, Timeouts,
+};
+use sections::{cache_aware, listener_config, retry};
 pub use security::{AuthConfig, CorsOrigins};
 use security::{auth_config, cors_origins, worker_api_key};
 use workers::with_capacities;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::cli::KvConnector;
+use crate::cli::{KvConnector, LogLevel};
 use clap::Parser;
 
 fn parse(argv: &[&str]) -> Result<Config, String> {
