@@ -147,6 +147,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// What the `x-vllm-router-worker` response header carries.
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerHeader {
+    /// The worker's URL, with `#rank` for a data-parallel rank.
+    Url,
+    /// An opaque id, the same on every replica: the admin API's worker id, with `#rank`.
+    Id,
+    /// No header.
+    Off,
+}
+
 /// When a log file in `--log-dir` is rotated.
 #[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -357,6 +369,14 @@ pub struct RouterArgs {
     /// past it, streams end with an error event and the rest is closed.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+    /// What the `x-vllm-router-worker` header of every answer carries: `url`, an opaque `id`
+    /// (the admin API's worker id), or `off`.
+    #[arg(long, value_enum, default_value_t = WorkerHeader::Url)]
+    pub worker_header: WorkerHeader,
+    /// Name workers by URL in the 502 and 504 messages clients receive; by default they name
+    /// the opaque worker id (logs and metrics always have the URL).
+    #[arg(long)]
+    pub errors_name_worker_urls: bool,
     /// Headers searched, in order, for the client's request id.
     #[arg(
         long,

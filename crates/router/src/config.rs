@@ -42,6 +42,8 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Headers searched, in order, for a client-given request id.
     pub request_id_headers: Vec<HeaderName>,
+    /// What `x-vllm-router-worker` carries, and whether client errors name worker URLs.
+    pub exposure: Exposure,
     /// Metrics listener address, or `None` when disabled.
     pub metrics_listen: Option<(String, u16)>,
     /// Logging.
@@ -253,6 +255,10 @@ impl Config {
             max_payload_size,
             listener,
             request_id_headers,
+            exposure: Exposure {
+                worker_header: args.worker_header,
+                error_urls: args.errors_name_worker_urls,
+            },
             metrics_listen,
             log: LogConfig {
                 level: args.log_level,
@@ -356,8 +362,8 @@ pub use layers::{ENV_PREFIX, Place, Sources, fingerprint};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
 pub use sections::{
-    BreakerConfig, HealthConfig, ListenerConfig, LogConfig, MAX_HEADER_BYTES, MIN_HEADER_BYTES,
-    RetryConfig, Timeouts,
+    BreakerConfig, Exposure, HealthConfig, ListenerConfig, LogConfig, MAX_HEADER_BYTES,
+    MIN_HEADER_BYTES, RetryConfig, Timeouts,
 };
 use sections::{cache_aware, listener_config, retry};
 pub use security::{AuthConfig, CorsOrigins};

@@ -371,7 +371,9 @@ impl<'a> Plan<'a> {
             match run_prefill(&mut one, Some((p, p_decision)), build, whole).await {
                 Prefilled::Ready((), _) => Ok(()),
                 Prefilled::Refused(answer) => Err(ApiError::BadGateway {
-                    worker: answer.worker.url().to_owned(),
+                    worker: answer
+                        .worker
+                        .name_for_clients(request.config.exposure.error_urls),
                     reason: format!("prefill answered {}", answer.response.status()),
                 }),
                 Prefilled::Failed(error) => Err(error),
@@ -521,7 +523,9 @@ async fn prefill_attempts<T>(
             }
             Err(reason) => {
                 let error = ApiError::BadGateway {
-                    worker: answer.worker.url().to_owned(),
+                    worker: answer
+                        .worker
+                        .name_for_clients(leg.config().exposure.error_urls),
                     reason,
                 };
                 tracing::warn!(worker = answer.worker.label(), %error, "prefill failed");

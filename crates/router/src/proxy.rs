@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 pub(crate) use self::leg::{Answer, Leg, Stage};
 use crate::admission::Refused;
+use crate::cli::WorkerHeader;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::{Pool, Worker, X_DATA_PARALLEL_RANK};
@@ -286,10 +287,15 @@ pub(crate) fn respond(
     }
     let (mut head, upstream_body) = response.into_parts();
     headers::strip_hop_by_hop(&mut head.headers);
-    head.headers.insert(
-        headers::X_VLLM_ROUTER_WORKER.clone(),
-        worker.header_value().clone(),
-    );
+    let named = match config.exposure.worker_header {
+        WorkerHeader::Url => Some(worker.header_value()),
+        WorkerHeader::Id => Some(worker.opaque_value()),
+        WorkerHeader::Off => None,
+    };
+    if let Some(value) = named {
+        head.headers
+            .insert(headers::X_VLLM_ROUTER_WORKER.clone(), value.clone());
+    }
     let sse = head
         .headers
         .get(header::CONTENT_TYPE)
@@ -305,6 +311,7 @@ pub(crate) fn respond(
         deadline: request.deadline,
         total: config.timeouts.total,
         failure_threshold: config.health.failure_threshold,
+        error_urls: config.exposure.error_urls,
         metrics: Arc::clone(&app.metrics),
         drain: Some(app.drain_signal()),
     };

@@ -7,9 +7,18 @@ use std::time::Duration;
 
 use super::bounds::{MAX_BACKOFF_MULTIPLIER, millis, secs};
 use super::{ConfigError, invalid};
-use crate::cli::{LogFormat, LogLevel, LogRotation, RouterArgs};
+use crate::cli::{LogFormat, LogLevel, LogRotation, RouterArgs, WorkerHeader};
 use crate::policy::CacheAwareConfig;
 use crate::prefix::BLOCK_BYTES;
+
+/// What clients learn of the worker that served them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exposure {
+    /// What `x-vllm-router-worker` carries.
+    pub worker_header: WorkerHeader,
+    /// 502 and 504 messages name the worker's URL rather than its opaque id.
+    pub error_urls: bool,
+}
 
 /// When and how a failed attempt is retried on another worker.
 #[derive(Debug, Clone, PartialEq)]

@@ -25,6 +25,8 @@ pub struct Worker {
     id: u64,
     label: String,
     header: HeaderValue,
+    /// The server id (a hash of the URL), with `#rank`: what clients may see instead.
+    opaque: HeaderValue,
     engine: ArcSwapOption<EngineSample>,
     in_flight: AtomicUsize,
     /// Prefix-index blocks of prefill work sent to the worker whose first token has not come
@@ -113,12 +115,22 @@ impl Worker {
             None => spec.url.text.clone(),
         };
         let header = HeaderValue::from_str(&label).unwrap_or(HeaderValue::from_static("invalid"));
+        let server = format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(spec.url.text.as_bytes())
+        );
+        let opaque = match rank {
+            Some(r) => HeaderValue::from_str(&format!("{server}#{r}")),
+            None => HeaderValue::from_str(&server),
+        }
+        .unwrap_or(HeaderValue::from_static("invalid"));
         Self {
             id: xxhash_rust::xxh3::xxh3_64(label.as_bytes()),
             rank,
             rank_header: rank.map(HeaderValue::from),
             label,
             header,
+            opaque,
             engine: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
             booked_prefill: AtomicU64::new(0),
@@ -210,6 +222,21 @@ impl Worker {
         self.spec.capacity
     }
 
+    /// The worker's opaque name: its server id (as in the admin API), with `#rank`.
+    pub fn opaque_value(&self) -> &HeaderValue {
+        &self.opaque
+    }
+
+    /// How an error a client receives names this worker: by URL when `urls`, else by its
+    /// opaque name.
+    pub fn name_for_clients(&self, urls: bool) -> String {
+        if urls {
+            self.label.clone()
+        } else {
+            self.opaque.to_str().unwrap_or_default().to_owned()
+        }
+    }
+
     /// A stable 64-bit id derived from the URL: the same on every router replica.
     pub fn id(&self) -> u64 {
         self.id
@@ -218,7 +245,10 @@ impl Worker {
     /// The id of the worker's server (its URL) in the admin API and the live view: stable
     /// across replicas, and shared by the ranks of one URL.
     pub fn server_id(&self) -> String {
-        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(self.url().as_bytes()))
+        let name = self.opaque.to_str().unwrap_or_default();
+        name.split_once('#')
+            .map_or(name, |(server, _)| server)
+            .to_owned()
     }
 
     /// The last engine sample from `/metrics`, fresh or not.

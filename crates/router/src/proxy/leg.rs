@@ -258,7 +258,7 @@ impl<'a> Leg<'a> {
             let left = self.deadline.saturating_duration_since(Instant::now());
             let first_byte = config.timeouts.first_byte.min(left);
             let sent = tokio::time::timeout(first_byte, app.upstream.send(request)).await;
-            let url = || worker.url().to_owned();
+            let url = || worker.name_for_clients(config.exposure.error_urls);
             let (failure, cause, pause) = match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();

@@ -46,6 +46,8 @@ pub struct StreamLimits {
     pub total: Duration,
     /// Consecutive failures that take the worker out of rotation.
     pub failure_threshold: u32,
+    /// The error a client receives names the worker by URL rather than by its opaque id.
+    pub error_urls: bool,
     /// Where breaks and timeouts are counted.
     pub metrics: Arc<Metrics>,
     /// Turns true when the router's shutdown deadline passed.
@@ -280,9 +282,9 @@ where
         if matches!(cut, Cut::Idle | Cut::Total) {
             limits.metrics.timed_out(cut.label());
         }
-        let worker = guard
-            .as_ref()
-            .map_or_else(String::new, |g| g.worker().url().to_owned());
+        let worker = guard.as_ref().map_or_else(String::new, |g| {
+            g.worker().name_for_clients(limits.error_urls)
+        });
         if let (Some(g), false) = (&guard, cut == Cut::Shutdown) {
             g.worker().record_failure(limits.failure_threshold);
         }

@@ -125,6 +125,30 @@ async fn a_worker_that_dies_after_receiving_the_request_is_a_502() {
     )
     .await;
     let v = r.assert_error(502);
+    let message = v["error"]["message"].as_str().unwrap();
+    // The client learns which worker (by the admin API's id), not where it is.
+    let id = router.app().fleet.snapshot().members()[0]
+        .worker
+        .server_id();
+    assert!(message.contains(&id), "{v}");
+    let host = workers[0].url().replace("http://", "");
+    assert!(!message.contains(&host), "{v}");
+}
+
+#[tokio::test]
+async fn errors_name_worker_urls_only_when_asked() {
+    let workers = sims([SimConfig {
+        exit_after: Some(1),
+        ..SimConfig::default()
+    }])
+    .await;
+    let router = router_with(&workers, |a| a.errors_name_worker_urls = true).await;
+    let r = post_json(
+        &format!("{}/v1/chat/completions", router.url()),
+        chat(MODEL, false),
+    )
+    .await;
+    let v = r.assert_error(502);
     assert!(
         v["error"]["message"]
             .as_str()
@@ -132,6 +156,34 @@ async fn a_worker_that_dies_after_receiving_the_request_is_a_502() {
             .contains(&workers[0].url()),
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn the_worker_header_names_the_url_an_opaque_id_or_nothing() {
+    use vllm_router::cli::WorkerHeader;
+    let workers = fast_sims(1).await;
+    let url = |r: &vllm_router::server::RouterHandle| format!("{}/v1/chat/completions", r.url());
+    let router = router(&workers).await;
+    let r = post_json(&url(&router), chat(MODEL, false)).await;
+    assert_eq!(r.header("x-vllm-router-worker"), workers[0].url());
+
+    let router = router_with(&workers, |a| a.worker_header = WorkerHeader::Id).await;
+    let r = post_json(&url(&router), chat(MODEL, false)).await;
+    assert_eq!(r.status, 200);
+    let id = router.app().fleet.snapshot().members()[0]
+        .worker
+        .server_id();
+    assert_eq!(r.header("x-vllm-router-worker"), id);
+    let listed = get(&format!("{}/workers", router.url())).await.json();
+    assert!(
+        listed.to_string().contains(&id),
+        "the admin API lists {id}: {listed}"
+    );
+
+    let router = router_with(&workers, |a| a.worker_header = WorkerHeader::Off).await;
+    let r = post_json(&url(&router), chat(MODEL, false)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("x-vllm-router-worker").is_none());
 }
 
 #[tokio::test]
