@@ -30,6 +30,7 @@ fn limits(sse: bool, metrics: &Arc<Metrics>) -> StreamLimits {
         deadline: Instant::now() + Duration::from_secs(60),
         total: Duration::from_secs(60),
         failure_threshold: 1,
+        error_urls: false,
         metrics: Arc::clone(metrics),
         drain: None,
     }
