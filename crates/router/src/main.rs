@@ -84,8 +84,6 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
     // Listen before announcing the address: a signal sent from then on is never the default
     // (instant) termination.
     let mut signals = Signals::new();
-    tracing::info!(%addr, policy = app.policy.name(), "serving");
-    println!("vllm-router listening on http://{addr}");
     let (first, stop) = tokio::sync::oneshot::channel::<()>();
     let logs_at_exit = logs.clone();
     tokio::spawn(async move {
@@ -98,10 +96,21 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
         logs_at_exit.close();
         std::process::exit(EXIT_ON_SECOND_SIGNAL);
     });
-    server::run(listener, Arc::clone(&app), async move {
+    // Serving starts at once (liveness, readiness, 503s while no worker is ready); the address
+    // is announced when the start-up wait for the static workers is over.
+    let mut serving = tokio::spawn(server::run(listener, Arc::clone(&app), async move {
         let _ = stop.await;
-    })
-    .await?;
+    }));
+    let served = tokio::select! {
+        () = app.started_up() => {
+            tracing::info!(%addr, policy = app.policy.name(), "serving");
+            println!("vllm-router listening on http://{addr}");
+            (&mut serving).await
+        }
+        // A signal during the start-up wait.
+        served = &mut serving => served,
+    };
+    served??;
     // The drain is over: no request is left to end a span.
     app.flush_traces().await;
     Ok(())

@@ -97,13 +97,17 @@ pub struct App {
     drain: watch::Sender<bool>,
     /// True from the moment shutdown starts: readiness answers 503.
     draining: AtomicBool,
+    /// Turns true once every static worker has listed its models or the start-up timeout
+    /// passed; the router serves (liveness, readiness, 503s) from before then.
+    started_up: watch::Receiver<bool>,
     started: Instant,
     background: Vec<JoinHandle<()>>,
 }
 
 impl App {
-    /// Start the fleet, wait (up to the start-up timeout) for workers to list their models,
-    /// and start health probing. Must be called inside a Tokio runtime.
+    /// Start the fleet, the start-up wait for workers to list their models (in the
+    /// background: see [`App::started_up`]) and health probing. Must be called inside a Tokio
+    /// runtime.
     /// Fails only when a listener of its own (the discovery socket) cannot bind, or when
     /// Kubernetes discovery finds no API server configuration.
     pub async fn start(config: Config) -> Result<Arc<Self>, discovery::DiscoveryError> {
@@ -158,7 +162,14 @@ impl App {
             let watch = discovery::watch_pods(pods, &config, Arc::clone(&fleet), upstream.clone());
             background.push(watch.await?);
         }
-        fleet::wait_for_startup(&fleet, &upstream, &config).await;
+        let (startup_done, started_up) = watch::channel(false);
+        background.push(tokio::spawn({
+            let (fleet, upstream, live) = (Arc::clone(&fleet), upstream.clone(), Arc::clone(&live));
+            async move {
+                fleet::wait_for_startup(&fleet, &upstream, &live.load_full()).await;
+                startup_done.send_replace(true);
+            }
+        }));
         background.push(fleet::spawn_health_loop(
             Arc::clone(&fleet),
             upstream.clone(),
@@ -197,6 +208,7 @@ impl App {
             live: view,
             drain: watch::Sender::new(false),
             draining: AtomicBool::new(false),
+            started_up,
             started,
             background,
         }))
@@ -268,6 +280,18 @@ impl App {
     /// Whether shutdown started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether the start-up wait for the static workers is still on.
+    pub fn is_starting(&self) -> bool {
+        !*self.started_up.borrow()
+    }
+
+    /// Resolves once every static worker has listed its models, or the start-up timeout
+    /// (`--worker-startup-timeout-secs`) passed for those that have not.
+    pub async fn started_up(&self) {
+        let mut done = self.started_up.clone();
+        let _ = done.wait_for(|done| *done).await;
     }
 }
 
@@ -366,7 +390,8 @@ pub struct RouterHandle {
 }
 
 impl RouterHandle {
-    /// Start the fleet and serve on `listener` in a background task.
+    /// Start the fleet and serve on `listener` in a background task; returns once the
+    /// start-up wait is over (the listener answers from the start).
     pub async fn spawn(listener: TcpListener, config: Config) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let app = App::start(config).await.map_err(std::io::Error::other)?;
@@ -374,6 +399,7 @@ impl RouterHandle {
         let task = tokio::spawn(run(listener, Arc::clone(&app), async move {
             let _ = stopped.await;
         }));
+        app.started_up().await;
         Ok(Self {
             addr,
             app,

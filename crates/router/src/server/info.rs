@@ -121,7 +121,8 @@ pub async fn liveness() -> Response {
     Json(json!({ "status": "alive" })).into_response()
 }
 
-/// `GET /readiness`: 200 once some worker can take requests, else 503; 503 for good once
+/// `GET /readiness`: 200 once some worker can take requests, else 503 (`starting` while the
+/// start-up wait for the static workers is on); 503 for good once
 /// shutdown started, so load balancers stop sending before the connections close.
 pub async fn readiness(State(app): State<Arc<App>>) -> Response {
     let healthy = app.fleet.snapshot().healthy_count();
@@ -129,6 +130,8 @@ pub async fn readiness(State(app): State<Arc<App>>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else if healthy > 0 {
         (StatusCode::OK, "ready")
+    } else if app.is_starting() {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     };
