@@ -287,8 +287,10 @@ pub struct RouterArgs {
     /// Seconds to open a connection to a worker (a failure is retried on another worker).
     #[arg(long, default_value_t = 5)]
     pub connect_timeout_secs: u64,
-    /// Seconds to a worker's response headers (long prompts prefill before the first byte);
-    /// past it the attempt fails and may be retried elsewhere.
+    /// Seconds to a worker's response headers (long prompts prefill before the first byte).
+    /// For a stream, past it the attempt fails and may be retried elsewhere; a request that
+    /// does not stream gets its headers with the whole answer, so it is waited for up to the
+    /// request timeout while its worker passes its health checks.
     #[arg(long, default_value_t = 300)]
     pub first_byte_timeout_secs: u64,
     /// Seconds a response may go without a byte once it started; past it a stream ends with

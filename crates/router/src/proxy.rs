@@ -177,6 +177,7 @@ async fn route(
         trace,
         span,
         deadline: Instant::now() + config.timeouts.total,
+        whole_answer: !peeked.stream,
         config,
         exchange,
     };
@@ -198,6 +199,9 @@ pub(crate) struct Inbound<'a> {
     /// The request's server span (recording only when spans are exported).
     pub(crate) span: &'a RequestSpan,
     pub(crate) deadline: Instant,
+    /// Not a stream: the worker sends the response head with the whole answer, so the wait
+    /// for it is the generation's time (see [`leg`]).
+    pub(crate) whole_answer: bool,
     /// The configuration this request runs under.
     pub(crate) config: Arc<Config>,
     /// The request's record, until a response body takes it.

@@ -134,14 +134,14 @@ async fn probe(fleet: &Fleet, upstream: &Upstream, worker: &Arc<Worker>, health:
     match alive {
         // A good probe does not clear failures seen on live traffic: a worker whose /health
         // is fine but whose answers are 5xx must still leave rotation.
-        Ok(_) if worker.is_healthy() => {}
+        Ok(_) if worker.is_healthy() => worker.clear_failed_probe(),
         Ok(_) => {
             if worker.record_good_probe(health.success_threshold) {
                 refresh(fleet, upstream, worker, health.timeout).await;
             }
         }
         Err(error) => {
-            if worker.record_failure(health.failure_threshold) {
+            if worker.record_failed_probe(health.failure_threshold) {
                 tracing::warn!(worker = worker.url(), %error, "worker failed its health probes; out of rotation");
             }
         }

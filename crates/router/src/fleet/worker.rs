@@ -55,6 +55,8 @@ struct Health {
     draining: AtomicBool,
     failures: AtomicU32,
     good_probes: AtomicU32,
+    /// The last health probe failed.
+    probe_failed: AtomicBool,
 }
 
 /// How fast a worker turns work into first tokens: moving averages (1/16) of the seconds
@@ -323,9 +325,28 @@ impl Worker {
         }
     }
 
+    /// Whether the worker is failing its health checks: out of rotation, or its last probe
+    /// failed.
+    pub fn failing_health_checks(&self) -> bool {
+        !self.is_healthy() || self.health.probe_failed.load(Ordering::Relaxed)
+    }
+
+    /// Record a failed health probe (and a failure toward `threshold`, as
+    /// [`Worker::record_failure`]).
+    pub fn record_failed_probe(&self, threshold: u32) -> bool {
+        self.health.probe_failed.store(true, Ordering::Relaxed);
+        self.record_failure(threshold)
+    }
+
+    /// A probe passed while the worker is in rotation: its live-traffic failures still count.
+    pub fn clear_failed_probe(&self) {
+        self.health.probe_failed.store(false, Ordering::Relaxed);
+    }
+
     /// Record a good health probe; true once `threshold` in a row say an unhealthy worker
     /// may return.
     pub fn record_good_probe(&self, threshold: u32) -> bool {
+        self.health.probe_failed.store(false, Ordering::Relaxed);
         self.health.failures.store(0, Ordering::Relaxed);
         self.health
             .good_probes

@@ -257,7 +257,16 @@ impl<'a> Leg<'a> {
             }
             let left = self.deadline.saturating_duration_since(Instant::now());
             let first_byte = config.timeouts.first_byte.min(left);
-            let sent = tokio::time::timeout(first_byte, app.upstream.send(request)).await;
+            let sent_at = Instant::now();
+            let mut sending = std::pin::pin!(app.upstream.send(request));
+            let mut sent = tokio::time::timeout(first_byte, sending.as_mut())
+                .await
+                .map_err(|_| ());
+            if sent.is_err() && first_byte < left && self.waits_for_whole_answer() {
+                // The head of a whole answer comes with its end: a worker that still passes
+                // its health checks is generating, and is waited for up to the deadline.
+                sent = await_whole_answer(&worker, sending.as_mut(), self.deadline).await;
+            }
             let url = || worker.name_for_clients(config.exposure.error_urls);
             let (failure, cause, pause) = match sent {
                 Ok(Ok(response)) => {
@@ -324,7 +333,9 @@ impl<'a> Leg<'a> {
                 }
                 Err(_) => {
                     failed(&worker, ticket, config);
-                    let stage = if first_byte < config.timeouts.first_byte {
+                    let stage = if first_byte < config.timeouts.first_byte
+                        || Instant::now() >= self.deadline
+                    {
                         "total"
                     } else {
                         "first_byte"
@@ -332,7 +343,7 @@ impl<'a> Leg<'a> {
                     app.metrics.timed_out(stage);
                     let failure = ApiError::GatewayTimeout {
                         worker: url(),
-                        after: first_byte,
+                        after: sent_at.elapsed(),
                     };
                     span.set("error.type", Failed::FirstByte.label());
                     span.fail(failure.to_string());
@@ -409,6 +420,12 @@ impl<'a> Leg<'a> {
         span
     }
 
+    /// Whether this leg's answer has its head sent with its end (a request that does not
+    /// stream; the prefill leg, bounded by its prompt, is timed as a stream is).
+    fn waits_for_whole_answer(&self) -> bool {
+        self.inbound.whole_answer && self.stage != Stage::Prefill
+    }
+
     /// A retry is possible only with retries and candidates left and time for the backoff;
     /// the budget is asked last, so it is spent only on a retry that happens.
     fn may_retry(&self, wait: Duration) -> bool {
@@ -431,6 +448,29 @@ impl<'a> Leg<'a> {
         );
         self.last_failure = Some(failure);
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// How often a whole answer's wait past the first-byte timeout looks at the worker's health.
+const WHOLE_ANSWER_CHECK: Duration = Duration::from_millis(250);
+
+/// Wait for `sending` until `deadline`, while `worker` passes its health checks; `Err` when
+/// the deadline passed or the worker started failing them (then the caller moves on).
+async fn await_whole_answer<F: Future>(
+    worker: &Worker,
+    mut sending: std::pin::Pin<&mut F>,
+    deadline: Instant,
+) -> Result<F::Output, ()> {
+    loop {
+        if worker.failing_health_checks() {
+            return Err(());
+        }
+        let until = deadline.min(Instant::now() + WHOLE_ANSWER_CHECK);
+        match tokio::time::timeout_at(until, sending.as_mut()).await {
+            Ok(answer) => return Ok(answer),
+            Err(_) if Instant::now() >= deadline => return Err(()),
+            Err(_) => {}
+        }
     }
 }
 

@@ -31,6 +31,9 @@ pub struct Peeked<'a> {
     pub session: Option<Cow<'a, str>>,
     /// The canonical prompt (chat roles and texts, or the completion prompt), when asked for.
     pub prompt: Option<Cow<'a, str>>,
+    /// `"stream": true`: the answer is a stream whose head comes first; otherwise the head
+    /// comes with the whole answer.
+    pub stream: bool,
 }
 
 /// The top-level fields peeked, filled by [`TopLevel`].
@@ -42,6 +45,7 @@ struct JsonFields<'a> {
     session_id: Option<Key<'a>>,
     user_id: Option<Key<'a>>,
     prompt: Option<Cow<'a, str>>,
+    stream: bool,
 }
 
 impl<'a> JsonFields<'a> {
@@ -81,6 +85,10 @@ impl<'de: 'a, 'a> Visitor<'de> for TopLevel<'a> {
                 "user" => f.user = Some(map.next_value()?),
                 "session_id" => f.session_id = Some(map.next_value()?),
                 "user_id" => f.user_id = Some(map.next_value()?),
+                // Leniently: a value that is not a boolean is the worker's to refuse.
+                "stream" => {
+                    f.stream = map.next_value::<serde_json::Value>()?.as_bool() == Some(true)
+                }
                 "messages" if self.want_prompt => f.prompt = map.next_value::<prompt::Chat>()?.0,
                 "prompt" if self.want_prompt => {
                     f.prompt = map.next_value::<prompt::Completion<'a>>()?.0
@@ -271,6 +279,7 @@ pub fn peek_json(body: &[u8], want_prompt: bool) -> Result<Peeked<'_>, ApiError>
         model: fields.model.take(),
         session: fields.session(),
         prompt: fields.prompt.take(),
+        stream: fields.stream,
     })
 }
 
@@ -304,6 +313,20 @@ mod tests {
         let p = peek_json(body, false).unwrap();
         assert_eq!(p.model.as_deref(), Some("m"));
         assert!(matches!(p.model, Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn only_a_true_stream_is_a_stream() {
+        for (body, stream) in [
+            (&br#"{"stream":true}"#[..], true),
+            (br#"{"stream":false}"#, false),
+            (br#"{}"#, false),
+            (br#"{"stream":"yes","model":"m"}"#, false),
+            (br#"{"stream":{"a":[1]},"model":"m"}"#, false),
+        ] {
+            let p = peek_json(body, false).unwrap();
+            assert_eq!(p.stream, stream, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

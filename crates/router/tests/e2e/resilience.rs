@@ -71,7 +71,7 @@ async fn a_client_error_is_neither_retried_nor_held_against_the_worker() {
 }
 
 #[tokio::test]
-async fn a_hung_worker_times_out_and_the_request_is_answered_by_another() {
+async fn a_hung_worker_times_out_and_the_stream_is_answered_by_another() {
     let hung = SimConfig {
         hang: true,
         ..SimConfig::default()
@@ -80,9 +80,10 @@ async fn a_hung_worker_times_out_and_the_request_is_answered_by_another() {
     let router = router_with(&workers, |a| a.first_byte_timeout_secs = 1).await;
     let started = Instant::now();
     for _ in 0..2 {
+        // A stream's head comes before its first token: a silent worker is a hung one.
         let r = post_json(
             &format!("{}/v1/chat/completions", router.url()),
-            chat(MODEL, false),
+            chat(MODEL, true),
         )
         .await;
         assert_eq!(r.status, 200);
@@ -375,4 +376,83 @@ async fn a_retryable_status_with_no_time_left_for_the_backoff_passes_through_ver
         attempts, 1,
         "no retry: the backoff would outlive the request"
     );
+}
+
+/// A chat completion of `tokens` tokens that does not stream.
+fn whole(tokens: u64) -> serde_json::Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long essay"}],
+        "max_tokens": tokens,
+        "stream": false,
+    })
+}
+
+#[tokio::test]
+async fn a_long_whole_answer_outlives_the_first_byte_timeout_on_its_worker() {
+    // About 2.5 s of generation against a 1 s first-byte timeout.
+    let workers = sims([slow(250), slow(250)]).await;
+    let router = router_with(&workers, |a| a.first_byte_timeout_secs = 1).await;
+    let r = post_json(&format!("{}/v1/chat/completions", router.url()), whole(10)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let sent: usize = workers.iter().map(|w| w.records().len()).sum();
+    assert_eq!(sent, 1, "the generation ran once, on one worker");
+    let m = metrics_of(&router);
+    assert!(
+        !m.contains("vllm_router_retries_total{cause=\"first_byte_timeout\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_whole_answer_past_the_request_timeout_is_a_504_and_not_run_again_elsewhere() {
+    let hung = || SimConfig {
+        hang: true,
+        ..SimConfig::default()
+    };
+    let workers = sims([hung(), hung(), hung()]).await;
+    let router = router_with(&workers, |a| {
+        a.first_byte_timeout_secs = 1;
+        a.request_timeout_secs = 3;
+    })
+    .await;
+    let started = Instant::now();
+    let r = post_json(&format!("{}/v1/chat/completions", router.url()), whole(4)).await;
+    r.assert_error(504);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    let sent: usize = workers.iter().map(|w| w.records().len()).sum();
+    assert_eq!(sent, 1, "no other worker was asked to generate it again");
+}
+
+#[tokio::test]
+async fn a_silent_worker_failing_its_health_checks_is_left_for_another() {
+    let hung = SimConfig {
+        hang: true,
+        ..SimConfig::default()
+    };
+    let workers = sims([hung, SimConfig::default()]).await;
+    let router = router_with(&workers, |a| {
+        a.first_byte_timeout_secs = 1;
+        // Every probe fails (the sims have no such path), without taking workers out.
+        a.health_check_endpoint = "/sim/no-such-health".into();
+        a.health_failure_threshold = 1000;
+    })
+    .await;
+    let started = Instant::now();
+    let r = post_json(&format!("{}/v1/chat/completions", router.url()), whole(4)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-vllm-router-worker"), workers[1].url());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually(Duration::from_secs(1), || {
+        workers[0].records().iter().find_map(|r| r.cancelled_at)
+    })
+    .await;
 }
