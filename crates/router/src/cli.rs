@@ -363,6 +363,14 @@ pub struct RouterArgs {
     /// gets 431 and the connection is closed.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// Seconds a client has to send its whole request body; past it the answer is 408 and the
+    /// connection closes. The body is read before the request takes an admission slot.
+    #[arg(long, default_value_t = 60)]
+    pub body_read_timeout_secs: u64,
+    /// Bytes a second a request body must average once its first second is over (0: no
+    /// minimum); a slower upload is answered 408 and its connection closed.
+    #[arg(long, default_value_t = 1024)]
+    pub body_min_bytes_per_sec: u64,
     /// Seconds a client may leave the router's writes unread (a slow or stalled reader);
     /// past it the connection is closed and the worker's request dropped.
     #[arg(long, default_value_t = 60)]

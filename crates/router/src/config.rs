@@ -42,6 +42,8 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Headers searched, in order, for a client-given request id.
     pub request_id_headers: Vec<HeaderName>,
+    /// How request bodies must arrive.
+    pub body: BodyLimits,
     /// What `x-vllm-router-worker` carries, and whether client errors name worker URLs.
     pub exposure: Exposure,
     /// Metrics listener address, or `None` when disabled.
@@ -255,6 +257,14 @@ impl Config {
             max_payload_size,
             listener,
             request_id_headers,
+            body: BodyLimits {
+                read_timeout: secs(
+                    "--body-read-timeout-secs",
+                    args.body_read_timeout_secs,
+                    false,
+                )?,
+                min_bytes_per_sec: args.body_min_bytes_per_sec,
+            },
             exposure: Exposure {
                 worker_header: args.worker_header,
                 error_urls: args.errors_name_worker_urls,
@@ -362,7 +372,7 @@ pub use layers::{ENV_PREFIX, Place, Sources, fingerprint};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
 pub use sections::{
-    BreakerConfig, Exposure, HealthConfig, ListenerConfig, LogConfig, MAX_HEADER_BYTES,
+    BodyLimits, BreakerConfig, Exposure, HealthConfig, ListenerConfig, LogConfig, MAX_HEADER_BYTES,
     MIN_HEADER_BYTES, RetryConfig, Timeouts,
 };
 use sections::{cache_aware, listener_config, retry};

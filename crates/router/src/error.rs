@@ -25,6 +25,9 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request body did not arrive in time, or arrived too slowly.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// No worker serves the requested model.
     #[error("The model `{model}` does not exist. Models served: {}", served.join(", "))]
     UnknownModel {
@@ -134,6 +137,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownModel { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoWorker { .. } | Self::ShuttingDown | Self::KeyCheckUnavailable { .. } => {
@@ -154,6 +158,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => "BadRequestError",
             Self::PayloadTooLarge { .. } => "RequestEntityTooLargeError",
+            Self::RequestTimeout(_) => "RequestTimeoutError",
             Self::UnknownModel { .. } | Self::NotFound { .. } => "NotFoundError",
             Self::MethodNotAllowed { .. } => "MethodNotAllowedError",
             Self::NoWorker { .. } | Self::ShuttingDown | Self::KeyCheckUnavailable { .. } => {
@@ -214,6 +219,10 @@ impl IntoResponse for ApiError {
             }
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body is not read: the connection cannot carry another request.
+            Self::RequestTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

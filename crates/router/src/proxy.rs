@@ -5,6 +5,7 @@
 //! streams back through a [`TrackedBody`]: a stream that breaks or stalls ends with an error
 //! event.
 
+mod body;
 pub mod headers;
 mod leg;
 pub mod peek;
@@ -21,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use parking_lot::Mutex;
 
 pub use retry::RetryBudget;
@@ -43,6 +43,7 @@ use crate::telemetry::otlp::Traces;
 use crate::telemetry::span::RequestSpan;
 use crate::telemetry::trace::TraceContext;
 use crate::upstream::UpstreamBody;
+pub(crate) use body::read_body;
 
 /// Forward one inference request. The response always carries `x-request-id`.
 pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response {
@@ -118,8 +119,20 @@ async fn route(
     exchange: &Mutex<Option<Exchange>>,
     span: &RequestSpan,
 ) -> Result<Response, ApiError> {
-    // Admission first: a request refused or still queued has not cost a body read, and a
-    // client that leaves while queued drops out of the queue here.
+    // The body first, within its time and pace: a slow upload holds no admission slot.
+    let body = read_body(
+        &parts.headers,
+        body,
+        config.max_payload_size.get(),
+        Some(&config.body),
+    )
+    .await
+    .inspect_err(|e| {
+        if matches!(e, ApiError::RequestTimeout(_)) {
+            app.metrics.timed_out("body_read");
+        }
+    })?;
+    // A client that leaves while queued drops out of the queue here.
     let slot = app.admission.admit().await.map_err(|refused| {
         app.metrics.refused(match refused {
             Refused::QueueFull { .. } => "queue_full",
@@ -131,7 +144,6 @@ async fn route(
             retry_after: refused.retry_after(),
         }
     })?;
-    let body = read_body(&parts.headers, body, config.max_payload_size.get()).await?;
     let pd = app.pd.as_ref().filter(|_| pd::applies(parts.uri.path()));
     let want_prompt = match pd {
         Some(pd) => pd.wants_prompt(),
@@ -380,29 +392,5 @@ pub(crate) fn route_request<'a>(
         request_id,
         session_key: peek::session_key(headers, &config.session_key_headers, peeked),
         prompt: peeked.prompt.as_deref(),
-    }
-}
-
-/// Read the whole body, refusing it as soon as it is known to exceed `limit`: from
-/// `Content-Length` before reading, else when the bytes read cross the limit.
-pub(crate) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
-        Err(e) => Err(ApiError::bad_request(
-            format!("could not read the request body: {e}"),
-            None,
-        )),
     }
 }

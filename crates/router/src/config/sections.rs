@@ -11,6 +11,15 @@ use crate::cli::{LogFormat, LogLevel, LogRotation, RouterArgs, WorkerHeader};
 use crate::policy::CacheAwareConfig;
 use crate::prefix::BLOCK_BYTES;
 
+/// How a client's request body must arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// The whole body within this time.
+    pub read_timeout: Duration,
+    /// After its first second, at least this many bytes a second on average (0: no minimum).
+    pub min_bytes_per_sec: u64,
+}
+
 /// What clients learn of the worker that served them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exposure {

@@ -59,7 +59,13 @@ async fn explanation(
     }
     let (parts, body) = request.into_parts();
     let config = app.live_config().load_full();
-    let body = proxy::read_body(&parts.headers, body, config.max_payload_size.get()).await?;
+    let body = proxy::read_body(
+        &parts.headers,
+        body,
+        config.max_payload_size.get(),
+        Some(&config.body),
+    )
+    .await?;
     let pd = app.pd.as_ref().filter(|_| crate::pd::applies(path));
     let wants_prompt = pd.map_or(app.policy.wants_prompt(), crate::pd::Pd::wants_prompt);
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, wants_prompt).await?;

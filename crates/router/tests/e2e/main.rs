@@ -24,3 +24,4 @@ mod reload;
 mod resilience;
 mod streaming;
 mod traces;
+mod uploads;
