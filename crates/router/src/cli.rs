@@ -195,6 +195,23 @@ pub struct RouterArgs {
     /// clients on loopback may call the admin API.
     #[arg(long, value_name = "KEY")]
     pub admin_api_key: Option<String>,
+    /// Serve the admin API on a listener of its own at this port (0: any free port), off the
+    /// client port; without it the admin API shares the client port.
+    #[arg(long)]
+    pub admin_port: Option<u16>,
+    /// Address of the admin API's own listener (`--admin-port`); the client `--host` when not
+    /// given.
+    #[arg(long)]
+    pub admin_host: Option<String>,
+    /// Without `--admin-api-key`, refuse loopback clients too (behind a sidecar proxy every
+    /// client arrives from loopback): the admin API then needs a key.
+    #[arg(long)]
+    pub admin_deny_loopback: bool,
+    /// Send the workers' key (`--api-key`) to workers added through the admin API as well;
+    /// by default they receive no `Authorization` header, so whoever adds a worker cannot
+    /// collect the key.
+    #[arg(long)]
+    pub api_key_to_added_workers: bool,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,

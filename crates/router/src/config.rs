@@ -42,6 +42,8 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Headers searched, in order, for a client-given request id.
     pub request_id_headers: Vec<HeaderName>,
+    /// The admin API's listener and trust.
+    pub admin: AdminSurface,
     /// How request bodies must arrive.
     pub body: BodyLimits,
     /// What `x-vllm-router-worker` carries, and whether client errors name worker URLs.
@@ -202,6 +204,10 @@ impl Config {
             .transpose()?;
         let metrics_listen = (args.prometheus_port != 0)
             .then(|| (args.prometheus_host.clone(), args.prometheus_port));
+        let listen = args.admin_port.map(|port| {
+            let host = args.admin_host.clone().unwrap_or_else(|| args.host.clone());
+            (host, port)
+        });
         Ok(Self {
             host: args.host,
             port: args.port,
@@ -257,6 +263,11 @@ impl Config {
             max_payload_size,
             listener,
             request_id_headers,
+            admin: AdminSurface {
+                listen,
+                loopback: !args.admin_deny_loopback,
+                key_to_added: args.api_key_to_added_workers,
+            },
             body: BodyLimits {
                 read_timeout: secs(
                     "--body-read-timeout-secs",
@@ -372,8 +383,8 @@ pub use layers::{ENV_PREFIX, Place, Sources, fingerprint};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
 pub use sections::{
-    BodyLimits, BreakerConfig, Exposure, HealthConfig, ListenerConfig, LogConfig, MAX_HEADER_BYTES,
-    MIN_HEADER_BYTES, RetryConfig, Timeouts,
+    AdminSurface, BodyLimits, BreakerConfig, Exposure, HealthConfig, ListenerConfig, LogConfig,
+    MAX_HEADER_BYTES, MIN_HEADER_BYTES, RetryConfig, Timeouts,
 };
 use sections::{cache_aware, listener_config, retry};
 pub use security::{AuthConfig, CorsOrigins};

@@ -68,8 +68,20 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let admin_listener = server::bind_admin(&config).await.with_context(|| {
+        let (host, port) = config.admin.listen.clone().unwrap_or_default();
+        format!("cannot listen on {host}:{port} (--admin-port)")
+    })?;
     let addr = listener.local_addr()?;
     let app = App::start(config).await?;
+    if let Some(admin) = admin_listener {
+        tracing::info!(addr = %admin.local_addr()?, "admin API listener");
+        tokio::spawn(server::serve_admin(
+            admin,
+            Arc::clone(&app),
+            std::future::pending(),
+        ));
+    }
     let reloader = Reloader::new(Arc::clone(&app), sources, loaded);
     reloader.spawn();
     spawn_hangup(Arc::clone(&reloader));

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 pub(crate) use self::leg::{Answer, Leg, Stage};
 use crate::admission::Refused;
 use crate::cli::WorkerHeader;
-use crate::config::Config;
+use crate::config::{Config, Origin};
 use crate::error::ApiError;
 use crate::fleet::{Pool, Worker, X_DATA_PARALLEL_RANK};
 use crate::pd;
@@ -251,6 +251,10 @@ impl Inbound<'_> {
         *request.method_mut() = self.parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
+        if !self.config.admin.key_to_added && worker.spec().origin == Origin::Admin {
+            // Whoever added this worker may own it: it gets no key, the workers' or a client's.
+            request.headers_mut().remove(header::AUTHORIZATION);
+        }
         if let Some(rank) = worker.rank_header() {
             request
                 .headers_mut()

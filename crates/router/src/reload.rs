@@ -203,7 +203,7 @@ impl Reloader {
         // Before workers are admitted: their model lists are asked with it.
         self.app
             .upstream
-            .set_worker_key(next.worker_api_key.as_ref());
+            .set_worker_key(next.worker_api_key.as_ref(), next.admin.key_to_added);
         // New and changed workers first, so the fleet never shrinks more than it must.
         for spec in joining {
             let url = spec.url.text.clone();
@@ -255,6 +255,7 @@ fn keep_fixed(next: &mut Config, running: &Config) -> Vec<&'static str> {
     keep!(host => "host");
     keep!(port => "port");
     keep!(metrics_listen => "prometheus_host/prometheus_port");
+    keep!(admin.listen => "admin_host/admin_port");
     keep!(listener => "listener limits");
     keep!(policy => "policy");
     keep!(policy_config => "policy settings");

@@ -141,7 +141,7 @@ impl App {
             .as_ref()
             .and_then(|endpoint| start_traces(endpoint, &metrics));
         let upstream = Upstream::new(config.timeouts.connect);
-        upstream.set_worker_key(config.worker_api_key.as_ref());
+        upstream.set_worker_key(config.worker_api_key.as_ref(), config.admin.key_to_added);
         let admission = Arc::new(Admission::new(config.admission.clone()));
         let retry_budget =
             RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
@@ -328,7 +328,25 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/liveness", get(info::liveness))
         .route("/readiness", get(info::readiness))
         .route("/version", get(info::version));
-    let admin = Router::new()
+    let cors = cors::layer(&app.config());
+    let mut router = client.merge(open);
+    // On a listener of its own, the admin API is not on the client port at all.
+    if app.config().admin.listen.is_none() {
+        router = router.merge(admin_api(&app));
+    }
+    let router = router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The admin routes, behind their guard.
+fn admin_api(app: &Arc<App>) -> Router<Arc<App>> {
+    Router::new()
         .route("/workers", get(admin::list).post(admin::add))
         .route("/workers/{id}", get(admin::get_one).delete(admin::remove))
         .route("/workers/{id}/drain", post(admin::drain))
@@ -337,19 +355,37 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/remove_worker", post(admin::remove_worker))
         .route("/list_workers", get(admin::list_workers))
         .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&app),
+            Arc::clone(app),
             admin::guard,
-        ));
-    let cors = cors::layer(&app.config());
-    let router = client
-        .merge(open)
-        .merge(admin)
+        ))
+}
+
+/// Serve the admin API alone on `listener` (`--admin-port`) until `shutdown` resolves.
+pub async fn serve_admin<F>(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let router = admin_api(&app)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app);
-    match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Bind the admin API's own listener, when `--admin-port` asks for one.
+pub async fn bind_admin(config: &Config) -> std::io::Result<Option<TcpListener>> {
+    match &config.admin.listen {
+        Some((host, port)) => TcpListener::bind((host.as_str(), *port)).await.map(Some),
+        None => Ok(None),
     }
 }
 
@@ -383,6 +419,7 @@ where
 #[derive(Debug)]
 pub struct RouterHandle {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     app: Arc<App>,
     reloader: Option<(Arc<Reloader>, JoinHandle<()>)>,
     stop: Option<oneshot::Sender<()>>,
@@ -394,14 +431,24 @@ impl RouterHandle {
     /// start-up wait is over (the listener answers from the start).
     pub async fn spawn(listener: TcpListener, config: Config) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let admin = bind_admin(&config).await?;
+        let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let app = App::start(config).await.map_err(std::io::Error::other)?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+        if let Some(admin) = admin {
+            tokio::spawn(serve_admin(admin, Arc::clone(&app), async move {
+                let _ = admin_stopped.await;
+            }));
+        }
         let task = tokio::spawn(run(listener, Arc::clone(&app), async move {
             let _ = stopped.await;
+            drop(admin_stop);
         }));
         app.started_up().await;
         Ok(Self {
             addr,
+            admin_addr,
             app,
             reloader: None,
             stop: Some(stop),
@@ -433,6 +480,11 @@ impl RouterHandle {
     /// `http://` plus the address.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://` plus the admin API's own address, when `--admin-port` gave it one.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr.map(|addr| format!("http://{addr}"))
     }
 
     /// The running application (fleet, policy, configuration).

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::Secret;
+use crate::config::{Origin, Secret};
 
 /// The body type of every upstream request: the client's bytes, whole.
 pub type UpstreamBody = Full<Bytes>;
@@ -44,6 +44,8 @@ pub struct Upstream {
     client: Client<HttpConnector, UpstreamBody>,
     /// `Authorization` of the router's own requests, shared by every clone.
     worker_auth: Arc<ArcSwapOption<HeaderValue>>,
+    /// Workers added through the admin API get it too (`--api-key-to-added-workers`).
+    key_to_added: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Upstream {
@@ -60,13 +62,22 @@ impl Upstream {
         Self {
             client,
             worker_auth: Arc::default(),
+            key_to_added: Arc::default(),
         }
     }
 
-    /// From now on, the router's own requests bear `key` (`--api-key`), or nothing.
-    pub fn set_worker_key(&self, key: Option<&Secret>) {
+    /// From now on, the router's own requests bear `key` (`--api-key`), or nothing; to
+    /// workers added through the admin API only when `to_added`.
+    pub fn set_worker_key(&self, key: Option<&Secret>, to_added: bool) {
         self.worker_auth
             .store(key.and_then(bearer_header).map(Arc::new));
+        self.key_to_added
+            .store(to_added, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a worker of this origin is trusted with the workers' key.
+    pub fn trusts(&self, origin: Origin) -> bool {
+        origin != Origin::Admin || self.key_to_added.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Send a request; the future resolves at the response headers.
@@ -74,13 +85,18 @@ impl Upstream {
         self.client.request(request)
     }
 
-    /// GET `uri` and read the whole (small) body, within `timeout`.
-    pub async fn get(&self, uri: Uri, timeout: Duration) -> Result<Bytes, FetchError> {
+    /// GET `uri` of a worker of `origin` and read the whole (small) body, within `timeout`.
+    pub async fn get(
+        &self,
+        uri: Uri,
+        timeout: Duration,
+        origin: Origin,
+    ) -> Result<Bytes, FetchError> {
         let fetch = async {
             let mut request = Request::get(uri)
                 .body(UpstreamBody::default())
                 .map_err(|e| FetchError::Body(e.to_string()))?;
-            if let Some(auth) = self.worker_auth.load_full() {
+            if let Some(auth) = self.worker_auth.load_full().filter(|_| self.trusts(origin)) {
                 request
                     .headers_mut()
                     .insert(header::AUTHORIZATION, HeaderValue::clone(&auth));

@@ -11,6 +11,17 @@ use crate::cli::{LogFormat, LogLevel, LogRotation, RouterArgs, WorkerHeader};
 use crate::policy::CacheAwareConfig;
 use crate::prefix::BLOCK_BYTES;
 
+/// Who may reach the admin API, where, and what workers it adds are trusted with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSurface {
+    /// A listener of its own (host, port), or `None` to share the client port.
+    pub listen: Option<(String, u16)>,
+    /// Without an admin key, loopback clients are let in.
+    pub loopback: bool,
+    /// Workers added through the admin API receive the workers' key.
+    pub key_to_added: bool,
+}
+
 /// How a client's request body must arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {

@@ -30,7 +30,7 @@ async fn fetch_models(
     let uri = worker
         .uri_for("/v1/models")
         .map_err(|e| FetchError::Body(e.to_string()))?;
-    let body = upstream.get(uri, timeout).await?;
+    let body = upstream.get(uri, timeout, worker.spec().origin).await?;
     let list: ModelList = serde_json::from_slice(&body)
         .map_err(|e| FetchError::Body(format!("not a model list: {e}")))?;
     Ok(list
@@ -128,7 +128,11 @@ pub async fn wait_for_startup(fleet: &Fleet, upstream: &Upstream, config: &Confi
 /// models, which brings it back.
 async fn probe(fleet: &Fleet, upstream: &Upstream, worker: &Arc<Worker>, health: &HealthConfig) {
     let alive = match worker.uri_for(&health.endpoint) {
-        Ok(uri) => upstream.get(uri, health.timeout).await,
+        Ok(uri) => {
+            upstream
+                .get(uri, health.timeout, worker.spec().origin)
+                .await
+        }
         Err(e) => Err(FetchError::Body(e.to_string())),
     };
     match alive {

@@ -31,7 +31,11 @@ async fn scrape(upstream: &Upstream, ranks: &[Member], interval: Duration) {
     let page = match first.uri_for("/metrics") {
         Ok(uri) => {
             upstream
-                .get(uri, interval.max(Duration::from_millis(200)))
+                .get(
+                    uri,
+                    interval.max(Duration::from_millis(200)),
+                    first.spec().origin,
+                )
                 .await
         }
         Err(e) => {

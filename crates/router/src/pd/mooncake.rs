@@ -50,7 +50,7 @@ impl Bootstrap {
                     .map_err(|e| format!("bootstrap address {bootstrap_addr}: {e}"))?;
                 let body = app
                     .upstream
-                    .get(uri, app.config().health.timeout)
+                    .get(uri, app.config().health.timeout, worker.spec().origin)
                     .await
                     .map_err(|e| format!("{bootstrap_addr}/query: {e}"))?;
                 let ranks = Arc::new(parse_query(&body)?);

@@ -1,4 +1,5 @@
-//! The admin API on the main port: list, add, drain and remove workers.
+//! The admin API, on the client port or on its own (`--admin-port`): list, add, drain and
+//! remove workers.
 //!
 //! - `GET /workers`, `GET /workers/{id}`: the fleet, one entry per worker URL;
 //! - `POST /workers`: add a worker (body: `url`, and optionally `role`, `capacity`, `weight`,
@@ -11,7 +12,7 @@
 //!
 //! `{id}` is the worker's id from the listing or its URL (percent-encoded). With
 //! `--admin-api-key`, every admin route needs `Authorization: Bearer KEY`; without it, only
-//! clients on loopback may call them.
+//! clients on loopback may call them, and none with `--admin-deny-loopback`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +37,8 @@ const MAX_DRAIN_WAIT: Duration = Duration::from_secs(3600);
 /// How often a drain looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
-/// Let an admin request through: the admin key when one is set, else a loopback client.
+/// Let an admin request through: the admin key when one is set, else a loopback client
+/// (unless `--admin-deny-loopback`).
 pub async fn guard(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -51,9 +53,12 @@ pub async fn guard(
                 "the admin API needs 'Authorization: Bearer <admin API key>'",
             )),
         },
-        None if peer.ip().is_loopback() => Ok(()),
-        None => Err(ApiError::Forbidden(
+        None if app.config().admin.loopback && peer.ip().is_loopback() => Ok(()),
+        None if app.config().admin.loopback => Err(ApiError::Forbidden(
             "the admin API is open to loopback clients only; set --admin-api-key to call it from elsewhere",
+        )),
+        None => Err(ApiError::Forbidden(
+            "the admin API needs --admin-api-key: loopback clients are refused (--admin-deny-loopback)",
         )),
     };
     match allowed {

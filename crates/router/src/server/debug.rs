@@ -70,11 +70,12 @@ async fn explanation(
     let wants_prompt = pd.map_or(app.policy.wants_prompt(), crate::pd::Pd::wants_prompt);
     let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, wants_prompt).await?;
     let req = proxy::route_request(&config, path, &parts.headers, &body, &peeked, "debug");
+    let session_key = shown_session_key(&config.session_key_headers, &parts.headers, &req);
     let Some(pd) = pd else {
         let (mut single, _) = explain_pool(app, app.policy.as_ref(), Pool::Any, &req)?;
         if let Some(object) = single.as_object_mut() {
             object.insert("model".into(), json!(req.model));
-            object.insert("session_key".into(), json!(req.session_key));
+            object.insert("session_key".into(), session_key);
         }
         return Ok(single);
     };
@@ -94,7 +95,7 @@ async fn explanation(
         "plan": "prefill_decode",
         "kv_connector": pd.config().connector.name(),
         "model": req.model,
-        "session_key": req.session_key,
+        "session_key": session_key,
         "prefill": prefill,
         "decode": decode,
         "conditional_prefill": conditional,
@@ -102,6 +103,39 @@ async fn explanation(
 }
 
 /// How `policy` sees the candidates of `pool` for `req`, and the worker it would choose.
+/// The session key as the explanation shows it: a key taken from a header that carries a
+/// credential (`Authorization`, a cookie, an API key or token) is shown as its hash, never
+/// as its value.
+fn shown_session_key(
+    names: &[http::HeaderName],
+    headers: &http::HeaderMap,
+    req: &RouteRequest<'_>,
+) -> serde_json::Value {
+    let Some(key) = req.session_key else {
+        return serde_json::Value::Null;
+    };
+    let from = names.iter().find(|n| {
+        headers
+            .get(*n)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.is_empty())
+    });
+    match from {
+        Some(name) if is_credential(name.as_str()) => json!(format!(
+            "redacted (from {name}): xxh3 {:016x}",
+            xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+        )),
+        _ => json!(key),
+    }
+}
+
+/// Whether a header of this (lower-case) name may carry a credential.
+fn is_credential(name: &str) -> bool {
+    ["auth", "key", "token", "secret", "cookie", "password"]
+        .iter()
+        .any(|part| name.contains(part))
+}
+
 fn explain_pool(
     app: &App,
     policy: &dyn Policy,

@@ -7,7 +7,7 @@ use http::Uri;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use crate::config::Secret;
+use crate::config::{Origin, Secret};
 use crate::live::FleetView;
 use crate::upstream::Upstream;
 
@@ -36,7 +36,7 @@ impl Source {
             anyhow::bail!("--url {url:?} must be an http:// URL with a host");
         }
         let upstream = Upstream::new(TIMEOUT);
-        upstream.set_worker_key(api_key.map(Secret::new).as_ref());
+        upstream.set_worker_key(api_key.map(Secret::new).as_ref(), false);
         Ok(Self { base, upstream })
     }
 
@@ -51,7 +51,7 @@ impl Source {
     pub async fn fetch(&self, history: usize) -> Result<FleetView, String> {
         let body = self
             .upstream
-            .get(self.uri(history)?, TIMEOUT)
+            .get(self.uri(history)?, TIMEOUT, Origin::Config)
             .await
             .map_err(|e| chain(&e))?;
         serde_json::from_slice(&body).map_err(|e| format!("not a fleet view: {e}"))

@@ -258,3 +258,93 @@ async fn the_admin_key_guards_every_admin_route_and_nothing_else() {
     assert_eq!(r.status, 200);
     assert_eq!(get(&format!("{base}/health")).await.status, 200);
 }
+
+#[tokio::test]
+async fn on_its_own_listener_the_admin_api_leaves_the_client_port() {
+    let workers = fast_sims(2).await;
+    let router = router_with(&workers[..1], |a| a.admin_port = Some(0)).await;
+    let admin = router.admin_url().expect("an admin listener");
+    post_json(
+        &format!("{}/workers", router.url()),
+        json!({"url": workers[1].url()}),
+    )
+    .await
+    .assert_error(404);
+    assert_eq!(
+        get(&format!("{}/list_workers", router.url())).await.status,
+        404
+    );
+    let added = post_json(
+        &format!("{admin}/workers"),
+        json!({"url": workers[1].url()}),
+    )
+    .await;
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    // The peer's workflow, on the admin port.
+    let listed = get(&format!("{admin}/list_workers")).await;
+    assert_eq!(listed.status, 200);
+    assert!(listed.json().to_string().contains(&workers[1].url()));
+    // Client routes stay on the client port only.
+    assert_eq!(get(&format!("{admin}/v1/models")).await.status, 404);
+    let r = post_json(
+        &format!("{}/v1/chat/completions", router.url()),
+        chat(MODEL, false),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn the_loopback_rule_can_be_turned_off() {
+    let workers = fast_sims(2).await;
+    let router = router_with(&workers[..1], |a| a.admin_deny_loopback = true).await;
+    let r = post_json(
+        &format!("{}/workers", router.url()),
+        json!({"url": workers[1].url()}),
+    )
+    .await;
+    let v = r.assert_error(403);
+    assert!(v.to_string().contains("--admin-api-key"), "{v}");
+    assert_eq!(get(&format!("{}/workers", router.url())).await.status, 403);
+    assert_eq!(router.app().fleet.snapshot().members().len(), 1);
+
+    let keyed = router_with(&workers[..1], |a| {
+        a.admin_deny_loopback = true;
+        a.admin_api_key = Some("admin-key".into());
+    })
+    .await;
+    let listed = send(
+        Method::GET,
+        &format!("{}/workers", keyed.url()),
+        &[("authorization", "Bearer admin-key")],
+        "",
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+}
+
+#[tokio::test]
+async fn the_route_explanation_never_echoes_a_credential() {
+    let workers = fast_sims(2).await;
+    let router = router_with(&workers, |a| {
+        a.policy = Some(vllm_router::policy::PolicyKind::ConsistentHash);
+        a.session_key_headers = vec!["authorization".into(), "x-session-id".into()];
+    })
+    .await;
+    let explain = |headers: &'static [(&'static str, &'static str)]| {
+        let url = format!("{}/debug/route", router.url());
+        async move {
+            let mut all = vec![("content-type", "application/json")];
+            all.extend_from_slice(headers);
+            send(Method::POST, &url, &all, chat(MODEL, false).to_string()).await
+        }
+    };
+    let r = explain(&[("authorization", "Bearer sk-very-secret")]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(!text.contains("sk-very-secret"), "{text}");
+    assert!(text.contains("redacted (from authorization)"), "{text}");
+    // A key that is no credential is shown as it is.
+    let r = explain(&[("x-session-id", "tenant-7")]).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("\"tenant-7\""));
+}

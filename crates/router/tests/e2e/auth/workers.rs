@@ -61,6 +61,7 @@ async fn with_the_workers_key_every_call_to_workers_bears_it() {
         a.health_check_endpoint = "/v1/models".into();
         a.health_failure_threshold = 1;
         a.load_scrape_interval_ms = 100;
+        a.api_key_to_added_workers = true;
     })
     .await;
     let base = router.url();
@@ -82,7 +83,8 @@ async fn with_the_workers_key_every_call_to_workers_bears_it() {
     assert_eq!(health["healthy_workers"], 1, "{health}");
     assert!(workers[0].stats().by_path["/metrics"] >= 2);
 
-    // A worker added at run time is asked for its models with the key, and serves at once.
+    // Allowed to (--api-key-to-added-workers), a worker added at run time is asked for its
+    // models with the key, and serves at once.
     let added = post_json(
         &format!("{base}/workers"),
         json!({ "url": workers[1].url() }),
@@ -120,5 +122,33 @@ async fn without_the_workers_key_the_clients_header_arrives_unchanged() {
     assert_eq!(
         authorization_seen(&workers[0]),
         ["Bearer client-key", "Bearer anything at all"]
+    );
+}
+
+#[tokio::test]
+async fn a_worker_added_through_the_admin_api_is_not_given_the_key_unless_allowed() {
+    let keyed = keyed_sims(1).await;
+    let open = fast_sims(1).await;
+    let router = router_with(&[], |a| {
+        a.api_key = Some("worker-key".into());
+        a.worker_startup_timeout_secs = 1;
+    })
+    .await;
+    let base = router.url();
+    // A keyed worker cannot list its models without the key: it never becomes healthy.
+    let added = post_json(&format!("{base}/workers"), json!({ "url": keyed[0].url() })).await;
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    assert_eq!(added.json()["healthy"], false, "{}", added.json());
+    // An open worker serves, and sees no Authorization: neither the workers' key nor the
+    // client's.
+    let added = post_json(&format!("{base}/workers"), json!({ "url": open[0].url() })).await;
+    assert_eq!(added.json()["healthy"], true, "{}", added.json());
+    let reply = chat_as(&base, Some("Bearer client-secret"), false).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("x-vllm-router-worker"), open[0].url());
+    assert!(
+        authorization_seen(&open[0]).is_empty(),
+        "{:?}",
+        authorization_seen(&open[0])
     );
 }
