@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end tests of vllm-router with real peers: the official `openai` Python client, pyzmq
+# End-to-end tests of vllm-router with real peers: the official `openai` Python client (also
+# as a client process killed mid-request, with uvicorn and FastAPI as a vLLM-like engine), pyzmq
 # as the vLLM side of ZMQ discovery, Prometheus (promtool and a scraping server), headless
 # Chromium for the /dashboard page, and tmux as the terminal of `vllm-router top`.
 #
