@@ -74,6 +74,9 @@ impl PrefixIndex {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

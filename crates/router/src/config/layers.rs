@@ -424,4 +424,6 @@ pub(super) fn file_key_allowed(key: &str) -> bool {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

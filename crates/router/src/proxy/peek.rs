@@ -18,6 +18,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 mod prompt;
+#[cfg(test)]
+mod properties;
 
 use crate::error::ApiError;
 

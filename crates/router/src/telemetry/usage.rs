@@ -69,7 +69,9 @@ impl UsageScan {
         USAGE.rfind(&seam).filter(|at| *at < self.tail.len())
     }
 
+    /// A new usage object begins: it replaces the last one whole, however the frames fall.
     fn start(&mut self, from_key: &[u8]) {
+        self.seen = Usage::default();
         self.object.clear();
         self.object
             .extend_from_slice(&from_key[..from_key.len().min(MAX_OBJECT)]);
@@ -121,6 +123,9 @@ fn number_after(bytes: &[u8], field: &Finder<'_>) -> Option<u64> {
     (digits > 0 && end < rest.len())
         .then(|| std::str::from_utf8(&rest[start..end]).ok()?.parse().ok())?
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,11 @@ fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     move |name| vars.get(name).cloned()
 }
 
-fn load(argv: &[&str], vars: &[(&str, &str)], file: Option<&str>) -> Result<Config, String> {
+pub(super) fn load(
+    argv: &[&str],
+    vars: &[(&str, &str)],
+    file: Option<&str>,
+) -> Result<Config, String> {
     let sources = Sources::from_argv(argv, env(vars)).map_err(|e| e.to_string())?;
     match file {
         Some(text) => sources.load_text(Path::new("router.toml"), text),
@@ -21,7 +25,7 @@ fn load(argv: &[&str], vars: &[(&str, &str)], file: Option<&str>) -> Result<Conf
     .map_err(|e| e.to_string())
 }
 
-fn place_of(config: &Config, key: &str) -> Place {
+pub(super) fn place_of(config: &Config, key: &str) -> Place {
     config
         .given
         .iter()
