@@ -163,25 +163,26 @@ impl App {
             background.push(watch.await?);
         }
         let (startup_done, started_up) = watch::channel(false);
+        // The start-up wait, then health probing and load scraping, as before serving began.
         background.push(tokio::spawn({
             let (fleet, upstream, live) = (Arc::clone(&fleet), upstream.clone(), Arc::clone(&live));
+            let scrape = config.load_scrape_interval;
             async move {
                 fleet::wait_for_startup(&fleet, &upstream, &live.load_full()).await;
+                let mut loops = vec![fleet::spawn_health_loop(
+                    Arc::clone(&fleet),
+                    upstream.clone(),
+                    live,
+                )];
+                if let Some(interval) = scrape {
+                    loops.push(fleet::spawn_scrape_loop(fleet, upstream, interval));
+                }
                 startup_done.send_replace(true);
+                // Aborting this task (the app is dropped) aborts the loops.
+                let _loops = AbortOnDrop(loops);
+                std::future::pending::<()>().await;
             }
         }));
-        background.push(fleet::spawn_health_loop(
-            Arc::clone(&fleet),
-            upstream.clone(),
-            Arc::clone(&live),
-        ));
-        if let Some(interval) = config.load_scrape_interval {
-            background.push(fleet::spawn_scrape_loop(
-                Arc::clone(&fleet),
-                upstream.clone(),
-                interval,
-            ));
-        }
         let started = Instant::now();
         let (view, sampler) = Live::start(Inputs {
             fleet: Arc::clone(&fleet),
@@ -292,6 +293,17 @@ impl App {
     pub async fn started_up(&self) {
         let mut done = self.started_up.clone();
         let _ = done.wait_for(|done| *done).await;
+    }
+}
+
+/// Aborts its tasks when dropped.
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
