@@ -98,6 +98,8 @@ pub struct Metrics {
     cached_predicted: Family<WorkerOnly, FloatCounter>,
     cached_reported: Family<WorkerOnly, Counter>,
     queue_depth: Gauge,
+    /// Tasks alive in the runtime: connections, requests and the router's own loops.
+    runtime_tasks: Gauge,
     admitted: Gauge,
     /// Inference requests finished, whatever their outcome (the live view's fleet rate).
     finished: AtomicU64,
@@ -221,6 +223,12 @@ impl Default for Metrics {
                 r,
                 "admission_queue_depth",
                 "Requests waiting for an admission slot",
+                Gauge::default()
+            ),
+            runtime_tasks: register!(
+                r,
+                "runtime_alive_tasks",
+                "Tasks alive in the router's runtime (connections, requests, background loops)",
                 Gauge::default()
             ),
             admitted: register!(
@@ -498,6 +506,11 @@ impl Metrics {
         let mut rendered = self.render.lock();
         self.queue_depth
             .set(i64::try_from(admission.queued()).unwrap_or(i64::MAX));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            self.runtime_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         self.admitted
             .set(i64::try_from(admission.in_use()).unwrap_or(i64::MAX));
         for family in [
