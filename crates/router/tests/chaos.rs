@@ -20,7 +20,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use vllm_router::policy::PolicyKind;
 use vllm_sim::{SimConfig, SimServer};
@@ -41,15 +41,20 @@ fn worker_config() -> SimConfig {
 /// Every server ever started per address (records survive a kill), the live one last.
 type Fleet = Arc<Mutex<Vec<(SocketAddr, Vec<SimServer>, bool)>>>;
 
-async fn restart(fleet: &Fleet, i: usize) {
-    let addr = fleet.lock()[i].0;
-    let listener = loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    let server = vllm_sim::spawn_on(listener, worker_config()).await;
+/// A listener on `port`, which stays held (refusing connections) whenever no worker listens
+/// there: a killed worker's port cannot be given to another test before it restarts.
+fn listen_on(port: &ClosedPort) -> TcpListener {
+    let socket = TcpSocket::new_v4().unwrap();
+    // As `TcpListener::bind` does, so the port's connections in TIME_WAIT are no obstacle.
+    socket.set_reuseaddr(true).unwrap();
+    // Shared with the socket holding the port.
+    socket.set_reuseport(true).unwrap();
+    socket.bind(port.addr()).unwrap();
+    socket.listen(1024).unwrap()
+}
+
+async fn restart(fleet: &Fleet, ports: &[ClosedPort], i: usize) {
+    let server = vllm_sim::spawn_on(listen_on(&ports[i]), worker_config()).await;
     let mut f = fleet.lock();
     f[i].1.push(server);
     f[i].2 = true;
@@ -105,10 +110,10 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
+    let ports: Arc<Vec<ClosedPort>> = Arc::new((0..4).map(|_| ClosedPort::hold()).collect());
     let mut initial = Vec::new();
-    for _ in 0..4 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        initial.push(vllm_sim::spawn_on(listener, worker_config()).await);
+    for port in ports.iter() {
+        initial.push(vllm_sim::spawn_on(listen_on(port), worker_config()).await);
     }
     let router = router_with(&initial, |a| {
         a.policy = Some(PolicyKind::PowerOfTwo);
@@ -143,8 +148,27 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
     for w in warm {
         w.await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let fds_before = open_fds();
+    // The warm-up's connections wound down: every request over, and the descriptor count
+    // steady for 200 ms.
+    let members = router.app().fleet.snapshot();
+    eventually(Duration::from_secs(10), || {
+        members
+            .members()
+            .iter()
+            .all(|m| m.worker.in_flight() == 0)
+            .then_some(())
+    })
+    .await;
+    let mut fds_before = open_fds();
+    let settled = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = open_fds();
+        if now == fds_before || Instant::now() > settled {
+            break;
+        }
+        fds_before = now;
+    }
 
     let deadline = Instant::now() + Duration::from_secs(secs);
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -196,6 +220,7 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
                 }
                 actions += 1;
                 let fleet = Arc::clone(&fleet);
+                let ports = Arc::clone(&ports);
                 if fastrand::bool() {
                     {
                         let mut f = fleet.lock();
@@ -206,7 +231,7 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
                     }
                     tokio::spawn(async move {
                         tokio::time::sleep(outage).await;
-                        restart(&fleet, i).await;
+                        restart(&fleet, &ports, i).await;
                     });
                 } else {
                     {
@@ -234,8 +259,11 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
         c.await.unwrap();
     }
     let actions = chaos.await.unwrap();
-    // Let outages end and workers return.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Outages end (within 3 s) and workers return.
+    eventually(Duration::from_secs(10), || {
+        fleet.lock().iter().all(|(_, _, up)| *up).then_some(())
+    })
+    .await;
 
     let t = std::mem::take(&mut *tally.lock());
     println!("chaos: {secs}s, {actions} faults, {t:?}");
@@ -281,9 +309,17 @@ async fn chaos_keeps_answers_whole_or_clearly_failed() {
             .then_some(())
     })
     .await;
-    let fds_after = open_fds();
+    // The pools were warmed to this concurrency; a leak would grow with the thousands of
+    // requests and stay, where connections still closing go within moments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fds_after = loop {
+        let now = open_fds();
+        if now <= fds_before + 24 || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     println!("descriptors: {fds_before} before, {fds_after} after");
-    // The pools were warmed to this concurrency; a leak would grow with the thousands of requests.
     assert!(
         fds_after <= fds_before + 24,
         "descriptors grew from {fds_before} to {fds_after}"

@@ -132,7 +132,20 @@ async fn a_drain_waits_for_in_flight_requests_and_sends_no_new_ones() {
 
     let drain_url = format!("{base}/workers/{}/drain", enc(&workers[0].url()));
     let drain = tokio::spawn(async move { send(Method::POST, &drain_url, &[], "").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow_worker = router
+        .app()
+        .fleet
+        .snapshot()
+        .members()
+        .iter()
+        .find(|m| m.worker.url() == workers[0].url())
+        .expect("the slow worker is in the fleet")
+        .worker
+        .clone();
+    eventually(Duration::from_secs(5), || {
+        slow_worker.is_draining().then_some(())
+    })
+    .await;
     for _ in 0..4 {
         let r = post_json(&format!("{base}/v1/chat/completions"), chat(MODEL, false)).await;
         assert_eq!(r.header("x-vllm-router-worker"), workers[1].url());

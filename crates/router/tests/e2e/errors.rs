@@ -201,7 +201,12 @@ async fn a_worker_slower_than_the_timeout_is_a_504_and_its_request_is_dropped() 
     )
     .await;
     r.assert_error(504);
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // At the 1 s request timeout, not never: 4 s of slack for a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     eventually(Duration::from_secs(1), || {
         workers[0].records().iter().find_map(|r| r.cancelled_at)
     })

@@ -118,6 +118,16 @@ async fn until_watching(api: &ApiServer, count: usize) {
     eventually(WITHIN, || (api.open_watches() == count).then_some(())).await;
 }
 
+/// Wait until the stand-in, down, has turned `count` more connections away: the client tried
+/// again and failed that many times.
+async fn turned_away(api: &ApiServer, count: usize) {
+    let before = api.turned_away();
+    eventually(WITHIN, || {
+        (api.turned_away() >= before + count).then_some(())
+    })
+    .await;
+}
+
 fn lists(api: &ApiServer) -> usize {
     api.requests().iter().filter(|r| !r.watch).count()
 }
@@ -350,8 +360,8 @@ async fn workers_stay_while_the_api_server_is_down_and_changes_apply_once_it_is_
     api.stop();
     // The open watch is cut...
     until_watching(&api, 0).await;
-    // ...and many retries' worth of an unreachable API server pass.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and many retries fail.
+    turned_away(&api, 5).await;
     assert_eq!(
         workers(&fleet),
         [
@@ -362,7 +372,7 @@ async fn workers_stay_while_the_api_server_is_down_and_changes_apply_once_it_is_
     // Changes made while the router could not see them.
     api.delete(NS, "a");
     api.apply(up("c", "127.0.0.13"));
-    api.restart().await;
+    api.restart();
     until_workers(
         &fleet,
         &[
@@ -378,7 +388,7 @@ async fn workers_stay_while_the_api_server_is_down_and_changes_apply_once_it_is_
     until_watching(&api, 1).await;
     api.stop();
     api.expire_with(|pods| pods.delete(NS, "b"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    turned_away(&api, 3).await;
     assert_eq!(
         workers(&fleet),
         [
@@ -386,7 +396,7 @@ async fn workers_stay_while_the_api_server_is_down_and_changes_apply_once_it_is_
             "regular http://127.0.0.13:8000"
         ]
     );
-    api.restart().await;
+    api.restart();
     until_workers(&fleet, &["regular http://127.0.0.13:8000"]).await;
     assert_eq!(lists(&api), 2, "{:?}", api.requests());
     task.abort();

@@ -174,6 +174,8 @@ async fn over_http2(url: &str, said: &mut Said) -> u16 {
     reply.status.as_u16()
 }
 
+/// A loopback port free when asked, to name on a child process's command line: free only until
+/// someone else binds it, so whoever uses it must cope with finding it taken.
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -210,42 +212,60 @@ async fn no_secret_reaches_a_log_stdout_stderr_the_metrics_or_an_answer() {
         ..SimConfig::default()
     }))
     .await;
-    let logs = LogDir::new();
     let file = ConfigFile::new(&format!("admin_api_key = \"{ADMIN_KEY}\"\n"));
-    let port = free_port();
     // A key that is not listed goes to a validation URL, which is down.
-    let validation = format!("http://127.0.0.1:{}/check", free_port());
+    let down = ClosedPort::hold();
+    let validation = format!("http://{}/check", down.addr());
+    let args_for = |port: u16, logs: &LogDir| {
+        let port = port.to_string();
+        let mut args: Vec<String> = [
+            "--config",
+            file.path.to_str().unwrap(),
+            "--policy",
+            "round_robin",
+            "--api-key",
+            WORKER_KEY,
+            "--api-keys",
+            CLIENT_KEY,
+            "--api-key-validation-urls",
+            &validation,
+            "--log-level",
+            "trace",
+            "--log-format",
+            "json",
+            "--prometheus-port",
+            &port,
+            "--worker-startup-timeout-secs",
+            "5",
+            "--health-check-interval-secs",
+            "1",
+            "--worker-urls",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(workers.iter().map(|w| w.url()));
+        args.extend(logs.args());
+        args
+    };
+    // The metrics page is read on a port named on the command line, found free just before the
+    // start. Should another test take it in between, the router cannot listen there and exits
+    // at once; it is started again on another port, with fresh log files.
+    let (logs, port, (mut child, addr, output)) = 'started: {
+        for _ in 0..5 {
+            let logs = LogDir::new();
+            let port = free_port();
+            // The strictest setting: every dependency at trace as well.
+            let env = [("RUST_LOG", "trace")];
+            match try_spawn_router_captured(&args_for(port, &logs), &env).await {
+                Ok(started) => break 'started (logs, port, started),
+                Err(stderr) if stderr.contains("(--prometheus-port)") => {}
+                Err(stderr) => panic!("the router did not start: {stderr}"),
+            }
+        }
+        panic!("the metrics port was taken five times in a row");
+    };
     let metrics = format!("http://127.0.0.1:{port}/metrics");
-    let mut args: Vec<String> = [
-        "--config",
-        file.path.to_str().unwrap(),
-        "--policy",
-        "round_robin",
-        "--api-key",
-        WORKER_KEY,
-        "--api-keys",
-        CLIENT_KEY,
-        "--api-key-validation-urls",
-        &validation,
-        "--log-level",
-        "trace",
-        "--log-format",
-        "json",
-        "--prometheus-port",
-        &port.to_string(),
-        "--worker-startup-timeout-secs",
-        "5",
-        "--health-check-interval-secs",
-        "1",
-        "--worker-urls",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    args.extend(workers.iter().map(|w| w.url()));
-    args.extend(logs.args());
-    // The strictest setting: every dependency at trace as well.
-    let (mut child, addr, output) = spawn_router_captured(&args, &[("RUST_LOG", "trace")]).await;
     let mut client = Client {
         base: format!("http://{addr}"),
         said: Said::default(),

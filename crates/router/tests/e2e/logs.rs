@@ -176,8 +176,9 @@ async fn lines_logged_just_before_the_exit_on_a_second_signal_are_in_the_files()
     let mut client = RawClient::post(addr, "/v1/chat/completions", &body).await;
     client.read_until("data: ", 1).await;
     signal(&child, "TERM");
-    // Signals of one kind that arrive together count once.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second signal comes once the first one has been acted on (the listener closed for
+    // the drain): not together with it.
+    until_refused(addr, Duration::from_secs(5)).await;
     signal(&child, "INT");
     assert_eq!(
         exit_code(&mut child, Duration::from_secs(3)).await,

@@ -361,11 +361,15 @@ async fn a_client_leaving_during_the_prefill_cancels_the_prefill() {
     .await;
     let left = Instant::now();
     drop(client);
-    let cancelled = eventually(Duration::from_secs(2), || {
+    let cancelled = eventually(Duration::from_secs(5), || {
         prefill[0].records().iter().find_map(|r| r.cancelled_at)
     })
     .await;
-    assert!(cancelled.saturating_duration_since(left) < Duration::from_millis(500));
+    // Promptly (milliseconds, given 2 s on a loaded machine), and long before the 3 s prefill
+    // would have ended by itself.
+    let after = cancelled.saturating_duration_since(left);
+    assert!(after < Duration::from_secs(2), "cancelled {after:?} after");
+    // Time for a decode leg to be sent, were it to be.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         all_records(&decode).is_empty(),
@@ -390,11 +394,13 @@ async fn a_client_leaving_during_the_decode_cancels_the_decode() {
     client.read_until("data: ", 2).await;
     let left = Instant::now();
     drop(client);
-    let cancelled = eventually(Duration::from_secs(2), || {
+    let cancelled = eventually(Duration::from_secs(5), || {
         decode[0].records().iter().find_map(|r| r.cancelled_at)
     })
     .await;
-    assert!(cancelled.saturating_duration_since(left) < Duration::from_millis(500));
+    // Promptly (milliseconds, given 2 s on a loaded machine): the stream had some 20 s left.
+    let after = cancelled.saturating_duration_since(left);
+    assert!(after < Duration::from_secs(2), "cancelled {after:?} after");
 }
 
 #[tokio::test]

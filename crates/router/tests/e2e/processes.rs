@@ -102,6 +102,7 @@ async fn sighup_reloads_the_file() {
     let (mut child, addr) = spawn_router(&args, &[]).await;
     let list = || async move { get(&format!("http://{addr}/list_workers")).await.json() };
     std::fs::write(&file.path, text(&[workers[0].url(), workers[1].url()])).unwrap();
+    // Time for a watch or a timer to pick the change up, were there one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         list().await["urls"].as_array().unwrap().len(),

@@ -148,8 +148,26 @@ async fn workers_join_and_leave_under_load_without_a_failed_request() {
     let [a, b, c] = [&workers[0], &workers[1], &workers[2]];
     let file = ConfigFile::new(&file_with("", &[a, b]));
     let router = router_from(&file).await;
+    // A's own count of requests in flight, which the router keeps after A leaves.
+    let a_worker = router
+        .app()
+        .fleet
+        .snapshot()
+        .members()
+        .iter()
+        .find(|m| m.worker.url() == a.url())
+        .expect("A is in the fleet")
+        .worker
+        .clone();
     let load = Load::start(&router.url(), 6);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Requests flow to both workers before the file changes.
+    eventually(Duration::from_secs(10), || {
+        (load.sent.load(Ordering::Relaxed) >= 20
+            && !a.records().is_empty()
+            && !b.records().is_empty())
+        .then_some(())
+    })
+    .await;
 
     // A leaves and C joins, picked up by watching the file.
     file.write(&file_with("", &[b, c]));
@@ -164,11 +182,18 @@ async fn workers_join_and_leave_under_load_without_a_failed_request() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A's in-flight requests finish; then it gets no more.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A's in-flight requests finish; then it gets no more while C (taking turns with B)
+    // serves twenty more.
+    eventually(Duration::from_secs(10), || {
+        (a_worker.in_flight() == 0).then_some(())
+    })
+    .await;
     let a_served = a.records().len();
     let c_before = c.records().len();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(Duration::from_secs(10), || {
+        (c.records().len() >= c_before + 20).then_some(())
+    })
+    .await;
     let (sent, failed) = load.finish().await;
     assert_eq!(
         failed, 0,

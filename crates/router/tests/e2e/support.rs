@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use vllm_router::cli::RouterArgs;
 use vllm_router::config::Config;
 use vllm_router::policy::PolicyKind;
@@ -216,12 +216,50 @@ pub async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T
     }
 }
 
+/// Wait until nothing listens at `addr` any more: a connection to it is refused.
+pub async fn until_refused(addr: SocketAddr, within: Duration) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still listens after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A loopback port that nothing listens on, held until dropped: connections to it are
+/// refused, and no other test can be given it meanwhile (binding port 0, dropping the listener
+/// and naming the port later leaves it free for any test in between). The socket holding it
+/// has `SO_REUSEPORT` set, so this test (and no other) can listen on the port while it stays
+/// held, with a socket of its own that sets it too.
+pub struct ClosedPort {
+    addr: SocketAddr,
+    _held: TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn hold() -> Self {
+        let held = TcpSocket::new_v4().expect("a socket");
+        held.set_reuseport(true).expect("SO_REUSEPORT");
+        held.bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let addr = held.local_addr().expect("a bound address");
+        Self { addr, _held: held }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// The `vllm-router` binary on a free port (metrics off and quiet logs, unless `args` name
 /// `--prometheus-port` or `--log-level`) with `args` and `env` added to a clean environment,
 /// and the address it serves. Killed when the child is dropped only if the test kills it;
 /// tests end it with [`signal`] or `kill`.
 pub async fn spawn_router(args: &[String], env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let (child, addr, _) = launch(args, env, Stdio::null()).await;
+    let (child, addr, _, _) = launch(args, env, false).await;
+    let addr = addr.expect("the router never said where it listens");
     (child, addr)
 }
 
@@ -243,21 +281,42 @@ pub async fn spawn_router_captured(
     args: &[String],
     env: &[(&str, &str)],
 ) -> (Child, SocketAddr, Captured) {
-    let (mut child, addr, stdout) = launch(args, env, Stdio::piped()).await;
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut text).expect("readable stderr");
-        text
-    });
-    (child, addr, Captured { stdout, stderr })
+    try_spawn_router_captured(args, env)
+        .await
+        .unwrap_or_else(|stderr| panic!("the router never said where it listens: {stderr}"))
 }
 
+/// [`spawn_router_captured`], where a router that exits before it listens (a port taken,
+/// say) is no failure: what it wrote to stderr comes back instead.
+pub async fn try_spawn_router_captured(
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Result<(Child, SocketAddr, Captured), String> {
+    let (mut child, addr, stdout, stderr) = launch(args, env, true).await;
+    let stderr = stderr.expect("stderr is captured");
+    match addr {
+        Some(addr) => Ok((child, addr, Captured { stdout, stderr })),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(stderr.join().unwrap())
+        }
+    }
+}
+
+/// Start the router binary; its address once it says where it listens (`None` if it ends
+/// first), and the threads reading its stdout and, when `capture_stderr`, its stderr (read
+/// from the start, so that the pipe never fills).
 async fn launch(
     args: &[String],
     env: &[(&str, &str)],
-    stderr: Stdio,
-) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
+    capture_stderr: bool,
+) -> (
+    Child,
+    Option<SocketAddr>,
+    std::thread::JoinHandle<String>,
+    Option<std::thread::JoinHandle<String>>,
+) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vllm-router"));
     command.args(["--port", "0"]);
     for (flag, value) in [("--prometheus-port", "0"), ("--log-level", "warn")] {
@@ -270,9 +329,20 @@ async fn launch(
         .env_clear()
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(stderr)
+        .stderr(if capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("the router binary starts");
+    let stderr = child.stderr.take().map(|mut stderr| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut text).expect("readable stderr");
+            text
+        })
+    });
     let stdout = child.stdout.take().expect("stdout is piped");
     let (found, address) = std::sync::mpsc::channel();
     let stdout = std::thread::spawn(move || {
@@ -287,11 +357,10 @@ async fn launch(
         }
         text
     });
-    let addr = tokio::task::spawn_blocking(move || address.recv())
+    let addr = tokio::task::spawn_blocking(move || address.recv().ok())
         .await
-        .expect("the reader ends")
-        .expect("the router never said where it listens");
-    (child, addr, stdout)
+        .expect("the reader ends");
+    (child, addr, stdout, stderr)
 }
 
 /// Send a signal (`TERM`, `HUP`, ...) to a child process.

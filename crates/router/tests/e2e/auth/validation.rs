@@ -69,12 +69,11 @@ impl KeyService {
     }
 }
 
-/// A URL where nothing listens.
-async fn dead_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/check", listener.local_addr().unwrap());
-    drop(listener);
-    url
+/// A URL where nothing listens, and the port it names, which no other test is given while
+/// it is held.
+fn dead_url() -> (String, ClosedPort) {
+    let closed = ClosedPort::hold();
+    (format!("http://{}/v1/check", closed.addr()), closed)
 }
 
 #[tokio::test]
@@ -117,6 +116,7 @@ async fn accepted_keys_are_remembered_and_refused_ones_for_the_rejected_ttl() {
         "admin-only",
     );
     assert_eq!(service.calls(), 3, "a refusal is remembered");
+    // The rejected TTL (1 s) passes.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_refused(&chat_as(&base, Some("Bearer bad"), false).await, "bad");
     assert_eq!(
@@ -168,7 +168,7 @@ async fn while_the_service_is_down_clients_get_503_not_401() {
     assert_refused(&chat_as(&base, Some("Bearer bad"), false).await, "bad");
 
     // Unreachable is down too.
-    let dead = dead_url().await;
+    let (dead, _closed) = dead_url();
     let router = router_with(&workers, |a| {
         a.api_key_validation_urls = vec![dead.clone()];
         a.api_key_validation_timeout_ms = 500;
@@ -192,6 +192,7 @@ async fn an_accepted_key_is_asked_again_after_the_cache_ttl() {
     assert_eq!(chat_as(&base, Some("Bearer good"), false).await.status, 200);
     assert_eq!(chat_as(&base, Some("Bearer good"), false).await.status, 200);
     assert_eq!(service.calls(), 1);
+    // The cache TTL (1 s) passes.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Revoked in the meantime: the next check says so.
     service.state.refuse_all.store(true, Ordering::SeqCst);
@@ -205,7 +206,7 @@ async fn one_url_accepting_suffices_and_refusals_outweigh_silence() {
     let refusing = KeyService::start().await;
     refusing.state.refuse_all.store(true, Ordering::SeqCst);
     let accepting = KeyService::start().await;
-    let dead = dead_url().await;
+    let (dead, _closed) = dead_url();
     let router = router_with(&workers, |a| {
         a.api_key_validation_urls = vec![refusing.url.clone(), dead.clone(), accepting.url.clone()];
     })

@@ -6,14 +6,15 @@
 //! What tests can make it do: change pods (each change an event with the next resource
 //! version), change them quietly and forget its history (open watches get a 410 Gone `ERROR`
 //! event, as does any watch resumed from before), end every open watch (as `timeoutSeconds`
-//! does), and stop listening altogether (open connections are cut). Every request is recorded
-//! with its `labelSelector`.
+//! does), and go down: open connections are cut and new ones reset as soon as they are
+//! accepted (counted), the port kept so that it comes back on the same address. Every request is
+//! recorded with its `labelSelector`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -87,6 +88,11 @@ impl Inner {
 pub struct ApiServer {
     addr: SocketAddr,
     inner: Arc<Inner>,
+    /// Held for the stand-in's life: while it is down, and when it is back on the same port.
+    listener: Arc<TcpListener>,
+    /// Connections reset while down.
+    turned_away: Arc<AtomicUsize>,
+    /// Serving the API, or, while down, turning connections away.
     serving: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -101,7 +107,7 @@ impl Drop for ApiServer {
 impl ApiServer {
     /// Listen on a free loopback port, with no pod.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 version: 100,
@@ -113,17 +119,29 @@ impl ApiServer {
         let server = Self {
             addr: listener.local_addr().unwrap(),
             inner,
+            listener,
+            turned_away: Arc::default(),
             serving: Mutex::new(None),
         };
-        server.serve(listener);
+        server.serve();
         server
     }
 
-    fn serve(&self, listener: TcpListener) {
+    fn serve(&self) {
         let routes = Router::new()
             .route("/api/v1/namespaces/{namespace}/pods", get(pods))
             .with_state(Arc::clone(&self.inner));
-        *self.serving.lock() = Some(tokio::spawn(accept(listener, routes)));
+        self.run(accept(Arc::clone(&self.listener), routes));
+    }
+
+    /// Run `task` on the listener in place of what ran there (which ends, and with it every
+    /// connection it served).
+    fn run(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut serving = self.serving.lock();
+        if let Some(before) = serving.take() {
+            before.abort();
+        }
+        *serving = Some(tokio::spawn(task));
     }
 
     /// `http://127.0.0.1:{port}`.
@@ -176,22 +194,27 @@ impl ApiServer {
         self.inner.change(|s| s.cut += 1);
     }
 
-    /// Stop listening and cut every open connection.
+    /// Go down: cut every open connection, and reset each new one as soon as it is accepted,
+    /// as near to a refused connection as one accepted can be (the port stays ours).
     pub fn stop(&self) {
-        if let Some(task) = self.serving.lock().take() {
-            task.abort();
-        }
+        let listener = Arc::clone(&self.listener);
+        let turned_away = Arc::clone(&self.turned_away);
+        self.run(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_zero_linger();
+                turned_away.fetch_add(1, Ordering::SeqCst);
+            }
+        });
     }
 
-    /// Listen again on the same address, pods and history as they were.
-    pub async fn restart(&self) {
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(listener) => break listener,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
-        self.serve(listener);
+    /// Serve again on the same address, pods and history as they were.
+    pub fn restart(&self) {
+        self.serve();
+    }
+
+    /// Connections reset while down, so far.
+    pub fn turned_away(&self) -> usize {
+        self.turned_away.load(Ordering::SeqCst)
     }
 
     /// Every request answered so far.
@@ -264,7 +287,7 @@ fn selected(pod: &Value, namespace: &str, selector: Option<&str>) -> bool {
         })
 }
 
-async fn accept(listener: TcpListener, routes: Router) {
+async fn accept(listener: Arc<TcpListener>, routes: Router) {
     // Dropped with this task: aborting it cuts every connection.
     let mut connections = JoinSet::new();
     loop {

@@ -12,9 +12,8 @@ async fn mooncake_names_the_prefill_engine_and_one_transfer_id_in_both_legs() {
     // A prefill whose bootstrap server does not answer is passed over for one that does
     // (the simulator serves Mooncake's `/query` on its own port).
     let (prefill, decode) = pd_sims(2, 1).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed = ClosedPort::hold();
+    let dead_port = closed.addr().port();
     let router = router_with(&[], |a| {
         a.vllm_pd_disaggregation = true;
         a.kv_connector = Some(vllm_router::cli::KvConnector::Mooncake);

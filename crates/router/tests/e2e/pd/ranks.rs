@@ -1,7 +1,7 @@
 //! Data-parallel ranks: routed like workers, named in `X-data-parallel-rank`, probed once per
 //! URL, in regular and P/D mode.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vllm_sim::{RequestRecord, Role, SimConfig};
 
@@ -40,17 +40,35 @@ async fn data_parallel_ranks_are_routed_like_workers_and_probed_once_per_url() {
         ["0", "0", "1", "1", "2", "2"],
         "round robin over the ranks"
     );
-    // One server, one start-up model list and one probe per interval, not one per rank.
+    // One server, one start-up model list and one probe per interval (1 s), not one per rank:
+    // the first two probes come about an interval apart, where the three ranks' probes of one
+    // round would come milliseconds apart (200 ms tells the two apart with room for a loaded
+    // machine either way).
     let stats = workers[0].stats();
     assert_eq!(stats.by_path.get("/v1/models"), Some(&1), "{stats:?}");
-    tokio::time::sleep(Duration::from_millis(2300)).await;
-    let probes = workers[0]
-        .stats()
-        .by_path
-        .get("/health")
-        .copied()
-        .unwrap_or(0);
-    assert!((1..=3).contains(&probes), "{probes} probes in ~2 intervals");
+    let probes = || {
+        workers[0]
+            .stats()
+            .by_path
+            .get("/health")
+            .copied()
+            .unwrap_or(0)
+    };
+    let first = eventually(Duration::from_secs(10), || {
+        (probes() >= 1).then(Instant::now)
+    })
+    .await;
+    let (seen, second) = eventually(Duration::from_secs(10), || {
+        let n = probes();
+        (n >= 2).then(|| (n, Instant::now()))
+    })
+    .await;
+    assert_eq!(seen, 2, "{seen} probes in two rounds");
+    let apart = second - first;
+    assert!(
+        apart >= Duration::from_millis(200),
+        "the second probe came {apart:?} after the first, in the same round"
+    );
 }
 
 #[tokio::test]
