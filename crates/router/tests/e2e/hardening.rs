@@ -1,7 +1,6 @@
 //! The client-facing listener under abuse and at shutdown: slow and oversized request heads,
 //! ambiguous framing, `X-Forwarded-For`, and the drain.
 
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -18,23 +17,6 @@ use vllm_router::server::{App, routes};
 use vllm_sim::{SimConfig, SimServer};
 
 use crate::support::*;
-
-/// Read until the peer closes. Returns what arrived and whether the close was a reset.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let read = tokio::time::timeout(within, stream.read(&mut buf))
-            .await
-            .expect("the router kept the connection open");
-        match read {
-            Ok(0) => return (received, false),
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (received, true),
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
 
 /// Requests that reached a worker's inference routes (probes and model listing aside).
 fn inference_requests(worker: &SimServer) -> usize {

@@ -549,3 +549,20 @@ pub fn header_values(record: &vllm_sim::RequestRecord, name: &str) -> Vec<String
         .map(|(_, v)| v.clone())
         .collect()
 }
+
+/// Read until the peer closes. Returns what arrived and whether the close was a reset.
+pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(within, stream.read(&mut buf))
+            .await
+            .expect("the router kept the connection open");
+        match read {
+            Ok(0) => return (received, false),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (received, true),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}

@@ -3,10 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::*;
+
+/// Everything the router sends until it closes the connection, as text.
+async fn text_until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    let (received, _) = read_until_closed(stream, within).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
 
 /// A client that sends its request head and the first bytes of a 1000-byte body, then
 /// nothing more for as long as it is kept.
@@ -18,21 +24,6 @@ async fn slow_upload(router: &vllm_router::server::RouterHandle) -> TcpStream {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream
-}
-
-/// Everything the router sends until it closes the connection.
-async fn answer_then_close(stream: &mut TcpStream, within: Duration) -> String {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let read = tokio::time::timeout(within, stream.read(&mut buf))
-            .await
-            .expect("the router kept the connection open");
-        match read {
-            Ok(0) | Err(_) => return String::from_utf8_lossy(&received).into_owned(),
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 #[tokio::test]
@@ -77,7 +68,7 @@ async fn a_stalled_upload_gets_a_408_and_its_connection_closes() {
     let router = router_with(&workers, |a| a.body_min_bytes_per_sec = 100).await;
     let started = Instant::now();
     let mut client = slow_upload(&router).await;
-    let text = answer_then_close(&mut client, Duration::from_secs(12)).await;
+    let text = text_until_closed(&mut client, Duration::from_secs(12)).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"type\":\"RequestTimeoutError\""), "{text}");
     assert!(text.contains("--body-min-bytes-per-sec"), "{text}");
@@ -116,7 +107,7 @@ async fn an_upload_past_the_body_read_timeout_gets_a_408_even_at_a_good_pace() {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(4), trickle).await;
-    let text = answer_then_close(&mut client, Duration::from_secs(2)).await;
+    let text = text_until_closed(&mut client, Duration::from_secs(2)).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("--body-read-timeout-secs"), "{text}");
 }
