@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -253,16 +254,21 @@ pub struct Live {
 
 impl Live {
     /// Sample the fleet now, then once every [`INTERVAL`] in the returned task (abort it to
-    /// stop). Must be called inside a Tokio runtime.
-    pub fn start(inputs: Inputs) -> (Self, JoinHandle<()>) {
+    /// stop), and at once whenever `resample` changes (the start-up wait ended: the workers'
+    /// health just changed). Must be called inside a Tokio runtime.
+    pub fn start(inputs: Inputs, mut resample: watch::Receiver<bool>) -> (Self, JoinHandle<()>) {
         let mut sampler = Sampler::new(inputs.about.clone(), Instant::now());
         let view = Arc::new(ArcSwap::from_pointee(inputs.read(&mut sampler)));
         let published = Arc::clone(&view);
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(Instant::now() + INTERVAL, INTERVAL);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut listening = true;
             loop {
-                ticks.tick().await;
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    changed = resample.changed(), if listening => listening = changed.is_ok(),
+                }
                 published.store(Arc::new(inputs.read(&mut sampler)));
             }
         });

@@ -184,16 +184,19 @@ impl App {
             }
         }));
         let started = Instant::now();
-        let (view, sampler) = Live::start(Inputs {
-            fleet: Arc::clone(&fleet),
-            metrics: Arc::clone(&metrics),
-            admission: Arc::clone(&admission),
-            about: About {
-                policy: policy.name(),
-                pd: pd.is_some(),
-                started: started.into(),
+        let (view, sampler) = Live::start(
+            Inputs {
+                fleet: Arc::clone(&fleet),
+                metrics: Arc::clone(&metrics),
+                admission: Arc::clone(&admission),
+                about: About {
+                    policy: policy.name(),
+                    pd: pd.is_some(),
+                    started: started.into(),
+                },
             },
-        });
+            started_up.clone(),
+        );
         background.push(sampler);
         Ok(Arc::new(Self {
             config: live,

@@ -493,12 +493,16 @@ async fn a_finished_exchange_is_counted_and_kept_on_its_worker() {
 async fn the_sampler_publishes_every_interval_until_stopped() {
     let fleet = Arc::new(crate::fleet::Fleet::start(&[], Vec::new()));
     let metrics = Metrics::new();
-    let (live, task) = Live::start(Inputs {
-        fleet,
-        metrics: Arc::clone(&metrics),
-        admission: Arc::new(Admission::new(AdmissionConfig::default())),
-        about: about(),
-    });
+    let (_resample, resampled) = tokio::sync::watch::channel(false);
+    let (live, task) = Live::start(
+        Inputs {
+            fleet,
+            metrics: Arc::clone(&metrics),
+            admission: Arc::new(Admission::new(AdmissionConfig::default())),
+            about: about(),
+        },
+        resampled,
+    );
     let first = live.view();
     assert_eq!(first.history.len(), 1, "a view from the start");
 
@@ -520,4 +524,27 @@ async fn the_sampler_publishes_every_interval_until_stopped() {
     task.abort();
     tokio::time::sleep(INTERVAL * 3).await;
     assert_eq!(live.view().history.len(), 2, "no samples once stopped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sampler_samples_at_once_when_the_start_up_wait_ends() {
+    let fleet = Arc::new(crate::fleet::Fleet::start(&[], Vec::new()));
+    let (started_up, resampled) = tokio::sync::watch::channel(false);
+    let (live, task) = Live::start(
+        Inputs {
+            fleet,
+            metrics: Metrics::new(),
+            admission: Arc::new(Admission::new(AdmissionConfig::default())),
+            about: about(),
+        },
+        resampled,
+    );
+    started_up.send_replace(true);
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(
+        live.view().history.len(),
+        2,
+        "a view at once, not a tick later"
+    );
+    task.abort();
 }
