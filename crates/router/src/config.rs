@@ -341,7 +341,21 @@ impl Config {
             check_only: args.check_config,
             warnings: Vec::new(),
             given: Vec::new(),
-        })
+        }
+        .with_safety_notes())
+    }
+
+    /// Say once, at start, where a compatible setting meets a safer default of ours.
+    fn with_safety_notes(mut self) -> Self {
+        if self.worker_api_key.is_some() && !self.admin.key_to_added {
+            self.warnings.push(
+                "workers added through the admin API (/add_worker, POST /workers) get no \
+                 Authorization header, so the workers' key (--api-key) is not sent to them; \
+                 --api-key-to-added-workers sends it"
+                    .to_owned(),
+            );
+        }
+        self
     }
 
     /// Defaults with the given workers: the starting point for embedding and tests.
