@@ -178,7 +178,12 @@ impl Reloader {
         if next == *running {
             return Outcome::Unchanged;
         }
-        for warning in &next.warnings {
+        // Said once: a warning the running configuration already gave is not repeated.
+        for warning in next
+            .warnings
+            .iter()
+            .filter(|w| !running.warnings.contains(w))
+        {
             tracing::warn!("{warning}");
         }
         let mut change = Change {
