@@ -87,7 +87,8 @@ async fn hanging_request_is_cancelled_when_the_client_leaves() {
     assert_eq!(rec.status, 0);
     let lag = rec.cancelled_at.unwrap().saturating_duration_since(left_at);
     assert!(
-        lag < Duration::from_millis(100),
+        // Unnoticed, the request would hang on; a second of slack for a loaded machine.
+        lag < Duration::from_secs(1),
         "cancel noticed after {lag:?}"
     );
 }
@@ -125,7 +126,8 @@ async fn slow_non_streaming_request_is_cancelled_when_the_client_leaves() {
     let rec = &sim.records()[0];
     let lag = rec.cancelled_at.unwrap().saturating_duration_since(left_at);
     assert!(
-        lag < Duration::from_millis(100),
+        // Unnoticed, the request would hang on; a second of slack for a loaded machine.
+        lag < Duration::from_secs(1),
         "cancel noticed after {lag:?}"
     );
     assert_eq!(sim.stats().running, 0, "the batch slot is freed");
@@ -200,7 +202,8 @@ async fn raw_client_with_connection_close_is_seen_leaving() {
         .unwrap()
         .saturating_duration_since(left_at);
     assert!(
-        lag < Duration::from_millis(100),
+        // Unnoticed, the request would hang on; a second of slack for a loaded machine.
+        lag < Duration::from_secs(1),
         "cancel noticed after {lag:?}"
     );
 }

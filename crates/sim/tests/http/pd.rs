@@ -61,7 +61,7 @@ async fn prefill_hands_kv_params_to_decode() {
         .await
         .json();
     // Prefilling 100 tokens at 10 ms each would take a second; a remote prefill skips it.
-    assert!(start.elapsed() < Duration::from_millis(500));
+    assert!(start.elapsed() < Duration::from_millis(900));
     assert_eq!(d["usage"]["completion_tokens"], 8);
     assert_eq!(d["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
     assert!(d["kv_transfer_params"].is_null());
@@ -106,7 +106,8 @@ async fn mooncake_legs_and_decode_keeps_received_blocks_cached() {
         .await
         .json();
     assert!(
-        start.elapsed() < Duration::from_millis(500),
+        // A local prefill would take a second.
+        start.elapsed() < Duration::from_millis(900),
         "a remote prefill skips the local one"
     );
     assert_eq!(d["usage"]["prompt_tokens_details"]["cached_tokens"], 100);

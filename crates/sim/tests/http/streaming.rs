@@ -15,8 +15,9 @@ fn events(raw: &str) -> Vec<&str> {
 
 #[tokio::test]
 async fn sse_frames_are_written_as_generated_and_end_with_done() {
+    // Tokens a second apart: a first event that waited for the second would come after 1 s.
     let cfg = SimConfig {
-        itl: Duration::from_millis(300),
+        itl: Duration::from_millis(1000),
         ..SimConfig::default()
     };
     let sim = spawn(cfg).await.unwrap();
@@ -38,7 +39,7 @@ async fn sse_frames_are_written_as_generated_and_end_with_done() {
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert!(
-        start.elapsed() < Duration::from_millis(250),
+        start.elapsed() < Duration::from_millis(800),
         "first event must not wait for the second token"
     );
     let mut raw = String::from_utf8(first.to_vec()).unwrap();
@@ -99,7 +100,7 @@ async fn completion_stream_without_usage() {
 }
 
 #[tokio::test]
-async fn dropped_stream_is_recorded_as_cancelled_within_100ms() {
+async fn dropped_stream_is_recorded_as_cancelled_at_once() {
     let cfg = SimConfig {
         itl: Duration::from_millis(200),
         ..SimConfig::default()
@@ -124,7 +125,8 @@ async fn dropped_stream_is_recorded_as_cancelled_within_100ms() {
     assert!(rec.cancelled && rec.finished_at.is_none());
     let lag = rec.cancelled_at.unwrap().saturating_duration_since(left_at);
     assert!(
-        lag < Duration::from_millis(100),
+        // The stream had about 20 s to go; a second of slack for a loaded machine.
+        lag < Duration::from_secs(1),
         "cancel noticed after {lag:?}"
     );
     let stats = sim.stats();
