@@ -27,6 +27,15 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print a report's lines, and write them to `out` when given."""
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import log, machine_line, start_listening, stop  # noqa: E402
+from procs import emit, log, machine_line, start_listening, stop  # noqa: E402
 
 BODY = json.dumps({
     "model": "sim-model", "max_tokens": 8,
@@ -143,11 +143,7 @@ def main() -> int:
     lines += ["", f"Loaded / quiet: median {ratio_m:.2f}x, p99 {ratio_p:.2f}x "
               f"({'PASS' if ok else 'FAIL'}: median within 20%, no failed request).", "",
               "The slow uploaders were answered: " + ", ".join(f"{k}: {v}" for k, v in sorted(answers.items()))]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    emit(lines, args.out)
     return 0 if ok else 1
 
 

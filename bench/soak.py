@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import free_port, log, start, start_listening, stop, tail, wait_ready  # noqa: E402
+from procs import emit, free_port, log, start, start_listening, stop, tail, wait_ready  # noqa: E402
 
 MODEL = "sim-model"
 # A failure within this long after a fault ended is still that fault's.
@@ -403,11 +403,7 @@ def main() -> int:
     lines += [f"| {name} | {'PASS' if passed else 'FAIL'} | {detail} |" for name, passed, detail in checks]
     lines += ["", "Failures the clients saw, by cause:", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(failures.items())] or ["- none"]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    emit(lines, args.out)
     return 0 if ok else 1
 
 
