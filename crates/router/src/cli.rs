@@ -505,8 +505,10 @@ pub struct RouterArgs {
     /// Headers that carry a session key, searched in order before the body's
     /// `session_params.session_id`, `user`, `session_id` and `user_id` fields. Request ids are
     /// never session keys.
+    /// SGLang's gateway's `--routing-key-headers` is taken as this flag.
     #[arg(
         long,
+        alias = "routing-key-headers",
         num_args = 1..,
         value_delimiter = ',',
         default_values_t = ["x-session-id", "x-user-id", "x-tenant-id"].map(String::from)

@@ -273,7 +273,10 @@ pub enum PolicyKind {
     /// nginx's metric-driven recipe: weights stepped down by KV-cache use, queueing,
     /// preemption and batch size, then least connections over the weights.
     Weighted,
-    /// Sessions stick to a worker on a hash ring, with bounded load.
+    /// Sessions stick to a worker on a hash ring, with bounded load (`consistent_hashing`,
+    /// SGLang's gateway's name, is taken too).
+    #[value(alias = "consistent_hashing")]
+    #[serde(alias = "consistent_hashing")]
     ConsistentHash,
     /// Prefix-cache affinity from an index of what the router sent each worker, weighed
     /// against load.

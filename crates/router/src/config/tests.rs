@@ -302,3 +302,17 @@ fn pd_misconfigurations_name_the_flag() {
             .is_some()
     );
 }
+
+#[test]
+fn sglang_gateway_names_for_consistent_hashing_and_its_key_headers_are_taken() {
+    let c = parse(&[
+        "--policy",
+        "consistent_hashing",
+        "--routing-key-headers",
+        "X-Tenant,x-conversation",
+    ])
+    .unwrap();
+    assert_eq!(c.policy, PolicyKind::ConsistentHash);
+    let names: Vec<_> = c.session_key_headers.iter().map(|h| h.as_str()).collect();
+    assert_eq!(names, ["x-tenant", "x-conversation"]);
+}
