@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::exchange::Outcome;
 use super::usage::Usage;
 use crate::admission::Admission;
-use crate::fleet::{Completion, PromptTokens, Snapshot, Watcher, Worker};
+use crate::fleet::{Completion, PromptTokens, Snapshot, Worker};
 
 mod labels;
 mod series;
@@ -571,48 +571,6 @@ impl Metrics {
             tracing::error!("metrics encoding failed");
         }
         out
-    }
-}
-
-impl Metrics {
-    /// Drop every series of the workers not in `present`.
-    fn forget(&self, rendered: &mut HashSet<WorkerLabels>, present: &HashSet<&str>) {
-        rendered.retain(|labels| {
-            let stays = present.contains(labels.worker.as_str());
-            if !stays {
-                self.worker_requests.remove(labels);
-                for family in [
-                    &self.worker_healthy,
-                    &self.worker_draining,
-                    &self.worker_in_flight,
-                    &self.worker_breaker,
-                ] {
-                    family.remove(labels);
-                }
-                for family in [
-                    &self.worker_running,
-                    &self.worker_waiting,
-                    &self.worker_kv_usage,
-                ] {
-                    family.remove(labels);
-                }
-            }
-            stays
-        });
-        self.forget_departed(present);
-    }
-}
-
-/// A worker's series go when the worker leaves the fleet, scraped or not, so that churn
-/// cannot grow memory.
-impl Watcher for Metrics {
-    fn on_fleet_change(&self, snapshot: &Snapshot) {
-        let present: HashSet<&str> = snapshot
-            .members()
-            .iter()
-            .map(|m| m.worker.label())
-            .collect();
-        self.forget(&mut self.render.lock(), &present);
     }
 }
 

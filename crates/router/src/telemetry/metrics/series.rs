@@ -1,4 +1,5 @@
-//! The series one (model, worker) pair feeds, resolved once per request.
+//! The series one (model, worker) pair feeds, resolved once per request, and how a departed
+//! worker's series go.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,11 +8,12 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::fleet::{Snapshot, Watcher};
 use crate::telemetry::exchange::Outcome;
 use crate::telemetry::usage::Usage;
 
 use super::Metrics;
-use super::labels::{ExchangeLabels, TokenLabels, WorkerOnly};
+use super::labels::{ExchangeLabels, TokenLabels, WorkerLabels, WorkerOnly};
 
 /// The series one (model, worker) pair feeds.
 #[derive(Debug)]
@@ -80,7 +82,7 @@ impl Metrics {
     }
 
     /// Drop the latency, token and prediction series of workers no longer in the fleet.
-    pub(super) fn forget_departed(&self, present: &HashSet<&str>) {
+    fn forget_departed(&self, present: &HashSet<&str>) {
         let mut served = self.served.write();
         served.retain(|labels, _| {
             if present.contains(labels.worker.as_str()) {
@@ -103,5 +105,47 @@ impl Metrics {
             self.cached_reported.remove(&worker);
             false
         });
+    }
+}
+
+impl Metrics {
+    /// Drop every series of the workers not in `present`.
+    pub(super) fn forget(&self, rendered: &mut HashSet<WorkerLabels>, present: &HashSet<&str>) {
+        rendered.retain(|labels| {
+            let stays = present.contains(labels.worker.as_str());
+            if !stays {
+                self.worker_requests.remove(labels);
+                for family in [
+                    &self.worker_healthy,
+                    &self.worker_draining,
+                    &self.worker_in_flight,
+                    &self.worker_breaker,
+                ] {
+                    family.remove(labels);
+                }
+                for family in [
+                    &self.worker_running,
+                    &self.worker_waiting,
+                    &self.worker_kv_usage,
+                ] {
+                    family.remove(labels);
+                }
+            }
+            stays
+        });
+        self.forget_departed(present);
+    }
+}
+
+/// A worker's series go when the worker leaves the fleet, scraped or not, so that churn
+/// cannot grow memory.
+impl Watcher for Metrics {
+    fn on_fleet_change(&self, snapshot: &Snapshot) {
+        let present: HashSet<&str> = snapshot
+            .members()
+            .iter()
+            .map(|m| m.worker.label())
+            .collect();
+        self.forget(&mut self.render.lock(), &present);
     }
 }

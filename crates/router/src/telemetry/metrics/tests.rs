@@ -5,7 +5,7 @@ use http::HeaderValue;
 use super::*;
 use crate::admission::AdmissionConfig;
 use crate::config::WorkerUrl;
-use crate::fleet::Worker;
+use crate::fleet::{Watcher, Worker};
 use crate::telemetry::exchange::Exchange;
 use crate::telemetry::trace::TraceId;
 
