@@ -124,7 +124,7 @@ async fn route(
         &parts.headers,
         body,
         config.max_payload_size.get(),
-        Some(&config.body),
+        &config.body,
     )
     .await
     .inspect_err(|e| {

@@ -27,6 +27,8 @@ pub struct Worker {
     header: HeaderValue,
     /// The server id (a hash of the URL), with `#rank`: what clients may see instead.
     opaque: HeaderValue,
+    /// The hash of the URL, shared by the ranks of one server: the admin API's id.
+    server: String,
     engine: ArcSwapOption<EngineSample>,
     in_flight: AtomicUsize,
     /// Prefix-index blocks of prefill work sent to the worker whose first token has not come
@@ -133,6 +135,7 @@ impl Worker {
             label,
             header,
             opaque,
+            server,
             engine: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
             booked_prefill: AtomicU64::new(0),
@@ -247,10 +250,7 @@ impl Worker {
     /// The id of the worker's server (its URL) in the admin API and the live view: stable
     /// across replicas, and shared by the ranks of one URL.
     pub fn server_id(&self) -> String {
-        let name = self.opaque.to_str().unwrap_or_default();
-        name.split_once('#')
-            .map_or(name, |(server, _)| server)
-            .to_owned()
+        self.server.clone()
     }
 
     /// The last engine sample from `/metrics`, fresh or not.

@@ -18,13 +18,13 @@ const GRACE: Duration = Duration::from_secs(1);
 /// How often a body that sends nothing is looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// Read `body` whole: at most `limit` bytes (413 past it), and, when `pace` is given, within
-/// its time and at its minimum rate (408 otherwise).
+/// Read `body` whole: at most `limit` bytes (413 past it), within `pace`'s time and at its
+/// minimum rate (408 otherwise).
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     mut body: Body,
     limit: usize,
-    pace: Option<&BodyLimits>,
+    pace: &BodyLimits,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -37,11 +37,8 @@ pub(crate) async fn read_body(
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut received = 0usize;
     loop {
-        let frame = match pace {
-            None => Some(body.frame().await),
-            Some(_) => tokio::time::timeout(CHECK_EVERY, body.frame()).await.ok(),
-        };
-        match frame {
+        // `None`: nothing arrived for a while; the pace is judged all the same.
+        match tokio::time::timeout(CHECK_EVERY, body.frame()).await.ok() {
             Some(None) => break,
             Some(Some(Err(e))) => {
                 return Err(ApiError::bad_request(
@@ -62,9 +59,7 @@ pub(crate) async fn read_body(
             }
             None => {}
         }
-        if let Some(pace) = pace {
-            judge(pace, started.elapsed(), received)?;
-        }
+        judge(pace, started.elapsed(), received)?;
     }
     Ok(join(chunks, received))
 }
@@ -134,12 +129,12 @@ mod tests {
     #[tokio::test]
     async fn a_whole_body_is_joined_and_a_large_one_refused() {
         let body = Body::from("0123456789");
-        let got = read_body(&HeaderMap::new(), body, 64, Some(&pace(5, 1)))
+        let got = read_body(&HeaderMap::new(), body, 64, &pace(5, 1))
             .await
             .unwrap();
         assert_eq!(&got[..], b"0123456789");
         let big = Body::from(vec![0u8; 65]);
-        let e = read_body(&HeaderMap::new(), big, 64, None)
+        let e = read_body(&HeaderMap::new(), big, 64, &pace(5, 1))
             .await
             .unwrap_err();
         assert_eq!(e.status().as_u16(), 413);
@@ -153,7 +148,7 @@ mod tests {
         });
         let body = Body::from_stream(first.chain(futures_util::stream::pending()));
         let started = Instant::now();
-        let e = read_body(&HeaderMap::new(), body, 1024, Some(&pace(60, 100)))
+        let e = read_body(&HeaderMap::new(), body, 1024, &pace(60, 100))
             .await
             .unwrap_err();
         assert_eq!(e.status().as_u16(), 408);

@@ -110,11 +110,20 @@ pub fn session_key<'a>(
     names: &[HeaderName],
     peeked: &'a Peeked<'_>,
 ) -> Option<&'a str> {
+    session_header(headers, names)
+        .map(|(_, key)| key)
+        .or(peeked.session.as_deref())
+}
+
+/// The first of `names` that `headers` carry with a non-empty value, and that value.
+pub fn session_header<'n, 'h>(
+    headers: &'h HeaderMap,
+    names: &'n [HeaderName],
+) -> Option<(&'n HeaderName, &'h str)> {
     names
         .iter()
-        .filter_map(|n| headers.get(n)?.to_str().ok())
-        .find(|v| !v.is_empty())
-        .or(peeked.session.as_deref())
+        .filter_map(|n| Some((n, headers.get(n)?.to_str().ok()?)))
+        .find(|(_, v)| !v.is_empty())
 }
 
 /// A session key: a string or an integer; any other JSON value is no key.

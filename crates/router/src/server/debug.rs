@@ -63,7 +63,7 @@ async fn explanation(
         &parts.headers,
         body,
         config.max_payload_size.get(),
-        Some(&config.body),
+        &config.body,
     )
     .await?;
     let pd = app.pd.as_ref().filter(|_| crate::pd::applies(path));
@@ -114,14 +114,8 @@ fn shown_session_key(
     let Some(key) = req.session_key else {
         return serde_json::Value::Null;
     };
-    let from = names.iter().find(|n| {
-        headers
-            .get(*n)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| !v.is_empty())
-    });
-    match from {
-        Some(name) if is_credential(name.as_str()) => json!(format!(
+    match peek::session_header(headers, names) {
+        Some((name, _)) if is_credential(name.as_str()) => json!(format!(
             "redacted (from {name}): xxh3 {:016x}",
             xxhash_rust::xxh3::xxh3_64(key.as_bytes())
         )),
