@@ -104,6 +104,15 @@ pub enum ApiError {
     /// No worker has this id or URL.
     #[error("no worker with id or URL '{0}'")]
     UnknownWorker(String),
+    /// A fleet-wide request (LoRA load, cache reset, sleep) did not succeed on every worker.
+    #[error("{message}")]
+    Fleetwide {
+        /// The merged status: 502 when a worker failed or answered 5xx, else the first
+        /// worker's error status.
+        status: StatusCode,
+        /// Each worker's part.
+        message: String,
+    },
     /// A router defect; logged, answered 500.
     #[error("internal router error: {0}")]
     Internal(String),
@@ -150,6 +159,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::UnknownWorker(_) => StatusCode::NOT_FOUND,
+            Self::Fleetwide { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -171,6 +181,7 @@ impl ApiError {
             Self::Forbidden(_) => "PermissionDeniedError",
             Self::Conflict(_) => "ConflictError",
             Self::UnknownWorker(_) => "NotFoundError",
+            Self::Fleetwide { .. } => "FleetwideRequestError",
             Self::Internal(_) => "InternalServerError",
         }
     }

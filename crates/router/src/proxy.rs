@@ -6,6 +6,7 @@
 //! event.
 
 mod body;
+pub mod fanout;
 pub mod headers;
 mod leg;
 pub mod peek;
@@ -149,7 +150,13 @@ async fn route(
         Some(pd) => pd.wants_prompt(),
         None => app.policy.wants_prompt(),
     };
-    let peeked = peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await?;
+    let peeked = match peek::peek(parts.headers.get(header::CONTENT_TYPE), &body, want_prompt).await
+    {
+        Ok(peeked) => peeked,
+        // A path the router does not name may carry any body, or none: the worker judges it.
+        Err(_) if inference_route(parts.uri.path()).is_none() => peek::Peeked::default(),
+        Err(e) => return Err(e),
+    };
     if let Some(e) = exchange.lock().as_mut() {
         e.set_model(peeked.model.as_deref());
         e.set_prompt_bytes(peeked.prompt.as_deref().map(str::len));
@@ -244,24 +251,45 @@ impl Inbound<'_> {
         body: Bytes,
         headers: HeaderMap,
     ) -> Result<http::Request<UpstreamBody>, ApiError> {
-        let uri = worker
-            .uri_for(self.path_and_query())
-            .map_err(|e| ApiError::Internal(format!("upstream URI: {e}")))?;
-        let mut request = http::Request::new(UpstreamBody::new(body));
-        *request.method_mut() = self.parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        if !self.config.admin.key_to_added && worker.spec().origin == Origin::Admin {
-            // Whoever added this worker may own it: it gets no key, the workers' or a client's.
-            request.headers_mut().remove(header::AUTHORIZATION);
-        }
-        if let Some(rank) = worker.rank_header() {
-            request
-                .headers_mut()
-                .insert(X_DATA_PARALLEL_RANK.clone(), rank.clone());
-        }
-        Ok(request)
+        worker_request(
+            worker,
+            self.parts.method.clone(),
+            self.path_and_query(),
+            body,
+            headers,
+            &self.config,
+        )
     }
+}
+
+/// A request for `worker`: `method` at `path_and_query` with this body and these headers,
+/// naming the worker's data-parallel rank when it has one. A worker added through the admin
+/// API gets no `Authorization` unless `--api-key-to-added-workers`.
+pub(crate) fn worker_request(
+    worker: &Worker,
+    method: http::Method,
+    path_and_query: &str,
+    body: Bytes,
+    headers: HeaderMap,
+    config: &Config,
+) -> Result<http::Request<UpstreamBody>, ApiError> {
+    let uri = worker
+        .uri_for(path_and_query)
+        .map_err(|e| ApiError::Internal(format!("upstream URI: {e}")))?;
+    let mut request = http::Request::new(UpstreamBody::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    if !config.admin.key_to_added && worker.spec().origin == Origin::Admin {
+        // Whoever added this worker may own it: it gets no key, the workers' or a client's.
+        request.headers_mut().remove(header::AUTHORIZATION);
+    }
+    if let Some(rank) = worker.rank_header() {
+        request
+            .headers_mut()
+            .insert(X_DATA_PARALLEL_RANK.clone(), rank.clone());
+    }
+    Ok(request)
 }
 
 /// The one-leg plan: the body untouched, to one worker of any role serving the model.

@@ -49,6 +49,8 @@ pub const INFERENCE_ROUTES: &[&str] = &[
     "/v1/completions",
     "/v1/embeddings",
     "/v1/responses",
+    "/v1/messages",
+    "/invocations",
     "/v1/rerank",
     "/rerank",
     "/v2/rerank",
@@ -62,6 +64,21 @@ pub const INFERENCE_ROUTES: &[&str] = &[
     "/v1/audio/translations",
     "/inference/v1/generate",
 ];
+
+/// The router's own admin paths: never forwarded to a worker, whichever listener serves them.
+const ADMIN_PATHS: &[&str] = &["/workers", "/add_worker", "/remove_worker", "/list_workers"];
+
+/// Whether `path` belongs to the router (its admin API, fleet-wide routes and metrics), so a
+/// request for it that no route here took is answered 404 rather than forwarded.
+fn is_reserved(path: &str) -> bool {
+    ADMIN_PATHS.contains(&path)
+        || path.starts_with("/workers/")
+        || path.starts_with("/debug/")
+        || path == "/metrics"
+        || proxy::fanout::FANOUT_ROUTES
+            .iter()
+            .any(|(route, _)| *route == path)
+}
 
 /// The inference route `path` is, as its static name (for labels and logs).
 pub fn inference_route(path: &str) -> Option<&'static str> {
@@ -349,8 +366,14 @@ pub fn routes(app: Arc<App>) -> Router {
     if app.config().admin.listen.is_none() {
         router = router.merge(admin_api(&app));
     }
+    // Every other path goes to a worker (vLLM serves more than the routes named here), behind
+    // the client guard; the router's own paths never do.
+    let catch_all = axum::handler::Handler::layer(
+        catch_all,
+        axum::middleware::from_fn_with_state(Arc::clone(&app), auth::guard),
+    );
     let router = router
-        .fallback(not_found)
+        .fallback(catch_all)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app);
     match cors {
@@ -359,9 +382,13 @@ pub fn routes(app: Arc<App>) -> Router {
     }
 }
 
-/// The admin routes, behind their guard.
+/// The admin routes, behind their guard: the worker list and the fleet-wide worker routes.
 fn admin_api(app: &Arc<App>) -> Router<Arc<App>> {
-    Router::new()
+    let mut router = Router::new();
+    for (path, _) in proxy::fanout::FANOUT_ROUTES {
+        router = router.route(path, post(proxy::fanout::fan_out));
+    }
+    router
         .route("/workers", get(admin::list).post(admin::add))
         .route("/workers/{id}", get(admin::get_one).delete(admin::remove))
         .route("/workers/{id}/drain", post(admin::drain))
@@ -402,6 +429,17 @@ pub async fn bind_admin(config: &Config) -> std::io::Result<Option<TcpListener>>
         Some((host, port)) => TcpListener::bind((host.as_str(), *port)).await.map(Some),
         None => Ok(None),
     }
+}
+
+/// A path no route took: forwarded to a worker unless it is one of the router's own.
+async fn catch_all(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    request: Request,
+) -> Response {
+    if is_reserved(request.uri().path()) {
+        return not_found(request).await;
+    }
+    proxy::forward(axum::extract::State(app), request).await
 }
 
 async fn not_found(request: Request) -> Response {

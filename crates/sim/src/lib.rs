@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+mod adapters;
 mod auth;
 mod bootstrap;
 mod config;

@@ -53,6 +53,8 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/v1/chat/completions/render", post(render::chat))
         .route("/v1/completions/render", post(render::completions))
         .route("/v1/responses", post(generate::responses))
+        .route("/v1/messages", post(generate::messages))
+        .route("/invocations", post(generate::invocations))
         .route("/inference/v1/generate", post(generate::tokens))
         .route("/v1/embeddings", post(pooling::embeddings))
         .route("/pooling", post(pooling::pooling))

@@ -1,8 +1,10 @@
 //! The state one simulated server shares between its connections.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use crate::SimConfig;
+use crate::adapters::Adapters;
 use crate::inject::Faults;
 use crate::openai::now_secs;
 use crate::ranks::Ranks;
@@ -20,6 +22,8 @@ pub(crate) struct Sim {
     /// The address peers should dial: the bound one, with an unspecified IP made loopback.
     pub(crate) advertised: SocketAddr,
     pub(crate) started_secs: u64,
+    /// LoRA adapters loaded at run time, and the sleep mode.
+    pub(crate) adapters: Adapters,
 }
 
 impl Sim {
@@ -31,8 +35,20 @@ impl Sim {
             lifecycle,
             advertised,
             started_secs: now_secs(),
+            adapters: Adapters::default(),
             config,
         }
+    }
+
+    /// The served name matching `requested`: a base model or a loaded LoRA adapter; the root
+    /// model when none was requested.
+    pub(crate) fn resolve_model<'a>(&'a self, requested: Option<&'a str>) -> Option<Cow<'a, str>> {
+        if let Some(model) = self.config.resolve_model(requested) {
+            return Some(Cow::Borrowed(model));
+        }
+        requested
+            .filter(|name| self.adapters.serves(name))
+            .map(Cow::Borrowed)
     }
 
     pub(crate) fn stats(&self) -> SimStats {

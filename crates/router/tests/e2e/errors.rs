@@ -217,9 +217,15 @@ async fn a_worker_slower_than_the_timeout_is_a_504_and_its_request_is_dropped() 
 async fn unknown_routes_and_methods_get_openai_shaped_errors() {
     let workers = fast_sims(1).await;
     let router = router(&workers).await;
+    // An unknown path goes to a worker, whose 404 comes back as it is.
     get(&format!("{}/v1/nope", router.url()))
         .await
         .assert_error(404);
+    // With no worker to ask, the router answers itself.
+    let empty = router_with(&[], |_| {}).await;
+    get(&format!("{}/v1/nope", empty.url()))
+        .await
+        .assert_error(503);
     get(&format!("{}/v1/chat/completions", router.url()))
         .await
         .assert_error(405);

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod auth;
+mod catchall;
 mod dashboard;
 mod errors;
 mod hardening;

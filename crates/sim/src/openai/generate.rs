@@ -23,6 +23,8 @@ enum Kind {
     Completion,
     Responses,
     Tokens,
+    /// Anthropic's Messages API (`/v1/messages`), answered whole.
+    Messages,
 }
 
 /// `POST /v1/chat/completions`.
@@ -49,6 +51,40 @@ pub(crate) async fn responses(
     run(sim, i, Kind::Responses).await
 }
 
+/// `POST /v1/messages` (Anthropic's Messages API; not streamed here).
+pub(crate) async fn messages(
+    State(sim): State<Arc<Sim>>,
+    Extension(i): Extension<Inbound>,
+) -> Response {
+    run(sim, i, Kind::Messages).await
+}
+
+/// `POST /invocations` (SageMaker): a chat request when the body has `messages`, else a
+/// completion when it has `prompt`, as vLLM dispatches it.
+pub(crate) async fn invocations(
+    State(sim): State<Arc<Sim>>,
+    Extension(i): Extension<Inbound>,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        messages: Option<serde::de::IgnoredAny>,
+        prompt: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Shape>(&i.body) {
+        Ok(Shape {
+            messages: Some(_), ..
+        }) => run(sim, i, Kind::Chat).await,
+        Ok(Shape {
+            prompt: Some(_), ..
+        }) => run(sim, i, Kind::Completion).await,
+        Ok(_) => ApiError::bad_request(
+            "Cannot find suitable handler for request: neither 'messages' nor 'prompt' given",
+        )
+        .into_response(),
+        Err(e) => ApiError::invalid_json(&e).into_response(),
+    }
+}
+
 /// `POST /inference/v1/generate`: token ids in, token ids out.
 pub(crate) async fn tokens(
     State(sim): State<Arc<Sim>>,
@@ -62,13 +98,17 @@ async fn run(sim: Arc<Sim>, inbound: Inbound, kind: Kind) -> Response {
         Ok(req) => req,
         Err(e) => return ApiError::invalid_json(&e).into_response(),
     };
-    let Some(model) = sim.config.resolve_model(req.model.as_deref()) else {
+    let Some(model) = sim.resolve_model(req.model.as_deref()) else {
         return ApiError::model_not_found(req.model.as_deref().unwrap_or_default()).into_response();
     };
+    let model = &*model;
     let prompt = req.prompt_tokens();
     let max_len = sim.config.max_model_len;
     if prompt.len() > max_len as usize {
         return ApiError::context_too_long(max_len, prompt.len()).into_response();
+    }
+    if kind == Kind::Messages && req.stream == Some(true) {
+        return ApiError::bad_request("the simulator does not stream /v1/messages").into_response();
     }
     let stream = req.stream.unwrap_or(false) && matches!(kind, Kind::Chat | Kind::Completion);
     let role = sim.config.role;
@@ -107,6 +147,7 @@ async fn run(sim: Arc<Sim>, inbound: Inbound, kind: Kind) -> Response {
         Kind::Completion => "cmpl-",
         Kind::Responses => "resp_",
         Kind::Tokens => "gen-",
+        Kind::Messages => "msg_",
     });
     if stream {
         let spec = StreamSpec {
@@ -162,6 +203,20 @@ async fn run(sim: Arc<Sim>, inbound: Inbound, kind: Kind) -> Response {
             kv_transfer_params: kv,
         }),
         Kind::Responses => serde_json::to_vec(&responses_body(&id, created, model, &text, usage)),
+        Kind::Messages => serde_json::to_vec(&json!({
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "max_tokens",
+            "stop_sequence": null,
+            "usage": {
+                "input_tokens": usage.prompt_tokens,
+                "output_tokens": usage.completion_tokens,
+                "cache_read_input_tokens": usage.prompt_tokens_details.cached_tokens,
+            },
+        })),
         Kind::Tokens => serde_json::to_vec(&json!({
             "request_id": id,
             "choices": [{"index": 0, "token_ids": crate::tokenizer::tokenize(&text),

@@ -1,4 +1,5 @@
-//! `GET /v1/models`: one entry per served name, all rooted at the first.
+//! `GET /v1/models`: one entry per served name, all rooted at the first, then one per loaded
+//! LoRA adapter, rooted at its path with the first model as parent (as vLLM lists them).
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use crate::state::Sim;
 /// `GET /v1/models`.
 pub(crate) async fn list(State(sim): State<Arc<Sim>>) -> Response {
     let root = sim.config.root_model();
-    let data: Vec<_> = sim
+    let mut data: Vec<_> = sim
         .config
         .models
         .iter()
@@ -28,5 +29,16 @@ pub(crate) async fn list(State(sim): State<Arc<Sim>>) -> Response {
             })
         })
         .collect();
+    data.extend(sim.adapters.loras().into_iter().map(|lora| {
+        json!({
+            "id": lora.name,
+            "object": "model",
+            "created": sim.started_secs,
+            "owned_by": "vllm",
+            "root": lora.path,
+            "parent": root,
+            "max_model_len": null,
+        })
+    }));
     json_response(serde_json::to_vec(&json!({"object": "list", "data": data})).unwrap_or_default())
 }

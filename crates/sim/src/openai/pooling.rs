@@ -35,12 +35,12 @@ struct PoolRequest<'a> {
 }
 
 /// Parses the body and resolves the model, or says why not.
-fn parse<'a>(sim: &'a Sim, inbound: &'a Inbound) -> Result<(PoolRequest<'a>, &'a str), ApiError> {
+fn parse<'a>(sim: &'a Sim, inbound: &'a Inbound) -> Result<(PoolRequest<'a>, String), ApiError> {
     let req: PoolRequest<'_> =
         serde_json::from_slice(&inbound.body).map_err(|e| ApiError::invalid_json(&e))?;
     let model = sim
-        .config
         .resolve_model(req.model.as_deref())
+        .map(std::borrow::Cow::into_owned)
         .ok_or_else(|| ApiError::model_not_found(req.model.as_deref().unwrap_or_default()))?;
     inbound.record.lock().model = req.model.as_deref().map(str::to_owned);
     Ok((req, model))

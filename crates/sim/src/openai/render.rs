@@ -112,9 +112,10 @@ fn render(sim: &Sim, inbound: &Inbound, route: Route) -> Response {
         Ok(parsed) => parsed,
         Err(e) => return ApiError::invalid_json(&e).into_response(),
     };
-    let Some(model) = sim.config.resolve_model(req.model.as_deref()) else {
+    let Some(model) = sim.resolve_model(req.model.as_deref()) else {
         return ApiError::model_not_found(req.model.as_deref().unwrap_or_default()).into_response();
     };
+    let model = &*model;
     // Exactly what the generating route would prefill; a completions batch renders every item.
     let prompts = match (&req.prompt, route) {
         (Some(prompt), Route::Completions) => prompt.items(),

@@ -34,7 +34,7 @@ pub(crate) async fn tokenize(
         Ok(req) => req,
         Err(e) => return ApiError::invalid_json(&e).into_response(),
     };
-    if sim.config.resolve_model(req.model.as_deref()).is_none() {
+    if sim.resolve_model(req.model.as_deref()).is_none() {
         return ApiError::model_not_found(req.model.as_deref().unwrap_or_default()).into_response();
     }
     let tokens = req.prompt_tokens();
