@@ -94,8 +94,8 @@ struct LoraRequest {
     lora_path: Option<String>,
 }
 
-fn lora_request(body: &Bytes) -> Result<LoraRequest, Response> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(&e).into_response())
+fn lora_request(body: &Bytes) -> Result<LoraRequest, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(&e))
 }
 
 fn text(message: String) -> Response {
@@ -112,7 +112,7 @@ fn text(message: String) -> Response {
 async fn load_lora(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     let req = match lora_request(&body) {
         Ok(req) => req,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let (Some(name), Some(path)) = (req.lora_name, req.lora_path) else {
         return ApiError::bad_request("Both 'lora_name' and 'lora_path' must be provided.")
@@ -137,7 +137,7 @@ async fn load_lora(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
 async fn unload_lora(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     let req = match lora_request(&body) {
         Ok(req) => req,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let Some(name) = req.lora_name else {
         return ApiError::bad_request("'lora_name' needs to be provided to unload a LoRA adapter.")
