@@ -165,7 +165,8 @@ pub struct RouterArgs {
     pub decode_policy: Option<PolicyKind>,
     /// How the KV cache moves from a `--prefill` to a `--decode` worker [default: nixl].
     /// Instances registered through --vllm-discovery-address always pair by P2P NCCL.
-    #[arg(long, value_enum)]
+    /// vllm-project/router's `moriio` is refused: its pairing is not implemented.
+    #[arg(long, value_parser = values::kv_connector)]
     pub kv_connector: Option<KvConnector>,
     /// Bind a ZMQ ROUTER socket here (`host:port`) where vLLM instances of the P2P NCCL
     /// connector register themselves as prefill or decode workers.
@@ -229,7 +230,7 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 120)]
     pub stream_idle_timeout_secs: u64,
     /// Retries of one request on other workers (connect failures, resets before the
-    /// response, 502/503/504 and any of --retry-on-status).
+    /// response, 408/429/500/502/503/504 and any of --retry-on-status).
     #[arg(long, default_value_t = 3)]
     pub retry_max_retries: u32,
     /// First backoff before a retry, in milliseconds.
@@ -244,7 +245,7 @@ pub struct RouterArgs {
     /// Random spread of each backoff, as a fraction of it (0..1).
     #[arg(long, default_value_t = 0.2, value_parser = finite)]
     pub retry_jitter_factor: f64,
-    /// Extra statuses that are retried on another worker (e.g. 408 429).
+    /// Statuses retried on another worker besides 408/429/500/502/503/504 (e.g. 409).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub retry_on_status: Vec<u16>,
     /// Retries allowed, as a fraction of requests (a sick fleet is not hammered)...
@@ -268,6 +269,10 @@ pub struct RouterArgs {
     /// Trial requests a half-open breaker lets through at once.
     #[arg(long, default_value_t = 1)]
     pub cb_half_open_max_requests: u32,
+    /// Seconds within which failures count together toward --cb-failure-threshold: a failure
+    /// more than this after the one before starts the count again.
+    #[arg(long, default_value_t = 120)]
+    pub cb_window_duration_secs: u64,
     /// Never open circuit breakers.
     #[arg(long)]
     pub disable_circuit_breaker: bool,
@@ -428,6 +433,17 @@ pub struct RouterArgs {
         default_values_t = ["x-session-id", "x-user-id", "x-tenant-id"].map(String::from)
     )]
     pub session_key_headers: Vec<String>,
+    /// vllm-project/router's kv_aware flags: the policy that routes on vLLM's KV-cache
+    /// events is not in this version, and a configuration that sets any of them is refused
+    /// with a message saying so.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub kv_events: KvEventArgs,
+    /// Answer `/health` as vllm-project/router does: 200 `All servers healthy`, or 503
+    /// `Unhealthy servers: [...]` while any worker is out. By default it is 200 while any
+    /// worker is healthy (JSON with the counts), which is what a probe of the router needs.
+    #[arg(long)]
+    pub health_compat: bool,
     /// `consistent_hash`: no worker takes more than this factor of the mean in-flight.
     #[arg(long, default_value_t = 1.25, value_parser = finite)]
     pub hash_load_factor: f64,
@@ -449,6 +465,81 @@ pub struct RouterArgs {
     /// KV capacity from its metrics lowers it further).
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_tree_size: u64,
+}
+
+/// vllm-project/router's flags of its kv_aware policy, kept so its command lines are
+/// understood; [`KvEventArgs::first_set`] names one that was given.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KvEventArgs {
+    /// kv_aware (not in this version): a worker's ZMQ KV-event publisher, `URL=ENDPOINT`.
+    #[arg(long, num_args = 1.., action = clap::ArgAction::Append, value_name = "URL=ENDPOINT")]
+    #[serde(default)]
+    pub kv_event_source: Vec<String>,
+    /// kv_aware (not in this version): a worker's ZMQ replay endpoint, `URL=ENDPOINT`.
+    #[arg(long, num_args = 1.., action = clap::ArgAction::Append, value_name = "URL=ENDPOINT")]
+    #[serde(default)]
+    pub kv_event_replay_source: Vec<String>,
+    /// kv_aware (not in this version): the block size of the KV events.
+    #[arg(long)]
+    #[serde(default)]
+    pub kv_event_block_size: Option<u32>,
+    /// kv_aware (not in this version): the model identity the KV events are keyed by.
+    #[arg(long)]
+    #[serde(default)]
+    pub kv_event_model: Option<String>,
+    /// kv_aware (not in this version): prefill workers' KV-event publishers in P/D mode.
+    #[arg(long, num_args = 1.., action = clap::ArgAction::Append, value_name = "URL=ENDPOINT")]
+    #[serde(default)]
+    pub pd_kv_events: Vec<String>,
+    /// kv_aware (not in this version): softmax temperature of the worker choice.
+    #[arg(long, value_parser = finite)]
+    #[serde(default)]
+    pub router_temperature: Option<f64>,
+    /// kv_aware (not in this version): credit for KV blocks in host memory.
+    #[arg(long, value_parser = finite)]
+    #[serde(default)]
+    pub kv_penalty_host: Option<f64>,
+    /// kv_aware (not in this version): credit for KV blocks in an external store.
+    #[arg(long, value_parser = finite)]
+    #[serde(default)]
+    pub kv_penalty_external: Option<f64>,
+    /// kv_aware (not in this version): credit for KV blocks on disk.
+    #[arg(long, value_parser = finite)]
+    #[serde(default)]
+    pub kv_penalty_disk: Option<f64>,
+    /// kv_aware (not in this version): seconds a session keeps its worker.
+    #[arg(long)]
+    #[serde(default)]
+    pub kv_aware_session_affinity_ttl_secs: Option<u64>,
+}
+
+impl KvEventArgs {
+    /// The flag name of the first kv_aware setting given, if any.
+    pub fn first_set(&self) -> Option<&'static str> {
+        let given = [
+            ("--kv-event-source", !self.kv_event_source.is_empty()),
+            (
+                "--kv-event-replay-source",
+                !self.kv_event_replay_source.is_empty(),
+            ),
+            ("--kv-event-block-size", self.kv_event_block_size.is_some()),
+            ("--kv-event-model", self.kv_event_model.is_some()),
+            ("--pd-kv-events", !self.pd_kv_events.is_empty()),
+            ("--router-temperature", self.router_temperature.is_some()),
+            ("--kv-penalty-host", self.kv_penalty_host.is_some()),
+            ("--kv-penalty-external", self.kv_penalty_external.is_some()),
+            ("--kv-penalty-disk", self.kv_penalty_disk.is_some()),
+            (
+                "--kv-aware-session-affinity-ttl-secs",
+                self.kv_aware_session_affinity_ttl_secs.is_some(),
+            ),
+        ];
+        given
+            .into_iter()
+            .find(|(_, set)| *set)
+            .map(|(flag, _)| flag)
+    }
 }
 
 /// The router's flags alone, as a parser of their own (defaults, tests).

@@ -48,6 +48,8 @@ pub struct Config {
     pub body: BodyLimits,
     /// What `x-vllm-router-worker` carries, and whether client errors name worker URLs.
     pub exposure: Exposure,
+    /// `/health` answers as vllm-project/router's does (`--health-compat`).
+    pub health_compat: bool,
     /// Metrics listener address, or `None` when disabled.
     pub metrics_listen: Option<(String, u16)>,
     /// Logging.
@@ -111,6 +113,15 @@ impl Config {
 
     /// Validate merged settings and the config file's workers into a configuration.
     fn build(args: RouterArgs, file_workers: &[FileWorker]) -> Result<Self, ConfigError> {
+        if let Some(flag) = args.kv_events.first_set() {
+            return Err(invalid(
+                flag,
+                "(set)",
+                "belongs to vllm-project/router's kv_aware policy (routing on vLLM's KV-cache \
+                 events), which this version does not have yet; remove it: the default \
+                 cache_aware routes on the prompts' shared prefixes",
+            ));
+        }
         let mut workers: Vec<WorkerUrl> = Vec::with_capacity(args.worker_urls.len());
         for raw in args.worker_urls.iter().filter(|u| !u.trim().is_empty()) {
             let url = WorkerUrl::parse("--worker-urls", raw)?;
@@ -259,7 +270,13 @@ impl Config {
                     "--cb-half-open-max-requests",
                     args.cb_half_open_max_requests,
                 )?,
+                window: secs(
+                    "--cb-window-duration-secs",
+                    args.cb_window_duration_secs,
+                    false,
+                )?,
             },
+            health_compat: args.health_compat,
             max_payload_size,
             listener,
             request_id_headers,
@@ -373,6 +390,7 @@ impl Config {
 }
 
 mod bounds;
+mod dotenv;
 mod error;
 mod file;
 mod kube;
@@ -387,6 +405,7 @@ mod workers;
 
 pub use bounds::{MAX_BACKOFF_MULTIPLIER, MAX_DURATION_SECS};
 use bounds::{millis, secs};
+pub use dotenv::DotEnv;
 pub(crate) use error::invalid;
 pub use error::{ConfigError, Secret};
 use file::FileWorker;

@@ -45,6 +45,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod top;
 pub mod upstream;
 

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use tokio::net::TcpListener;
 use vllm_router::cli::{Cli, Command, LogLevel};
-use vllm_router::config::Sources;
+use vllm_router::config::{DotEnv, Sources};
 use vllm_router::reload::Reloader;
 use vllm_router::server::{self, App};
 use vllm_router::{demo, telemetry, top};
@@ -32,8 +32,10 @@ async fn main() -> ExitCode {
             demo::run(args).await.map_err(anyhow::Error::from)
         }
         Some(Command::Top(args)) => top::run(args).await,
-        None => match Sources::new(&matches, |name| std::env::var(name).ok()) {
-            Ok(sources) => run(sources).await,
+        None => match DotEnv::from_working_dir().and_then(|dotenv| {
+            Sources::new(&matches, |name| dotenv.var(name)).map(|sources| (sources, dotenv))
+        }) {
+            Ok((sources, dotenv)) => run(sources, &dotenv).await,
             Err(e) => Err(e.into()),
         },
     };
@@ -46,7 +48,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(sources: Sources) -> anyhow::Result<()> {
+async fn run(sources: Sources, dotenv: &DotEnv) -> anyhow::Result<()> {
     let (config, loaded) = sources.load_versioned()?;
     if config.check_only {
         print!("{}", config.summary());
@@ -56,6 +58,9 @@ async fn run(sources: Sources) -> anyhow::Result<()> {
     let logs = telemetry::init(&config.log)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
+    }
+    if let Some((path, names)) = dotenv.applied() {
+        tracing::info!(file = %path.display(), variables = ?names, "read variables from a .env file");
     }
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await

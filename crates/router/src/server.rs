@@ -342,6 +342,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/models", get(info::models))
         .route("/", get(info::about))
         .route("/load-stats", get(info::load_stats))
+        .route("/get_loads", get(info::get_loads))
         .route("/fleet", get(live::fleet))
         .route("/debug/route", post(debug::explain));
     for path in INFERENCE_ROUTES {

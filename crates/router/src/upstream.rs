@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,7 +42,7 @@ pub enum FetchError {
 /// A cheaply cloned handle to the shared connection pool.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     /// `Authorization` of the router's own requests, shared by every clone.
     worker_auth: Arc<ArcSwapOption<HeaderValue>>,
     /// Workers added through the admin API get it too (`--api-key-to-added-workers`).
@@ -49,7 +50,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A pool whose connections open within `connect_timeout`, with `TCP_NODELAY`.
+    /// A pool whose connections open within `connect_timeout`, with `TCP_NODELAY`; `https`
+    /// workers are reached over TLS, trusting the system's roots.
     pub fn new(connect_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -58,7 +60,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(50))
-            .build(connector);
+            .build(crate::tls::https_or_http(connector, "workers"));
         Self {
             client,
             worker_auth: Arc::default(),

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderValue, Request, Uri, header};
 use http_body_util::Full;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -296,33 +296,12 @@ fn shown(url: &Uri) -> String {
 
 /// A pooled client for `http` and `https` validation URLs, trusting the system's roots.
 fn client() -> HttpsClient {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = || {
-        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .expect("the ring provider supports the default TLS versions")
-    };
-    let tls = match builder().with_native_roots() {
-        Ok(roots) => roots.with_no_client_auth(),
-        Err(error) => {
-            tracing::warn!(%error, "no trusted root certificates found: https validation URLs will fail");
-            builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        }
-    };
     let mut http = HttpConnector::new();
-    http.enforce_http(false);
     http.set_nodelay(true);
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(50))
-        .build(connector)
+        .build(crate::tls::https_or_http(http, "validation URLs"))
 }
 
 #[cfg(test)]

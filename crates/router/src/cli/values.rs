@@ -14,6 +14,18 @@ pub enum KvConnector {
     Mooncake,
 }
 
+/// `--kv-connector`'s parser: vllm-project/router's `moriio` gets a message of its own.
+pub(super) fn kv_connector(raw: &str) -> Result<KvConnector, String> {
+    if raw.trim().eq_ignore_ascii_case("moriio") {
+        return Err(
+            "MoRI-IO is not supported: the router does not implement its pairing of \
+                    prefill and decode (its READ and WRITE modes); use nixl or mooncake"
+                .into(),
+        );
+    }
+    KvConnector::from_str(raw.trim(), true)
+}
+
 impl KvConnector {
     /// The name as given to `--kv-connector`.
     pub fn name(self) -> &'static str {

@@ -74,6 +74,8 @@ pub struct BreakerConfig {
     pub open_for: Duration,
     /// Trial requests let through at once while half-open.
     pub half_open_max: u32,
+    /// Failures count together only while each comes within this of the one before.
+    pub window: Duration,
 }
 
 /// How long each stage of a request may take.

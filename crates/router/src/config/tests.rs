@@ -101,8 +101,9 @@ fn bad_values_name_flag_and_value() {
         e.contains("--worker-urls") && e.contains("gpu1:8000"),
         "{e}"
     );
-    let e = parse(&["--worker-urls", "https://a:1"]).unwrap_err();
-    assert!(e.contains("only http://"), "{e}");
+    let e = parse(&["--worker-urls", "ftp://a:1"]).unwrap_err();
+    assert!(e.contains("http:// or https://"), "{e}");
+    assert!(parse(&["--worker-urls", "https://a:1"]).is_ok());
     let e = parse(&["--worker-urls", "http://a:1", "http://a:1/"]).unwrap_err();
     assert!(e.contains("listed twice"), "{e}");
     let e = parse(&["--max-payload-size", "0"]).unwrap_err();
@@ -315,4 +316,48 @@ fn sglang_gateway_names_for_consistent_hashing_and_its_key_headers_are_taken() {
     assert_eq!(c.policy, PolicyKind::ConsistentHash);
     let names: Vec<_> = c.session_key_headers.iter().map(|h| h.as_str()).collect();
     assert_eq!(names, ["x-tenant", "x-conversation"]);
+}
+
+#[test]
+fn vllm_project_routers_flags_are_understood() {
+    // Its README's circuit-breaker example.
+    let config = parse(&[
+        "--worker-urls",
+        "http://localhost:8080",
+        "http://localhost:8081",
+        "--cb-failure-threshold",
+        "5",
+        "--cb-success-threshold",
+        "2",
+        "--cb-timeout-duration-secs",
+        "30",
+        "--cb-window-duration-secs",
+        "60",
+    ])
+    .unwrap();
+    assert_eq!(config.breaker.window, std::time::Duration::from_secs(60));
+    assert_eq!(config.breaker.failure_threshold, 5);
+    // The kv_aware family: understood, refused with a message naming the flag and saying why.
+    for (flag, value) in [
+        ("--kv-event-source", "http://w:8000=tcp://w:5557"),
+        ("--kv-event-replay-source", "http://w:8000=tcp://w:5558"),
+        ("--kv-event-block-size", "16"),
+        ("--kv-event-model", "m"),
+        ("--pd-kv-events", "http://p:8000=tcp://p:5557"),
+        ("--router-temperature", "0.5"),
+        ("--kv-penalty-host", "0.8"),
+        ("--kv-penalty-external", "0.6"),
+        ("--kv-penalty-disk", "0.3"),
+        ("--kv-aware-session-affinity-ttl-secs", "60"),
+    ] {
+        let e = parse(&["--worker-urls", "http://a:1", flag, value]).unwrap_err();
+        assert!(
+            e.contains(flag) && e.contains("not have yet"),
+            "{flag}: {e}"
+        );
+    }
+    let e = parse(&["--kv-connector", "moriio"]).unwrap_err();
+    assert!(e.contains("MoRI-IO is not supported"), "{e}");
+    assert!(parse(&["--kv-connector", "mooncake"]).is_ok());
+    assert!(parse(&["--health-compat"]).unwrap().health_compat);
 }

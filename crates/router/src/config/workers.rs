@@ -31,12 +31,8 @@ impl WorkerUrl {
             .scheme()
             .cloned()
             .ok_or_else(|| invalid(flag, raw, "the URL needs a scheme, as in http://host:8000"))?;
-        if scheme != Scheme::HTTP {
-            return Err(invalid(
-                flag,
-                raw,
-                "only http:// workers are supported (terminate TLS in front of the worker)",
-            ));
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(invalid(flag, raw, "a worker URL is http:// or https://"));
         }
         let authority = uri
             .authority()

@@ -1,7 +1,8 @@
 //! A worker's circuit breaker. Closed, it passes everything and counts consecutive failed
 //! requests; at the threshold it opens and passes nothing. After its timeout it is half-open:
 //! a few trial requests at a time go through, and enough successes close it while one
-//! failure opens it again. Unlike health ejection, which waits for probes, a breaker recovers
+//! failure opens it again. Failures count together while each comes within the window
+//! (`--cb-window-duration-secs`) of the one before; a success ends the count too. Unlike health ejection, which waits for probes, a breaker recovers
 //! on live traffic alone. The configuration is passed in, so it can change on reload.
 
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct Breaker {
     /// was taken in, so a late verdict from an earlier one cannot settle (or wrap) the next.
     period: AtomicU32,
     opened_at: Mutex<Option<Instant>>,
+    /// When the last failure counted while closed: one past the window starts a new count.
+    last_failure: Mutex<Option<Instant>>,
 }
 
 impl Breaker {
@@ -199,6 +202,14 @@ impl Ticket {
         let opens = if let Some(period) = self.trial {
             b.end_trial(period)
         } else {
+            let stale = b
+                .last_failure
+                .lock()
+                .replace(now)
+                .is_some_and(|last| now.saturating_duration_since(last) > config.window);
+            if stale {
+                b.failures.store(0, Ordering::Release);
+            }
             b.failures.fetch_add(1, Ordering::AcqRel) + 1 >= config.failure_threshold
                 && b.state.load(Ordering::Acquire) == CLOSED
         };

@@ -10,9 +10,13 @@ use tokio::time::Instant;
 
 use crate::config::RetryConfig;
 
+/// The statuses retried on another worker whatever `--retry-on-status` adds: vllm-project/
+/// router's list (408 and 429 are the worker's state, not the request's fault).
+pub const RETRIED_STATUSES: &[u16] = &[408, 429, 500, 502, 503, 504];
+
 /// Whether `status` from a worker is retried on another one.
 pub fn retryable_status(config: &RetryConfig, status: StatusCode) -> bool {
-    matches!(status.as_u16(), 502..=504) || config.extra_statuses.contains(&status.as_u16())
+    RETRIED_STATUSES.contains(&status.as_u16()) || config.extra_statuses.contains(&status.as_u16())
 }
 
 /// The backoff before retry number `retry` (1-based), with jitter, or the worker's
@@ -97,7 +101,7 @@ mod tests {
             max_backoff: Duration::from_secs(2),
             multiplier: 2.0,
             jitter: 0.2,
-            extra_statuses: vec![429],
+            extra_statuses: vec![409],
             budget_ratio: 0.2,
             budget_min_per_sec: 1.0,
         }
@@ -121,13 +125,14 @@ mod tests {
     #[test]
     fn statuses_retried() {
         let c = config();
-        for s in [502, 503, 504, 429] {
+        // vllm-project/router's list, plus the configured extra (409 here).
+        for s in [408, 429, 500, 502, 503, 504, 409] {
             assert!(
                 retryable_status(&c, StatusCode::from_u16(s).unwrap()),
                 "{s}"
             );
         }
-        for s in [400, 404, 413, 422, 500, 200] {
+        for s in [400, 404, 413, 422, 501, 200] {
             assert!(
                 !retryable_status(&c, StatusCode::from_u16(s).unwrap()),
                 "{s}"

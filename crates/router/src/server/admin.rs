@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::App;
 use crate::auth::{bearer, same};
-use crate::config::{Origin, WorkerUrl, worker_from_json};
+use crate::config::{Origin, Role, WorkerUrl, worker_from_json};
 use crate::error::ApiError;
 use crate::fleet::{self, FleetEvent, Member};
 
@@ -87,6 +87,12 @@ fn describe(ranks: &[Member]) -> serde_json::Value {
         "models_configured": spec.models,
         "labels": spec.labels,
         "bootstrap_port": spec.bootstrap_port,
+        // vllm-project/router's names for the same facts.
+        "model_id": ranks[0].model_names().first().copied().unwrap_or("unknown"),
+        "worker_type": w.role().name(),
+        "is_healthy": w.is_healthy(),
+        "load": ranks.iter().map(|m| m.worker.in_flight()).sum::<usize>(),
+        "connection_mode": "Http",
     })
 }
 
@@ -106,7 +112,22 @@ fn find(app: &App, id: &str) -> Result<Vec<Member>, ApiError> {
 pub async fn list(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.fleet.snapshot();
     let workers: Vec<serde_json::Value> = snapshot.servers().map(describe).collect();
-    Json(json!({ "workers": workers })).into_response()
+    let count = |role: Role| {
+        snapshot
+            .servers()
+            .filter(|r| r[0].worker.role() == role)
+            .count()
+    };
+    Json(json!({
+        "total": workers.len(),
+        "workers": workers,
+        "stats": {
+            "prefill_count": count(Role::Prefill),
+            "decode_count": count(Role::Decode),
+            "regular_count": count(Role::Regular),
+        },
+    }))
+    .into_response()
 }
 
 /// `GET /workers/{id}`.
@@ -126,10 +147,16 @@ pub async fn add(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Respon
                 .into_response();
         }
     };
-    add_value(&app, value).await
+    match add_value(&app, value).await {
+        Ok(entry) => (StatusCode::CREATED, Json(entry)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
-async fn add_value(app: &Arc<App>, value: serde_json::Value) -> Response {
+async fn add_value(
+    app: &Arc<App>,
+    value: serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
     let config = app.config().clone();
     let spec = match worker_from_json(
         value,
@@ -138,11 +165,13 @@ async fn add_value(app: &Arc<App>, value: serde_json::Value) -> Response {
         "the request body",
     ) {
         Ok(spec) => spec,
-        Err(e) => return ApiError::bad_request(e.to_string(), None).into_response(),
+        Err(e) => return Err(ApiError::bad_request(e.to_string(), None)),
     };
     let url = spec.url.text.clone();
     if find(app, &url).is_ok() {
-        return ApiError::Conflict(format!("worker {url} is already in the fleet")).into_response();
+        return Err(ApiError::Conflict(format!(
+            "worker {url} is already in the fleet"
+        )));
     }
     let spec = crate::config::WorkerSpec {
         origin: Origin::Admin,
@@ -151,11 +180,8 @@ async fn add_value(app: &Arc<App>, value: serde_json::Value) -> Response {
     app.fleet.apply(FleetEvent::Add(spec)).await;
     fleet::admit_url(&app.fleet, &app.upstream, &url, config.health.timeout).await;
     tracing::info!(worker = %url, "worker added through the admin API");
-    match find(app, &url) {
-        Ok(ranks) => (StatusCode::CREATED, Json(describe(&ranks))).into_response(),
-        // Removed again between the two calls.
-        Err(e) => e.into_response(),
-    }
+    // Removed again between the two calls: an error.
+    find(app, &url).map(|ranks| describe(&ranks))
 }
 
 /// `DELETE /workers/{id}`: remove the worker; its in-flight requests finish.
@@ -244,10 +270,18 @@ fn url_param(query: UrlQuery) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request("the 'url' query parameter is required", Some("url")))
 }
 
-/// vllm-project/router's `POST /add_worker?url=`.
+/// vllm-project/router's `POST /add_worker?url=`, with its statuses: 200 when added, 400 when
+/// the worker is already in the fleet (`POST /workers` answers 201 and 409).
 pub async fn add_worker(State(app): State<Arc<App>>, Query(query): Query<UrlQuery>) -> Response {
-    match url_param(query) {
-        Ok(url) => add_value(&app, json!({ "url": url })).await,
+    let url = match url_param(query) {
+        Ok(url) => url,
+        Err(e) => return e.into_response(),
+    };
+    match add_value(&app, json!({ "url": url })).await {
+        Ok(entry) => Json(entry).into_response(),
+        Err(ApiError::Conflict(message)) => {
+            ApiError::bad_request(message, Some("url")).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }

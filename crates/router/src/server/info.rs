@@ -16,6 +16,9 @@ use crate::live::WorkerStatus;
 /// worker of many is down); the counts either way, in all and by role.
 pub async fn health(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.fleet.snapshot();
+    if app.config().health_compat {
+        return health_compat(&snapshot);
+    }
     let members = snapshot.members();
     let healthy = snapshot.healthy_count();
     let draining = members.iter().filter(|m| m.worker.is_draining()).count();
@@ -45,6 +48,43 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
         "roles": roles,
     });
     (status, Json(body)).into_response()
+}
+
+/// `/health` as vllm-project/router answers it (`--health-compat`): 200 `All servers healthy`,
+/// else 503 naming the servers out of rotation (every server, when there is none healthy).
+fn health_compat(snapshot: &crate::fleet::Snapshot) -> Response {
+    let down: Vec<&str> = snapshot
+        .servers()
+        .map(|ranks| &ranks[0].worker)
+        .filter(|w| !w.is_healthy())
+        .map(|w| w.url())
+        .collect();
+    if down.is_empty() && snapshot.healthy_count() > 0 {
+        (StatusCode::OK, "All servers healthy").into_response()
+    } else {
+        let list = serde_json::to_string(&down).unwrap_or_default();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Unhealthy servers: {list}"),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /get_loads` (vllm-project/router): each server's requests in flight through the
+/// router, its data-parallel ranks together.
+pub async fn get_loads(State(app): State<Arc<App>>) -> Response {
+    let snapshot = app.fleet.snapshot();
+    let workers: Vec<serde_json::Value> = snapshot
+        .servers()
+        .map(|ranks| {
+            json!({
+                "worker": ranks[0].worker.url(),
+                "load": ranks.iter().map(|m| m.worker.in_flight()).sum::<usize>(),
+            })
+        })
+        .collect();
+    Json(json!({ "workers": workers })).into_response()
 }
 
 /// `GET /load-stats`: each worker's load and the fleet's, in the TOML router's shape

@@ -94,7 +94,30 @@ async fn the_compatible_routes_work() {
         "",
     )
     .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    // The peer's statuses: 200 when added, 400 when already there.
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let again = format!("{base}/add_worker?url={}", enc(&workers[1].url()));
+    send(Method::POST, &again, &[], "").await.assert_error(400);
+    let listed = get(&format!("{base}/workers")).await.json();
+    assert_eq!(listed["total"], 2);
+    assert_eq!(listed["stats"]["regular_count"], 2);
+    let entry = &listed["workers"][1];
+    assert_eq!(entry["url"], workers[1].url());
+    assert_eq!(
+        (
+            entry["model_id"].clone(),
+            entry["worker_type"].clone(),
+            entry["is_healthy"].clone()
+        ),
+        (json!(MODEL), json!("regular"), json!(true))
+    );
+    assert_eq!(entry["load"], 0);
+    let loads = get(&format!("{base}/get_loads")).await.json();
+    assert_eq!(
+        loads,
+        json!({"workers": [{"worker": workers[0].url(), "load": 0},
+                           {"worker": workers[1].url(), "load": 0}]})
+    );
     let list = get(&format!("{base}/list_workers")).await.json();
     assert_eq!(list, json!({"urls": [workers[0].url(), workers[1].url()]}));
     let r = send(

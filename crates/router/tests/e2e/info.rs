@@ -91,3 +91,61 @@ async fn soon(answer: impl std::future::Future<Output = Reply>) -> Reply {
         .await
         .expect("unanswered during start-up")
 }
+
+#[tokio::test]
+async fn health_compat_answers_as_vllm_project_router_does() {
+    let workers = fast_sims(2).await;
+    let router = router_with(&workers, |a| {
+        a.health_compat = true;
+        a.health_failure_threshold = 1;
+    })
+    .await;
+    let url = format!("{}/health", router.url());
+    let up = get(&url).await;
+    assert_eq!(
+        (up.status.as_u16(), &up.body[..]),
+        (200, &b"All servers healthy"[..])
+    );
+    workers[1].kill();
+    let down = loop {
+        let r = get(&url).await;
+        if r.status != 200 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(down.status, 503);
+    assert_eq!(
+        String::from_utf8_lossy(&down.body),
+        format!("Unhealthy servers: [\"{}\"]", workers[1].url())
+    );
+}
+
+#[tokio::test]
+async fn a_dot_env_file_in_the_working_directory_is_read_below_the_environment() {
+    let workers = fast_sims(1).await;
+    let dir = std::env::temp_dir().join(format!("dotenv-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        format!(
+            "API_KEY_VALIDATION_URLS=https://id.example/api/v4/user\nVLLM_ROUTER_WORKER_URLS={}\nVLLM_ROUTER_PORT=1\n",
+            workers[0].url()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vllm-router"))
+        .arg("--check-config")
+        .current_dir(&dir)
+        .env_clear()
+        .env("VLLM_ROUTER_PORT", "4321")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("https://id.example/api/v4/user"), "{shown}");
+    assert!(shown.contains(&workers[0].url()), "{shown}");
+    // The environment wins over the file.
+    assert!(shown.contains("4321"), "{shown}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,6 +10,7 @@ mod catchall;
 mod dashboard;
 mod errors;
 mod hardening;
+mod https;
 mod info;
 mod kube;
 mod leaks;

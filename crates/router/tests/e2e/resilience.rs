@@ -124,7 +124,7 @@ async fn a_worker_answering_5xx_leaves_rotation_after_the_threshold() {
         ..SimConfig::default()
     };
     let workers = sims([failing, SimConfig::default()]).await;
-    let router = router(&workers).await;
+    let router = router_with(&workers, |a| a.disable_retries = true).await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
         let r = post_json(
@@ -134,7 +134,7 @@ async fn a_worker_answering_5xx_leaves_rotation_after_the_threshold() {
         .await;
         statuses.push(r.status.as_u16());
     }
-    // A 500 is not retried (the request may have run), but three in a row eject the worker.
+    // Without retries each 500 reaches the client, and three in a row eject the worker.
     assert_eq!(
         statuses.iter().filter(|&&s| s == 500).count(),
         3,
@@ -146,6 +146,53 @@ async fn a_worker_answering_5xx_leaves_rotation_after_the_threshold() {
             .worker
             .is_healthy()
     );
+}
+
+#[tokio::test]
+async fn a_500_408_or_429_is_retried_on_another_worker_as_the_peer_does() {
+    let workers = sims([
+        SimConfig {
+            error_rate: 1.0,
+            ..SimConfig::default()
+        },
+        SimConfig::default(),
+    ])
+    .await;
+    let router = router(&workers).await;
+    for _ in 0..2 {
+        let r = post_json(
+            &format!("{}/v1/completions", router.url()),
+            json!({"model": MODEL, "prompt": "x"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    // Every failed attempt there was retried on the other worker.
+    let failed = workers[0].records().len();
+    assert!(failed >= 1);
+    let retried = format!(r#"vllm_router_retries_total{{cause="status"}} {failed}"#);
+    assert!(metrics_of(&router).contains(&retried), "{retried}");
+    // Every worker answering the status: each is tried once, and the last answer passes
+    // through.
+    let workers = fast_sims(2).await;
+    let router = crate::support::router(&workers).await;
+    for status in ["408", "429", "500"] {
+        let fault = [
+            ("content-type", "application/json"),
+            ("x-return-error", status),
+        ];
+        let before: usize = workers.iter().map(|w| w.records().len()).sum();
+        let r = send(
+            Method::POST,
+            &format!("{}/v1/completions", router.url()),
+            &fault,
+            json!({"model": MODEL, "prompt": "x"}).to_string(),
+        )
+        .await;
+        assert_eq!(r.status.as_str(), status);
+        let after: usize = workers.iter().map(|w| w.records().len()).sum();
+        assert_eq!(after - before, 2, "{status}: tried on both workers");
+    }
 }
 
 #[tokio::test]
@@ -307,6 +354,8 @@ async fn a_circuit_breaker_opens_lets_one_trial_through_and_closes_on_recovery()
     };
     let workers = sims([failing, SimConfig::default()]).await;
     let router = router_with(&workers, |a| {
+        // Each failure reaches the client, so the breaker's work shows in the answers.
+        a.disable_retries = true;
         a.health_failure_threshold = 100;
         a.cb_failure_threshold = 2;
         a.cb_success_threshold = 1;

@@ -430,6 +430,7 @@ const DURATIONS: &[(&str, &str)] = &[
     ("--retry-initial-backoff-ms", "retry_initial_backoff_ms"),
     ("--retry-max-backoff-ms", "retry_max_backoff_ms"),
     ("--cb-timeout-duration-secs", "cb_timeout_duration_secs"),
+    ("--cb-window-duration-secs", "cb_window_duration_secs"),
     ("--queue-timeout-secs", "queue_timeout_secs"),
     ("--header-read-timeout-secs", "header_read_timeout_secs"),
     ("--client-write-timeout-secs", "client_write_timeout_secs"),

@@ -10,6 +10,7 @@ fn config() -> BreakerConfig {
         success_threshold: 2,
         open_for: Duration::from_secs(10),
         half_open_max: 1,
+        window: Duration::from_secs(60),
     }
 }
 
@@ -42,6 +43,24 @@ async fn opens_after_consecutive_failures_only() {
     assert_eq!(w.breaker().state(&c, Instant::now()), BreakerState::Open);
     assert!(Ticket::take(&w, &c, Instant::now()).is_none());
     assert!(!w.breaker().admits(&c, Instant::now()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_further_apart_than_the_window_do_not_add_up() {
+    let (w, c) = (worker(), config());
+    fail(&w, &c);
+    fail(&w, &c);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    fail(&w, &c);
+    fail(&w, &c);
+    assert_eq!(
+        w.breaker().state(&c, Instant::now()),
+        BreakerState::Closed,
+        "the two failures before the gap no longer count"
+    );
+    tokio::time::advance(Duration::from_secs(59)).await;
+    fail(&w, &c);
+    assert_eq!(w.breaker().state(&c, Instant::now()), BreakerState::Open);
 }
 
 #[tokio::test(start_paused = true)]
