@@ -111,7 +111,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             .map_err(|e| DemoError::Top(format!("{e:#}")))
     } else {
         println!("{}", banner(&router.url(), &workers, args.traffic_per_sec));
-        let _ = tokio::signal::ctrl_c().await;
+        stop_requested().await;
         Ok(())
     };
     if let Some(clients) = clients {
@@ -120,6 +120,22 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     watched?;
     println!("stopping");
     router.shutdown().await.map_err(DemoError::Router)
+}
+
+/// Ctrl-C, or SIGTERM (`docker stop`, a supervisor): the demo then stops as it does on Ctrl-C.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn banner(url: &str, workers: &[SimServer], traffic_per_sec: f64) -> String {
