@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyKind;
 
+mod compat;
 mod values;
 
+pub use compat::KvEventArgs;
 pub use values::{KvConnector, LogFormat, LogLevel, LogRotation, WorkerHeader};
 
 /// `vllm-router [FLAGS]` runs the router; `vllm-router demo` runs it on a simulated fleet;
@@ -465,81 +467,6 @@ pub struct RouterArgs {
     /// KV capacity from its metrics lowers it further).
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_tree_size: u64,
-}
-
-/// vllm-project/router's flags of its kv_aware policy, kept so its command lines are
-/// understood; [`KvEventArgs::first_set`] names one that was given.
-#[derive(Args, Serialize, Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
-pub struct KvEventArgs {
-    /// kv_aware (not in this version): a worker's ZMQ KV-event publisher, `URL=ENDPOINT`.
-    #[arg(long, num_args = 1.., action = clap::ArgAction::Append, value_name = "URL=ENDPOINT")]
-    #[serde(default)]
-    pub kv_event_source: Vec<String>,
-    /// kv_aware (not in this version): a worker's ZMQ replay endpoint, `URL=ENDPOINT`.
-    #[arg(long, num_args = 1.., action = clap::ArgAction::Append, value_name = "URL=ENDPOINT")]
-    #[serde(default)]
-    pub kv_event_replay_source: Vec<String>,
-    /// kv_aware (not in this version): the block size of the KV events.
-    #[arg(long)]
-    #[serde(default)]
-    pub kv_event_block_size: Option<u32>,
-    /// kv_aware (not in this version): the model identity the KV events are keyed by.
-    #[arg(long)]
-    #[serde(default)]
-    pub kv_event_model: Option<String>,
-    /// kv_aware (not in this version): prefill workers' KV-event publishers in P/D mode.
-    #[arg(long, num_args = 1.., action = clap::ArgAction::Append, value_name = "URL=ENDPOINT")]
-    #[serde(default)]
-    pub pd_kv_events: Vec<String>,
-    /// kv_aware (not in this version): softmax temperature of the worker choice.
-    #[arg(long, value_parser = finite)]
-    #[serde(default)]
-    pub router_temperature: Option<f64>,
-    /// kv_aware (not in this version): credit for KV blocks in host memory.
-    #[arg(long, value_parser = finite)]
-    #[serde(default)]
-    pub kv_penalty_host: Option<f64>,
-    /// kv_aware (not in this version): credit for KV blocks in an external store.
-    #[arg(long, value_parser = finite)]
-    #[serde(default)]
-    pub kv_penalty_external: Option<f64>,
-    /// kv_aware (not in this version): credit for KV blocks on disk.
-    #[arg(long, value_parser = finite)]
-    #[serde(default)]
-    pub kv_penalty_disk: Option<f64>,
-    /// kv_aware (not in this version): seconds a session keeps its worker.
-    #[arg(long)]
-    #[serde(default)]
-    pub kv_aware_session_affinity_ttl_secs: Option<u64>,
-}
-
-impl KvEventArgs {
-    /// The flag name of the first kv_aware setting given, if any.
-    pub fn first_set(&self) -> Option<&'static str> {
-        let given = [
-            ("--kv-event-source", !self.kv_event_source.is_empty()),
-            (
-                "--kv-event-replay-source",
-                !self.kv_event_replay_source.is_empty(),
-            ),
-            ("--kv-event-block-size", self.kv_event_block_size.is_some()),
-            ("--kv-event-model", self.kv_event_model.is_some()),
-            ("--pd-kv-events", !self.pd_kv_events.is_empty()),
-            ("--router-temperature", self.router_temperature.is_some()),
-            ("--kv-penalty-host", self.kv_penalty_host.is_some()),
-            ("--kv-penalty-external", self.kv_penalty_external.is_some()),
-            ("--kv-penalty-disk", self.kv_penalty_disk.is_some()),
-            (
-                "--kv-aware-session-affinity-ttl-secs",
-                self.kv_aware_session_affinity_ttl_secs.is_some(),
-            ),
-        ];
-        given
-            .into_iter()
-            .find(|(_, set)| *set)
-            .map(|(flag, _)| flag)
-    }
 }
 
 /// The router's flags alone, as a parser of their own (defaults, tests).
