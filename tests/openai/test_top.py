@@ -20,7 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from harness import Proc
+from harness import Proc, free_port
 from harness import binary as _binary
 
 MODEL = "sim-model"
@@ -276,3 +276,37 @@ def test_demo_top_opens_the_terminal_view_on_a_moving_fleet():
         assert tmux.exit_status() == "0", tmux.capture()
     finally:
         tmux.kill()
+
+
+def test_run_console_shows_the_fleet_and_quitting_it_stops_the_router(tmp_path):
+    """The TOML router's `run --console`: the live view in the router's own process; `q`
+    ends both, with a clean exit."""
+    sims = Proc.start("vllm-sim", [_binary("VLLM_SIM_BIN"), "--port", "0", "--count", "2"])
+    tmux = None
+    try:
+        workers = sims.wait_for_urls(2)
+        servers = ", ".join(f'{{ url = "{w}", max_concurrent_requests = 3 }}' for w in workers)
+        (tmp_path / "servers.toml").write_text(
+            f"[servers]\nservers = [ {servers} ]\n[config]\nhealth_check_interval = 10\n"
+        )
+        port = free_port()
+        command = ["sh", "-c", f"cd {shlex.quote(str(tmp_path))} && exec "
+                   + shlex.join([_binary("VLLM_ROUTER_BIN"), "run", "--port", str(port),
+                                 "--prometheus-port", "0", "--console"])]
+        tmux = Tmux(command)
+        screen = tmux.wait_for(lambda s: all(w in s for w in workers) and " live " in s,
+                               "the console's row for every worker")
+        assert "workers 2/2 healthy" in screen, screen
+        assert "least_load" in screen, screen
+        # The router serves while its console is open.
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
+                               max_retries=0)
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert answer.choices[0].message.content
+        tmux.send("q")
+        assert tmux.exit_status(timeout=40) == "0"
+    finally:
+        if tmux is not None:
+            tmux.kill()
+        sims.stop()

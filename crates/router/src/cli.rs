@@ -39,6 +39,26 @@ pub enum Command {
     Demo(DemoArgs),
     /// Watch a running router's fleet live in the terminal.
     Top(TopArgs),
+    /// Run the router as the TOML router is started: `run [--config servers.toml] [--host H]
+    /// [--port P] [--console] [--reload]`, with every router flag besides. Without --config
+    /// (or `CONFIG_PATH`) it reads ./servers.toml, else /app/servers.toml.
+    Run(Box<RunArgs>),
+}
+
+/// Flags of `vllm-router run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Open the live terminal view of the fleet in this process; quitting it (`q`) stops the
+    /// router. Logs on the terminal are then held to errors (the files of --log-dir keep all).
+    #[arg(long)]
+    pub console: bool,
+    /// Watch the config file and apply a change at once; without it the file is re-read every
+    /// `config_reload_interval` (30 s), as the TOML router does.
+    #[arg(long)]
+    pub reload: bool,
+    /// The router's flags.
+    #[command(flatten)]
+    pub router: RouterArgs,
 }
 
 /// Flags of `vllm-router top`.
@@ -342,6 +362,10 @@ pub struct RouterArgs {
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// Write log lines to stderr (`false`: only to the files of --log-dir). The TOML router's
+    /// `LOG_TO_CONSOLE` sets it too.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub log_to_console: bool,
     /// Format of log lines on stderr: `text` for people, `json` (one object per line) for log
     /// collectors.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

@@ -300,6 +300,11 @@ impl Config {
             metrics_listen,
             log: LogConfig {
                 level: args.log_level,
+                console: if args.log_to_console {
+                    Console::All
+                } else {
+                    Console::Off
+                },
                 format: args.log_format,
                 dir: args.log_dir.clone(),
                 rotation: args.log_rotation,
@@ -416,8 +421,8 @@ pub use layers::{ENV_PREFIX, Place, Sources, fingerprint};
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
 pub use sections::{
-    AdminSurface, BodyLimits, BreakerConfig, Exposure, HealthConfig, ListenerConfig, LogConfig,
-    MAX_HEADER_BYTES, MIN_HEADER_BYTES, RetryConfig, Timeouts,
+    AdminSurface, BodyLimits, BreakerConfig, Console, Exposure, HealthConfig, ListenerConfig,
+    LogConfig, MAX_HEADER_BYTES, MIN_HEADER_BYTES, RetryConfig, Timeouts,
 };
 use sections::{cache_aware, listener_config, retry};
 pub use security::{AuthConfig, CorsOrigins};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use tokio::net::TcpListener;
-use vllm_router::cli::{Cli, Command, LogLevel};
-use vllm_router::config::{DotEnv, Sources};
+use vllm_router::cli::{Cli, Command, LogLevel, TopArgs};
+use vllm_router::config::{ConfigError, Console, DotEnv, Sources};
 use vllm_router::reload::Reloader;
 use vllm_router::server::{self, App};
 use vllm_router::{demo, telemetry, top};
@@ -32,10 +32,22 @@ async fn main() -> ExitCode {
             demo::run(args).await.map_err(anyhow::Error::from)
         }
         Some(Command::Top(args)) => top::run(args).await,
-        None => match DotEnv::from_working_dir().and_then(|dotenv| {
-            Sources::new(&matches, |name| dotenv.var(name)).map(|sources| (sources, dotenv))
-        }) {
-            Ok((sources, dotenv)) => run(sources, &dotenv).await,
+        Some(Command::Run(args)) => {
+            let mode = Mode {
+                console: args.console,
+                watch: args.reload,
+            };
+            match matches.subcommand_matches("run").map(sources) {
+                Some(Ok((sources, dotenv))) => match toml_router_file(sources) {
+                    Ok(sources) => run(sources, &dotenv, mode).await,
+                    Err(e) => Err(e),
+                },
+                Some(Err(e)) => Err(e.into()),
+                None => unreachable!("`run` was parsed from its own matches"),
+            }
+        }
+        None => match sources(&matches) {
+            Ok((sources, dotenv)) => run(sources, &dotenv, Mode::default()).await,
             Err(e) => Err(e.into()),
         },
     };
@@ -48,11 +60,63 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(sources: Sources, dotenv: &DotEnv) -> anyhow::Result<()> {
-    let (config, loaded) = sources.load_versioned()?;
+/// How the router runs beside its configuration.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    /// The terminal view in this process (`run --console`).
+    console: bool,
+    /// Watch the config file, besides re-reading it every reload interval.
+    watch: bool,
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Self {
+            console: false,
+            watch: true,
+        }
+    }
+}
+
+/// The flags of `matches`, the environment and a `.env` file in the working directory.
+fn sources(matches: &clap::ArgMatches) -> Result<(Sources, DotEnv), ConfigError> {
+    let dotenv = DotEnv::from_working_dir()?;
+    let sources = Sources::new(matches, |name| dotenv.var(name))?;
+    Ok((sources, dotenv))
+}
+
+/// Where the TOML router's Docker recipe looks for its file when none is named.
+const TOML_ROUTER_FILES: &[&str] = &["servers.toml", "/app/servers.toml"];
+
+/// `run`'s file: the one named, else the first of [`TOML_ROUTER_FILES`] that exists; none at
+/// all is an error unless workers are given otherwise.
+fn toml_router_file(sources: Sources) -> anyhow::Result<Sources> {
+    if sources.file().is_some() {
+        return Ok(sources);
+    }
+    match TOML_ROUTER_FILES
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| p.is_file())
+    {
+        Some(found) => Ok(sources.or_file(found.to_owned())),
+        None if sources.sets("worker_urls") || sources.sets("service_discovery") => Ok(sources),
+        None => anyhow::bail!(
+            "no config file: `vllm-router run` reads --config FILE, $CONFIG_PATH, \
+             ./servers.toml or /app/servers.toml, and none of them exists"
+        ),
+    }
+}
+
+async fn run(sources: Sources, dotenv: &DotEnv, mode: Mode) -> anyhow::Result<()> {
+    let (mut config, loaded) = sources.load_versioned()?;
     if config.check_only {
         print!("{}", config.summary());
         return Ok(());
+    }
+    if mode.console && config.log.console == Console::All {
+        // The terminal view owns the screen: only errors may write to it.
+        config.log.console = Console::ErrorsOnly;
     }
     // Kept to the end of the run: dropping it writes out the log files' buffered lines.
     let logs = telemetry::init(&config.log)?;
@@ -88,7 +152,11 @@ async fn run(sources: Sources, dotenv: &DotEnv) -> anyhow::Result<()> {
         ));
     }
     let reloader = Reloader::new(Arc::clone(&app), sources, loaded);
-    reloader.spawn();
+    if mode.watch {
+        reloader.spawn();
+    } else {
+        reloader.spawn_polling();
+    }
     spawn_hangup(Arc::clone(&reloader));
     if let Some(metrics) = metrics_listener {
         tracing::info!(addr = %metrics.local_addr()?, "metrics listener");
@@ -115,13 +183,20 @@ async fn run(sources: Sources, dotenv: &DotEnv) -> anyhow::Result<()> {
     });
     // Serving starts at once (liveness, readiness, 503s while no worker is ready); the address
     // is announced when the start-up wait for the static workers is over.
+    let (console_quit, console_done) = tokio::sync::oneshot::channel::<()>();
     let mut serving = tokio::spawn(server::run(listener, Arc::clone(&app), async move {
-        let _ = stop.await;
+        tokio::select! {
+            _ = stop => {}
+            Ok(()) = console_done => {}
+        }
     }));
     let served = tokio::select! {
         () = app.started_up() => {
             tracing::info!(%addr, policy = app.policy.name(), "serving");
             println!("vllm-router listening on http://{addr}");
+            if mode.console {
+                spawn_console(&app, addr, console_quit);
+            }
             (&mut serving).await
         }
         // A signal during the start-up wait.
@@ -131,6 +206,30 @@ async fn run(sources: Sources, dotenv: &DotEnv) -> anyhow::Result<()> {
     // The drain is over: no request is left to end a span.
     app.flush_traces().await;
     Ok(())
+}
+
+/// The terminal view of this router (`run --console`); quitting it stops the router.
+fn spawn_console(app: &App, addr: std::net::SocketAddr, quit: tokio::sync::oneshot::Sender<()>) {
+    let host = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    let top = TopArgs {
+        url: format!("http://{}", std::net::SocketAddr::new(host, addr.port())),
+        api_key: app
+            .config()
+            .auth
+            .keys
+            .first()
+            .map(|k| k.expose().to_owned()),
+    };
+    tokio::spawn(async move {
+        if let Err(error) = top::run(top).await {
+            tracing::error!("the console stopped: {error:#}");
+        }
+        let _ = quit.send(());
+    });
 }
 
 /// SIGHUP re-reads the configuration.

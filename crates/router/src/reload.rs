@@ -79,7 +79,14 @@ impl Reloader {
     /// task is aborted. Without a file, the task only waits for [`Reloader::trigger`].
     pub fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.run().await })
+        tokio::spawn(async move { this.run(true).await })
+    }
+
+    /// [`Reloader::spawn`] without watching: the file is re-read every reload interval only
+    /// (and on [`Reloader::trigger`]), as the TOML router does unless `run --reload` asks.
+    pub fn spawn_polling(self: &Arc<Self>) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.run(false).await })
     }
 
     /// Ask for a reload from outside (SIGHUP).
@@ -87,11 +94,12 @@ impl Reloader {
         self.wake.notify_one();
     }
 
-    async fn run(self: Arc<Self>) {
+    async fn run(self: Arc<Self>, watching: bool) {
         let changed = Arc::new(Notify::new());
         let _watcher = self
             .sources
             .file()
+            .filter(|_| watching)
             .and_then(|f| watch(f, Arc::clone(&changed)));
         loop {
             let poll = self

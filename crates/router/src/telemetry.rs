@@ -11,6 +11,7 @@ pub mod exchange;
 mod files;
 pub mod metrics;
 pub mod otlp;
+pub mod process;
 pub mod span;
 pub mod trace;
 pub mod usage;
@@ -29,7 +30,7 @@ use tracing_subscriber::{EnvFilter, Registry};
 pub use files::{LogError, LogGuard};
 
 use crate::cli::{LogFormat, LogLevel, LogRotation};
-use crate::config::LogConfig;
+use crate::config::{Console, LogConfig};
 
 /// Targets held below a level whatever the filter (`RUST_LOG` included), because at that level
 /// they print what may hold a secret.
@@ -59,6 +60,7 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, LogError> {
 pub fn init_stderr(level: LogLevel) -> LogGuard {
     let config = LogConfig {
         level,
+        console: Console::All,
         format: LogFormat::Text,
         dir: None,
         rotation: LogRotation::Never,
@@ -117,14 +119,19 @@ fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let mut sinks: Vec<Sink> = vec![match config.format {
+    let console = match config.format {
         LogFormat::Text => fmt::layer()
             .with_writer(stderr)
             .with_ansi(ansi)
             .with_target(false)
             .boxed(),
         LogFormat::Json => json(stderr),
-    }];
+    };
+    let mut sinks: Vec<Sink> = match config.console {
+        Console::All => vec![console],
+        Console::ErrorsOnly => vec![console.with_filter(LevelFilter::ERROR).boxed()],
+        Console::Off => Vec::new(),
+    };
     let guard = match &config.dir {
         Some(dir) => {
             let files = files::open(dir, config.rotation, config.max_files)?;

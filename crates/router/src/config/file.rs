@@ -259,6 +259,12 @@ fn legacy(path: &Path, mut table: toml::Table) -> Result<FileLayer, ConfigError>
         Value::from(LEGACY_DEFAULT_PORT),
         place(path, "(the TOML router's default port)"),
     );
+    // Its one policy, the capacity score, unless a policy is given (here or anywhere above).
+    settings.set(
+        "policy",
+        Value::from("least_load"),
+        place(path, "(the TOML router's capacity score)"),
+    );
     let servers = match table.remove("servers") {
         Some(toml::Value::Table(mut servers)) => match servers.remove("servers") {
             Some(list) => workers(path, "servers.servers", list)?,

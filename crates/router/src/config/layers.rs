@@ -30,6 +30,7 @@ const LEGACY_ENV: &[(&str, &str)] = &[
     ("HOST", "host"),
     ("PORT", "port"),
     ("LOG_LEVEL", "log_level"),
+    ("LOG_TO_CONSOLE", "log_to_console"),
     ("HEALTH_CHECK_INTERVAL", "health_check_interval_secs"),
     ("CONFIG_RELOAD_INTERVAL", "config_reload_interval_secs"),
     ("REQUEST_TIMEOUT", "request_timeout_secs"),
@@ -182,6 +183,17 @@ impl Sources {
     /// The config file, when one is named.
     pub fn file(&self) -> Option<&Path> {
         self.file.as_deref()
+    }
+
+    /// Read `path` as the config file when neither the flags nor the environment name one.
+    pub fn or_file(mut self, path: PathBuf) -> Self {
+        self.file.get_or_insert(path);
+        self
+    }
+
+    /// Whether the flags or the environment set `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        self.flags.values.contains_key(key) || self.env.values.contains_key(key)
     }
 
     /// Read the file (when named), merge the layers and validate the result.

@@ -125,6 +125,8 @@ pub struct ListenerConfig {
 pub struct LogConfig {
     /// Verbosity.
     pub level: LogLevel,
+    /// Where stderr's lines go, if anywhere.
+    pub console: Console,
     /// Line format on stderr.
     pub format: LogFormat,
     /// Directory of the log files, when they are written.
@@ -133,6 +135,17 @@ pub struct LogConfig {
     pub rotation: LogRotation,
     /// Files kept of each log.
     pub max_files: NonZeroUsize,
+}
+
+/// What the log writes to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// Every line the level lets through.
+    All,
+    /// Errors only: a terminal view owns the screen.
+    ErrorsOnly,
+    /// Nothing (`--log-to-console false`): the files of `--log-dir` alone.
+    Off,
 }
 
 /// The smallest `--max-header-bytes`: the HTTP/1 read buffer cannot be made smaller.

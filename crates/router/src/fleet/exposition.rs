@@ -23,6 +23,10 @@ pub struct EngineMetrics {
     pub block_size: Option<u32>,
     /// `num_gpu_blocks` label of `vllm:cache_config_info`.
     pub num_gpu_blocks: Option<u64>,
+    /// `process_open_fds`: the server process's open file descriptors.
+    pub open_fds: Option<f64>,
+    /// `process_max_fds`: its limit of open file descriptors.
+    pub max_fds: Option<f64>,
 }
 
 #[derive(Default)]
@@ -61,6 +65,12 @@ fn parse_filtered(text: &str, engine: Option<&str>) -> EngineMetrics {
         let Some((name, labels, value)) = split_sample(line) else {
             continue;
         };
+        // The process is the server's, whichever rank is read.
+        match name {
+            "process_open_fds" => m.open_fds = Some(value),
+            "process_max_fds" => m.max_fds = Some(value),
+            _ => {}
+        }
         if engine.is_some() && label(labels, "engine") != engine {
             continue;
         }
@@ -174,6 +184,20 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 2.0
         assert!((m.kv_usage.unwrap() - 0.7).abs() < 1e-9);
         let whole = parse_rank(PAGE, Some(7));
         assert_eq!(whole, parse(PAGE), "no series for rank 7: the whole page");
+    }
+
+    #[test]
+    fn the_servers_process_figures_are_read_for_every_rank() {
+        let page = "process_open_fds 41.0\nprocess_max_fds 1048576.0\n\
+                    vllm:num_requests_running{engine=\"1\"} 2\n";
+        for rank in [None, Some(1)] {
+            let m = parse_rank(page, rank);
+            assert_eq!(
+                (m.open_fds, m.max_fds),
+                (Some(41.0), Some(1_048_576.0)),
+                "{rank:?}"
+            );
+        }
     }
 
     #[test]

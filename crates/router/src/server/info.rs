@@ -11,6 +11,7 @@ use serde_json::json;
 use super::App;
 use crate::config::Role;
 use crate::live::WorkerStatus;
+use crate::telemetry::process;
 
 /// `GET /health`: 200 while at least one worker is healthy, else 503 (never 503 because one
 /// worker of many is down); the counts either way, in all and by role.
@@ -101,6 +102,9 @@ pub async fn load_stats(State(app): State<Arc<App>>) -> Response {
         .iter()
         .map(|m| {
             let s = WorkerStatus::of(m, now);
+            // The worker's own process figures, from its last `/metrics` page.
+            let sample = m.worker.engine_sample();
+            let fds = sample.as_ref().map(|e| &e.metrics);
             let load = s.in_flight;
             let capacity = s.capacity.map(u64::from);
             total_load += load;
@@ -118,8 +122,10 @@ pub async fn load_stats(State(app): State<Arc<App>>) -> Response {
                 "detailed_metrics": {
                     "num_requests_running": s.running,
                     "num_requests_waiting": s.waiting,
-                    "gpu_cache_usage_perc": s.kv_cache_usage,
-                    "process_max_fds": null,
+                    // The TOML router's scale: percent.
+                    "gpu_cache_usage_perc": s.kv_cache_usage.map(|u| u * 100.0),
+                    "process_max_fds": fds.and_then(|f| f.max_fds),
+                    "process_open_fds": fds.and_then(|f| f.open_fds),
                 },
                 "worker": s.label,
                 "role": s.role,
@@ -146,6 +152,9 @@ pub async fn load_stats(State(app): State<Arc<App>>) -> Response {
             "queued_requests": app.admission.queued(),
             "admitted_requests": app.admission.in_use(),
             "policy": app.policy.name(),
+            // The router's own process, from /proc.
+            "router_open_fds": process::open_fds(),
+            "router_max_fds": process::max_fds(),
         },
     }))
     .into_response()

@@ -38,6 +38,7 @@ impl<'a> MakeWriter<'a> for Buffer {
 
 fn config(format: LogFormat, dir: Option<PathBuf>) -> LogConfig {
     LogConfig {
+        console: crate::config::Console::All,
         level: LogLevel::Info,
         format,
         dir,

@@ -25,5 +25,6 @@ mod proxy;
 mod reload;
 mod resilience;
 mod streaming;
+mod toml_router;
 mod traces;
 mod uploads;

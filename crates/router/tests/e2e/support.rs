@@ -307,6 +307,7 @@ pub async fn try_spawn_router_captured(
 /// Start the router binary; its address once it says where it listens (`None` if it ends
 /// first), and the threads reading its stdout and, when `capture_stderr`, its stderr (read
 /// from the start, so that the pipe never fills).
+/// A subcommand (`run`) in `args[0]` stays first; `cwd` is the working directory, when given.
 async fn launch(
     args: &[String],
     env: &[(&str, &str)],
@@ -317,8 +318,34 @@ async fn launch(
     std::thread::JoinHandle<String>,
     Option<std::thread::JoinHandle<String>>,
 ) {
+    launch_in(None, args, env, capture_stderr).await
+}
+
+async fn launch_in(
+    cwd: Option<&std::path::Path>,
+    args: &[String],
+    env: &[(&str, &str)],
+    capture_stderr: bool,
+) -> (
+    Child,
+    Option<SocketAddr>,
+    std::thread::JoinHandle<String>,
+    Option<std::thread::JoinHandle<String>>,
+) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vllm-router"));
-    command.args(["--port", "0"]);
+    let args = match args.first().map(String::as_str) {
+        Some("run") => {
+            command.arg("run");
+            &args[1..]
+        }
+        _ => args,
+    };
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    if !args.iter().any(|a| a == "--port") {
+        command.args(["--port", "0"]);
+    }
     for (flag, value) in [("--prometheus-port", "0"), ("--log-level", "warn")] {
         if !args.iter().any(|a| a == flag) {
             command.args([flag, value]);
@@ -361,6 +388,23 @@ async fn launch(
         .await
         .expect("the reader ends");
     (child, addr, stdout, stderr)
+}
+
+/// [`spawn_router_captured`] in the working directory `dir`.
+pub async fn spawn_router_in(
+    dir: &std::path::Path,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, Captured) {
+    let (child, addr, stdout, stderr) = launch_in(Some(dir), args, env, true).await;
+    let stderr = stderr.expect("stderr is captured");
+    match addr {
+        Some(addr) => (child, addr, Captured { stdout, stderr }),
+        None => panic!(
+            "the router never said where it listens: {}",
+            stderr.join().unwrap()
+        ),
+    }
 }
 
 /// Send a signal (`TERM`, `HUP`, ...) to a child process.
