@@ -11,7 +11,7 @@ use crate::policy::PolicyKind;
 mod compat;
 mod values;
 
-pub use compat::KvEventArgs;
+pub use compat::{DiscoveryArgs, DiscoveryProvider, KvEventArgs};
 pub use values::{KvConnector, LogFormat, LogLevel, LogRotation, WorkerHeader};
 
 /// `vllm-router [FLAGS]` runs the router; `vllm-router demo` runs it on a simulated fleet;
@@ -157,6 +157,11 @@ pub struct RouterArgs {
     /// Worker base URLs (`http://host:port`), space- or comma-separated.
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "URL")]
     pub worker_urls: Vec<String>,
+    /// Another name clients may use for a served model, as `ALIAS=MODEL` (repeatable; SGLang's
+    /// gateway's flag): requests naming ALIAS go to MODEL's workers, with `model` rewritten to
+    /// MODEL, and `/v1/models` lists ALIAS too. Matching is case-sensitive.
+    #[arg(long, action = clap::ArgAction::Append, value_name = "ALIAS=MODEL")]
+    pub model_alias: Vec<String>,
     /// Requests a worker serves at once, as `URL=N` (the TOML router's
     /// `max_concurrent_requests`); `least_load` divides a worker's load by it.
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "URL=N")]
@@ -224,6 +229,10 @@ pub struct RouterArgs {
     /// Label selector of decode pods in P/D mode.
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "K=V")]
     pub decode_selector: Vec<String>,
+    /// SGLang's gateway's discovery flags.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub discovery: DiscoveryArgs,
     /// Namespace watched for worker pods [default: the router's own namespace in a cluster,
     /// else the kubeconfig context's].
     #[arg(long)]

@@ -50,6 +50,8 @@ pub struct Config {
     pub exposure: Exposure,
     /// `/health` answers as vllm-project/router's does (`--health-compat`).
     pub health_compat: bool,
+    /// Model aliases, `(alias, canonical)`: at most one canonical model per alias.
+    pub model_aliases: Vec<(String, String)>,
     /// Metrics listener address, or `None` when disabled.
     pub metrics_listen: Option<(String, u16)>,
     /// Logging.
@@ -72,6 +74,8 @@ pub struct Config {
     pub pd: Option<PdConfig>,
     /// Kubernetes pod discovery, when enabled.
     pub service_discovery: Option<ServiceDiscoveryConfig>,
+    /// Workers from a JSON manifest (`--discovery-provider file`), when enabled.
+    pub manifest: Option<ManifestConfig>,
     /// Data-parallel ranks behind each worker URL unless its entry says otherwise.
     pub data_parallel_size: NonZeroU32,
     /// The config file, watched for changes.
@@ -106,6 +110,14 @@ fn header_names(flag: &'static str, raw: &[String]) -> Result<Vec<HeaderName>, C
 }
 
 impl Config {
+    /// The model `model` is an alias of (`--model-alias`), if it is one.
+    pub fn canonical_model(&self, model: &str) -> Option<&str> {
+        self.model_aliases
+            .iter()
+            .find(|(alias, _)| alias == model)
+            .map(|(_, canonical)| canonical.as_str())
+    }
+
     /// Validate raw flags into a configuration.
     pub fn from_args(args: RouterArgs) -> Result<Self, ConfigError> {
         Self::build(args, &[])
@@ -134,6 +146,7 @@ impl Config {
         let ranks = NonZeroU32::new(args.intra_node_data_parallel_size)
             .ok_or_else(|| invalid("--intra-node-data-parallel-size", 0, "must be at least 1"))?;
         let service_discovery = service_discovery(&args, ranks)?;
+        let manifest = manifest::manifest(&args)?;
         let pd_enabled = args.vllm_pd_disaggregation || args.vllm_discovery_address.is_some();
         let mut from_file = Vec::with_capacity(file_workers.len());
         for entry in file_workers {
@@ -277,6 +290,7 @@ impl Config {
                 )?,
             },
             health_compat: args.health_compat,
+            model_aliases: model_aliases(&args.model_alias)?,
             max_payload_size,
             listener,
             request_id_headers,
@@ -348,6 +362,7 @@ impl Config {
             },
             pd,
             service_discovery,
+            manifest,
             data_parallel_size: ranks,
             config_file: args.config,
             config_reload_interval: Some(secs(
@@ -377,6 +392,14 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.worker_api_key.is_some() && !self.auth.is_required() {
+            self.warnings.push(
+                "--api-key is the key sent to workers; clients need no key to use this router \
+                 (SGLang's gateway's --api-key also required it of clients): --api-keys KEY \
+                 requires one"
+                    .to_owned(),
+            );
+        }
         self
     }
 
@@ -394,12 +417,50 @@ impl Config {
     }
 }
 
+/// `ALIAS=MODEL` entries, each alias naming one model and no alias naming itself.
+fn model_aliases(raw: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut aliases: Vec<(String, String)> = Vec::with_capacity(raw.len());
+    for entry in raw.iter().filter(|e| !e.trim().is_empty()) {
+        let (alias, canonical) = entry
+            .split_once('=')
+            .map(|(a, c)| (a.trim(), c.trim()))
+            .filter(|(a, c)| !a.is_empty() && !c.is_empty() && !c.contains('='))
+            .ok_or_else(|| {
+                invalid(
+                    "--model-alias",
+                    entry,
+                    "expected ALIAS=MODEL, as in gpt-4o=meta-llama/Llama-3.1-8B-Instruct",
+                )
+            })?;
+        if alias == canonical {
+            return Err(invalid(
+                "--model-alias",
+                entry,
+                "an alias cannot name itself",
+            ));
+        }
+        match aliases.iter().find(|(a, _)| a == alias) {
+            Some((_, other)) if other != canonical => {
+                return Err(invalid(
+                    "--model-alias",
+                    entry,
+                    format_args!("'{alias}' is already an alias of '{other}'"),
+                ));
+            }
+            Some(_) => {}
+            None => aliases.push((alias.to_owned(), canonical.to_owned())),
+        }
+    }
+    Ok(aliases)
+}
+
 mod bounds;
 mod dotenv;
 mod error;
 mod file;
 mod kube;
 mod layers;
+mod manifest;
 mod pd;
 mod sections;
 mod security;
@@ -418,6 +479,7 @@ pub use file::worker_from_json;
 use kube::service_discovery;
 pub use kube::{Selector, ServiceDiscoveryConfig};
 pub use layers::{ENV_PREFIX, Place, Sources, fingerprint};
+pub use manifest::ManifestConfig;
 use pd::pd_config;
 pub use pd::{DiscoveryConfig, PdConfig};
 pub use sections::{

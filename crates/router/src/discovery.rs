@@ -5,12 +5,14 @@
 //!   leave the fleet when they fall silent.
 //! - [`kube`]: Kubernetes pods (`--service-discovery`). Pods matching a label selector join
 //!   while Running and Ready and leave when they stop being either, or are deleted.
+//! - [`manifest`]: a JSON manifest of workers (`--discovery-provider file`), watched.
 //!
 //! Discovered workers are ordinary fleet members, added and removed through
 //! [`crate::fleet::FleetEvent`]s; the request path does not know where a worker came from
 //! beyond what its [`crate::config::WorkerSpec`] says.
 
 pub mod kube;
+pub mod manifest;
 pub mod zmq;
 
 use std::sync::Arc;
@@ -47,6 +49,39 @@ pub enum DiscoveryError {
     /// A configuration was found but no client could be built from it.
     #[error("--service-discovery: cannot build a Kubernetes client: {0}")]
     KubeClient(::kube::Error),
+}
+
+/// Whether `config` finds workers at run time (ZMQ registration, a manifest or Kubernetes).
+pub fn configured(config: &Config) -> bool {
+    config.pd.as_ref().is_some_and(|pd| pd.discovery.is_some())
+        || config.manifest.is_some()
+        || config.service_discovery.is_some()
+}
+
+/// Start every discovery `config` asks for; the tasks that run them.
+pub async fn spawn_all(
+    config: &Config,
+    fleet: &Arc<Fleet>,
+    upstream: &Upstream,
+) -> Result<Vec<JoinHandle<()>>, DiscoveryError> {
+    let mut tasks = Vec::new();
+    if let Some(zmq) = config.pd.as_ref().and_then(|pd| pd.discovery.as_ref()) {
+        tasks.push(start(zmq, config, Arc::clone(fleet), upstream.clone()).await?);
+    }
+    if let Some(manifest) = &config.manifest {
+        let watch = manifest::ManifestWatch::new(
+            manifest.clone(),
+            &config.workers,
+            config.data_parallel_size,
+            config.pd.is_some(),
+        );
+        tracing::info!(file = %manifest.path.display(), "file discovery: reading the workers' manifest");
+        tasks.push(watch.spawn(Arc::clone(fleet), upstream.clone(), config.health.timeout));
+    }
+    if let Some(pods) = &config.service_discovery {
+        tasks.push(watch_pods(pods, config, Arc::clone(fleet), upstream.clone()).await?);
+    }
+    Ok(tasks)
 }
 
 /// Bind the discovery socket of `discovery` and spawn the loop that turns registrations into

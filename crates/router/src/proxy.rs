@@ -5,6 +5,7 @@
 //! streams back through a [`TrackedBody`]: a stream that breaks or stalls ends with an error
 //! event.
 
+mod alias;
 mod body;
 pub mod fanout;
 pub mod headers;
@@ -157,17 +158,26 @@ async fn route(
         Err(_) if inference_route(parts.uri.path()).is_none() => peek::Peeked::default(),
         Err(e) => return Err(e),
     };
+    // A model alias routes to its canonical model, under which name the workers get it.
+    let canonical = peeked
+        .model
+        .as_deref()
+        .and_then(|m| config.canonical_model(m));
+    let model = canonical.or(peeked.model.as_deref());
+    let renamed = canonical
+        .zip(peeked.model.as_deref())
+        .map(|(canonical, named)| alias::rename_model(&body, named, canonical));
     if let Some(e) = exchange.lock().as_mut() {
-        e.set_model(peeked.model.as_deref());
+        e.set_model(model);
         e.set_prompt_bytes(peeked.prompt.as_deref().map(str::len));
     }
     if span.is_recording()
-        && let Some(model) = &peeked.model
+        && let Some(model) = model
     {
-        span.set("gen_ai.request.model", model.to_string());
+        span.set("gen_ai.request.model", model.to_owned());
     }
     let id = request_id.to_str().unwrap_or_default();
-    let route_req = route_request(
+    let mut route_req = route_request(
         &config,
         parts.uri.path(),
         &parts.headers,
@@ -175,6 +185,8 @@ async fn route(
         &peeked,
         id,
     );
+    route_req.model = model;
+    let body = renamed.as_ref().unwrap_or(&body);
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -190,14 +202,14 @@ async fn route(
     app.retry_budget.deposit();
     let request = Inbound {
         parts: &parts,
-        body: &body,
+        body,
         route_req,
         to_worker,
         trace,
         span,
         deadline: Instant::now() + config.timeouts.total,
         whole_answer: !peeked.stream,
-        config,
+        config: Arc::clone(&config),
         exchange,
     };
     match pd {
@@ -326,6 +338,7 @@ pub(crate) fn respond(
         mut guard,
         decision,
         span,
+        earlier,
         ..
     } = answer;
     if request.span.is_recording() {
@@ -343,6 +356,9 @@ pub(crate) fn respond(
     if let Some(value) = named {
         head.headers
             .insert(headers::X_VLLM_ROUTER_WORKER.clone(), value.clone());
+    }
+    if config.exposure.worker_header == WorkerHeader::Url {
+        headers::upstream_trail(&mut head.headers, &earlier, &worker, head.status);
     }
     let sse = head
         .headers

@@ -28,7 +28,7 @@ use crate::server::App;
 
 /// Time given to a burst of file events (an editor's write, a ConfigMap's swap) to settle
 /// before the file is read.
-const SETTLE: Duration = Duration::from_millis(150);
+pub(crate) const SETTLE: Duration = Duration::from_millis(150);
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -312,6 +312,20 @@ fn is_change(kind: &EventKind) -> bool {
 /// them) and wake `changed` on any event there. `None`, with a warning, when the platform
 /// cannot watch: polling still reloads.
 fn watch(file: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+    watch_file(
+        file,
+        changed,
+        "cannot watch the config file; it is re-read every config_reload_interval_secs",
+    )
+}
+
+/// Wake `changed` on every change of `file`, as the config file is watched (see [`watch`]);
+/// `unwatched` is the warning given when the platform cannot watch it.
+pub(crate) fn watch_file(
+    file: &Path,
+    changed: Arc<Notify>,
+    unwatched: &'static str,
+) -> Option<notify::RecommendedWatcher> {
     let dir: PathBuf = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -333,7 +347,7 @@ fn watch(file: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher
     match watcher {
         Ok(w) => Some(w),
         Err(error) => {
-            tracing::warn!(%error, dir = %dir.display(), "cannot watch the config file; it is re-read every config_reload_interval_secs");
+            tracing::warn!(%error, dir = %dir.display(), "{unwatched}");
             None
         }
     }

@@ -136,11 +136,7 @@ impl App {
         }
         let live = Arc::new(ArcSwap::from_pointee(config));
         let config = live.load_full();
-        let discovery_config = config.pd.as_ref().and_then(|pd| pd.discovery.as_ref());
-        if config.workers.is_empty()
-            && discovery_config.is_none()
-            && config.service_discovery.is_none()
-        {
+        if config.workers.is_empty() && !discovery::configured(&config) {
             tracing::warn!("no workers given: every inference request will be answered 503");
         }
         let policy = config.policy.build(&config.policy_config);
@@ -164,21 +160,7 @@ impl App {
             RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
         let mut background = Vec::new();
         // Before the start-up wait, so instances can register while static workers load.
-        if let Some(discovery_config) = discovery_config {
-            background.push(
-                discovery::start(
-                    discovery_config,
-                    &config,
-                    Arc::clone(&fleet),
-                    upstream.clone(),
-                )
-                .await?,
-            );
-        }
-        if let Some(pods) = &config.service_discovery {
-            let watch = discovery::watch_pods(pods, &config, Arc::clone(&fleet), upstream.clone());
-            background.push(watch.await?);
-        }
+        background.extend(discovery::spawn_all(&config, &fleet, &upstream).await?);
         let (startup_done, started_up) = watch::channel(false);
         // The start-up wait, then health probing and load scraping, as before serving began.
         background.push(tokio::spawn({

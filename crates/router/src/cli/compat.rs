@@ -1,6 +1,8 @@
 //! Flag groups kept so the command lines of the routers users come from are understood.
 
-use clap::Args;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use super::finite;
@@ -78,4 +80,39 @@ impl KvEventArgs {
             .find(|(_, set)| *set)
             .map(|(flag, _)| flag)
     }
+}
+
+/// Where SGLang's gateway finds workers (`--discovery-provider`).
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryProvider {
+    /// Kubernetes pods: the same as `--service-discovery`.
+    Kubernetes,
+    /// A JSON manifest of workers (`--discovery-file`), watched and re-read.
+    File,
+}
+
+/// SGLang's gateway's discovery flags.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryArgs {
+    /// Find workers in Kubernetes (`kubernetes`, as --service-discovery) or in the JSON
+    /// manifest of --discovery-file (`file`).
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    pub discovery_provider: Option<DiscoveryProvider>,
+    /// The workers' manifest for `--discovery-provider file`: `{"version": 1, "workers":
+    /// [{"url": "http://gpu1:8000"}, ...]}`. It may appear after start; it is watched, and
+    /// re-read every --discovery-check-interval-secs.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub discovery_file: Option<PathBuf>,
+    /// Seconds between re-reads of --discovery-file (it is also re-read when it changes).
+    #[arg(long, default_value_t = 30)]
+    #[serde(default = "thirty")]
+    pub discovery_check_interval_secs: u64,
+}
+
+fn thirty() -> u64 {
+    30
 }

@@ -72,7 +72,10 @@ pub(super) fn service_discovery(
     let selector = Selector::parse("--selector", &args.selector)?;
     let prefill_selector = Selector::parse("--prefill-selector", &args.prefill_selector)?;
     let decode_selector = Selector::parse("--decode-selector", &args.decode_selector)?;
-    if !args.service_discovery {
+    // SGLang's gateway's `--discovery-provider kubernetes` is the same.
+    let asked = args.service_discovery
+        || args.discovery.discovery_provider == Some(crate::cli::DiscoveryProvider::Kubernetes);
+    if !asked {
         return Ok(None);
     }
     let pd = args.vllm_pd_disaggregation;

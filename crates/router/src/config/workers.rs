@@ -99,16 +99,19 @@ pub enum Origin {
     Zmq,
     /// A Kubernetes pod.
     Kubernetes,
+    /// The workers' manifest of `--discovery-provider file`.
+    Manifest,
 }
 
 impl Origin {
-    /// `config`, `admin`, `zmq` or `kubernetes`: the name in listings.
+    /// `config`, `admin`, `zmq`, `kubernetes` or `manifest`: the name in listings.
     pub fn name(self) -> &'static str {
         match self {
             Self::Config => "config",
             Self::Admin => "admin",
             Self::Zmq => "zmq",
             Self::Kubernetes => "kubernetes",
+            Self::Manifest => "manifest",
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Worker {
     id: u64,
     label: String,
     header: HeaderValue,
+    /// `host:port` of the server, as nginx's `X-Upstream-Addr` names an upstream.
+    addr: HeaderValue,
     /// The server id (a hash of the URL), with `#rank`: what clients may see instead.
     opaque: HeaderValue,
     /// The hash of the URL, shared by the ranks of one server: the admin API's id.
@@ -119,6 +121,11 @@ impl Worker {
             None => spec.url.text.clone(),
         };
         let header = HeaderValue::from_str(&label).unwrap_or(HeaderValue::from_static("invalid"));
+        let url = &spec.url;
+        let default_port = if url.scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
+        let port = url.authority.port_u16().unwrap_or(default_port);
+        let addr = HeaderValue::from_str(&format!("{}:{port}", url.authority.host()))
+            .unwrap_or(HeaderValue::from_static("invalid"));
         let server = format!(
             "{:016x}",
             xxhash_rust::xxh3::xxh3_64(spec.url.text.as_bytes())
@@ -134,6 +141,7 @@ impl Worker {
             rank_header: rank.map(HeaderValue::from),
             label,
             header,
+            addr,
             opaque,
             server,
             engine: ArcSwapOption::empty(),
@@ -273,6 +281,11 @@ impl Worker {
     /// (`x-vllm-router-worker`).
     pub fn header_value(&self) -> &HeaderValue {
         &self.header
+    }
+
+    /// `host:port` of the server (`X-Upstream-Addr`).
+    pub fn addr_value(&self) -> &HeaderValue {
+        &self.addr
     }
 
     /// Requests forwarded to this worker whose response body has not ended yet.

@@ -1,16 +1,22 @@
 //! Header rules: the request id, hop-by-hop headers, and what each side is told.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Secret;
+use crate::fleet::Worker;
 use crate::upstream::bearer_header;
 
 /// The request id header sent to workers and echoed to clients.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Names the worker that served a response, like nginx's `X-Upstream-Addr`.
 pub static X_VLLM_ROUTER_WORKER: HeaderName = HeaderName::from_static("x-vllm-router-worker");
+/// nginx's name of the upstreams tried, `host:port` each.
+pub static X_UPSTREAM_ADDR: HeaderName = HeaderName::from_static("x-upstream-addr");
+/// nginx's name of their statuses.
+pub static X_UPSTREAM_STATUS: HeaderName = HeaderName::from_static("x-upstream-status");
 
 /// Longest client-given request id the router adopts; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 256;
@@ -105,6 +111,37 @@ pub fn to_worker(
         append_forwarded_for(&mut headers, ip);
     }
     headers
+}
+
+/// nginx's `X-Upstream-Addr` and `X-Upstream-Status`: every attempt's `host:port` and status,
+/// in order, the last being `worker`'s `status` (`10.0.0.1:8000, 10.0.0.2:8000` and `502, 200`).
+pub fn upstream_trail(
+    headers: &mut HeaderMap,
+    earlier: &[(Arc<Worker>, u16)],
+    worker: &Worker,
+    status: http::StatusCode,
+) {
+    if earlier.is_empty() {
+        headers.insert(X_UPSTREAM_ADDR.clone(), worker.addr_value().clone());
+        headers.insert(X_UPSTREAM_STATUS.clone(), HeaderValue::from(status.as_u16()));
+        return;
+    }
+    let mut addrs = Vec::with_capacity(32 * (earlier.len() + 1));
+    let mut statuses = String::with_capacity(5 * (earlier.len() + 1));
+    for (w, s) in earlier {
+        addrs.extend_from_slice(w.addr_value().as_bytes());
+        addrs.extend_from_slice(b", ");
+        statuses.push_str(&format!("{s}, "));
+    }
+    addrs.extend_from_slice(worker.addr_value().as_bytes());
+    statuses.push_str(status.as_str());
+    if let (Ok(addrs), Ok(statuses)) = (
+        HeaderValue::from_bytes(&addrs),
+        HeaderValue::from_str(&statuses),
+    ) {
+        headers.insert(X_UPSTREAM_ADDR.clone(), addrs);
+        headers.insert(X_UPSTREAM_STATUS.clone(), statuses);
+    }
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {

@@ -89,6 +89,9 @@ pub(crate) struct Answer {
     pub(crate) span: Span,
     /// The breaker's ticket, still to be settled when the status said nothing was wrong.
     ticket: Option<Ticket>,
+    /// The attempts before this one, each worker with its status (502 for a connection that
+    /// failed, 504 for no answer in time), as nginx's `$upstream_status` counts them.
+    pub(crate) earlier: Vec<(Arc<Worker>, u16)>,
 }
 
 /// The response's header values are left out: they may hold cookies.
@@ -129,6 +132,8 @@ pub(crate) struct Leg<'a> {
     retries: u32,
     /// Attempts sent so far, connection refusals included.
     attempts: u32,
+    /// The failed attempts, with their statuses (see [`Answer::earlier`]).
+    tried: Vec<(Arc<Worker>, u16)>,
     last_failure: Option<ApiError>,
 }
 
@@ -153,6 +158,7 @@ impl<'a> Leg<'a> {
             deadline: request.deadline,
             retries: 0,
             attempts: 0,
+            tried: Vec::new(),
             last_failure: None,
         }
     }
@@ -292,8 +298,10 @@ impl<'a> Leg<'a> {
                             decision,
                             span,
                             ticket,
+                            earlier: std::mem::take(&mut self.tried),
                         });
                     }
+                    self.tried.push((Arc::clone(&worker), status.as_u16()));
                     if let Some(ticket) = ticket {
                         // A retryable 4xx (--retry-on-status): the worker is not at fault.
                         worker.record_success();
@@ -315,6 +323,7 @@ impl<'a> Leg<'a> {
                     }
                     app.metrics.retried("connect");
                     self.last_failure = Some(self.no_worker());
+                    self.tried.push((worker, 502));
                     continue;
                 }
                 Ok(Err(error)) => {
@@ -325,6 +334,7 @@ impl<'a> Leg<'a> {
                     };
                     span.set("error.type", Failed::Reset.label());
                     span.fail(cause(&error));
+                    self.tried.push((Arc::clone(&worker), 502));
                     (
                         failure,
                         Failed::Reset,
@@ -347,6 +357,7 @@ impl<'a> Leg<'a> {
                     };
                     span.set("error.type", Failed::FirstByte.label());
                     span.fail(failure.to_string());
+                    self.tried.push((Arc::clone(&worker), 504));
                     (
                         failure,
                         Failed::FirstByte,

@@ -196,14 +196,22 @@ pub async fn version() -> Response {
     Json(json!({ "name": "vllm-router", "version": crate::VERSION })).into_response()
 }
 
-/// `GET /v1/models`: every model of the healthy workers, once, as the workers describe them.
+/// `GET /v1/models`: every model of the healthy workers, once, as the workers describe them,
+/// then each alias of a listed model (`--model-alias`), as its model's entry under the alias.
 pub async fn models(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.fleet.snapshot();
-    let data: Vec<&serde_json::Value> = snapshot
-        .healthy_models()
-        .into_iter()
-        .map(|c| &c.raw)
-        .collect();
+    let cards = snapshot.healthy_models();
+    let mut data: Vec<serde_json::Value> = cards.iter().map(|c| c.raw.clone()).collect();
+    for (alias, canonical) in &app.config().model_aliases {
+        let listed = |id: &str| cards.iter().any(|c| c.id == id);
+        if let Some(card) = cards.iter().find(|c| c.id == *canonical)
+            && !listed(alias)
+        {
+            let mut entry = card.raw.clone();
+            entry["id"] = json!(alias);
+            data.push(entry);
+        }
+    }
     Json(json!({ "object": "list", "data": data })).into_response()
 }
 

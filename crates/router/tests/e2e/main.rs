@@ -24,6 +24,7 @@ mod processes;
 mod proxy;
 mod reload;
 mod resilience;
+mod smg;
 mod streaming;
 mod toml_router;
 mod traces;
