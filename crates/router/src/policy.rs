@@ -218,7 +218,7 @@ pub trait ScoredPolicy: Send + Sync + std::fmt::Debug + 'static {
     /// The reason every decision gives.
     const REASON: &'static str;
     /// The candidate's score at `now`; lower is better.
-    fn score(worker: &Worker, now: std::time::Instant) -> f64;
+    fn score(&self, worker: &Worker, now: std::time::Instant) -> f64;
 }
 
 impl<T: ScoredPolicy> Policy for T {
@@ -228,13 +228,13 @@ impl<T: ScoredPolicy> Policy for T {
 
     fn pick(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Option<Decision> {
         let now = std::time::Instant::now();
-        let index = least_by(candidates, |w| T::score(w, now))?;
+        let index = least_by(candidates, |w| self.score(w, now))?;
         Some(Decision::new(index, T::REASON))
     }
 
     fn explain(&self, _req: &RouteRequest<'_>, candidates: &[Arc<Worker>]) -> Explanation {
         let now = std::time::Instant::now();
-        Explanation::least(candidates, |w| T::score(w, now), T::REASON)
+        Explanation::least(candidates, |w| self.score(w, now), T::REASON)
     }
 }
 

@@ -17,7 +17,7 @@ impl ScoredPolicy for LeastLoad {
     const NAME: &'static str = "least_load";
     const REASON: &'static str = "lowest (running*3 + waiting) / capacity";
 
-    fn score(worker: &Worker, now: Instant) -> f64 {
+    fn score(&self, worker: &Worker, now: Instant) -> f64 {
         let capacity = worker.capacity().map_or(1.0, |c| f64::from(c.get()));
         worker.load(now).weighted_occupancy() / capacity
     }

@@ -36,7 +36,7 @@ impl ScoredPolicy for Weighted {
     const NAME: &'static str = "weighted";
     const REASON: &'static str = "least connections per metric weight";
 
-    fn score(worker: &Worker, now: Instant) -> f64 {
+    fn score(&self, worker: &Worker, now: Instant) -> f64 {
         let load = worker.load(now);
         f64::from(load.in_flight + 1) / weight(&load)
     }
