@@ -347,7 +347,8 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
     /// What the `x-vllm-router-worker` header of every answer carries: `url`, an opaque `id`
-    /// (the admin API's worker id), or `off`.
+    /// (the admin API's worker id), or `off`. With `url`, answers also carry nginx's
+    /// `X-Upstream-Addr` and `X-Upstream-Status`: every attempt's `host:port` and status.
     #[arg(long, value_enum, default_value_t = WorkerHeader::Url)]
     pub worker_header: WorkerHeader,
     /// Name workers by URL in the 502 and 504 messages clients receive; by default they name
@@ -493,6 +494,16 @@ pub struct RouterArgs {
     /// `cache_aware`: see --balance-abs-threshold.
     #[arg(long, default_value_t = 1.5, value_parser = finite)]
     pub balance_rel_threshold: f64,
+    /// `weighted`: KV-cache use (0..1) at which a worker drops to the second, third and
+    /// fourth weight step (the nginx recipe's 0.75, 0.85, 0.92).
+    #[arg(long, num_args = 1.., value_name = "KV", value_delimiter = ',', value_parser = finite, default_values_t = [0.75, 0.85, 0.92])]
+    pub weighted_kv_thresholds: Vec<f64>,
+    /// `weighted`: the four weight steps, from an idle worker's down.
+    #[arg(long, num_args = 1.., value_name = "WEIGHT", value_delimiter = ',', value_parser = finite, default_values_t = [100.0, 60.0, 30.0, 10.0])]
+    pub weighted_steps: Vec<f64>,
+    /// `weighted`: more requests running than this is one step down.
+    #[arg(long, default_value_t = 8)]
+    pub weighted_max_running: u32,
     /// `cache_aware`: seconds between sweeps of every prefix index down to its capacity.
     #[arg(long, default_value_t = 120)]
     pub eviction_interval_secs: u64,

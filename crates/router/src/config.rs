@@ -147,6 +147,7 @@ impl Config {
             .ok_or_else(|| invalid("--intra-node-data-parallel-size", 0, "must be at least 1"))?;
         let service_discovery = service_discovery(&args, ranks)?;
         let manifest = manifest::manifest(&args)?;
+        let weighted = sections::weighted(&args)?;
         let pd_enabled = args.vllm_pd_disaggregation || args.vllm_discovery_address.is_some();
         let mut from_file = Vec::with_capacity(file_workers.len());
         for entry in file_workers {
@@ -240,6 +241,7 @@ impl Config {
             policy_config: PolicyConfig {
                 hash_load_factor: args.hash_load_factor,
                 cache_aware,
+                weighted,
             },
             load_scrape_interval: Some(millis(
                 "--load-scrape-interval-ms",

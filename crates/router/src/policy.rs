@@ -9,6 +9,8 @@ mod random;
 mod round_robin;
 mod weighted;
 
+pub use weighted::WeightedConfig;
+
 use std::sync::Arc;
 
 use clap::ValueEnum;
@@ -172,6 +174,8 @@ pub struct PolicyConfig {
     pub hash_load_factor: f64,
     /// `cache_aware` settings.
     pub cache_aware: CacheAwareConfig,
+    /// `weighted`: the nginx recipe's ladder.
+    pub weighted: weighted::WeightedConfig,
 }
 
 impl Default for PolicyConfig {
@@ -179,6 +183,7 @@ impl Default for PolicyConfig {
         Self {
             hash_load_factor: 1.25,
             cache_aware: CacheAwareConfig::default(),
+            weighted: weighted::WeightedConfig::default(),
         }
     }
 }
@@ -315,7 +320,7 @@ impl PolicyKind {
             Self::Random => Arc::new(random::Random),
             Self::PowerOfTwo => Arc::new(power_of_two::PowerOfTwo),
             Self::LeastLoad => Arc::new(least_load::LeastLoad),
-            Self::Weighted => Arc::new(weighted::Weighted),
+            Self::Weighted => Arc::new(weighted::Weighted::new(config.weighted)),
             Self::ConsistentHash | Self::StickyLeastLoaded => Arc::new(
                 consistent_hash::ConsistentHash::new(config.hash_load_factor),
             ),

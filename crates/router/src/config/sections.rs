@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::bounds::{MAX_BACKOFF_MULTIPLIER, millis, secs};
 use super::{ConfigError, invalid};
 use crate::cli::{LogFormat, LogLevel, LogRotation, RouterArgs, WorkerHeader};
-use crate::policy::CacheAwareConfig;
+use crate::policy::{CacheAwareConfig, WeightedConfig};
 use crate::prefix::BLOCK_BYTES;
 
 /// Who may reach the admin API, where, and what workers it adds are trusted with.
@@ -285,5 +285,45 @@ pub(super) fn listener_config(args: &RouterArgs) -> Result<ListenerConfig, Confi
             args.client_write_timeout_secs,
             false,
         )?,
+    })
+}
+
+/// The `weighted` ladder: three rising KV thresholds within 0..1, four positive steps that
+/// never rise.
+pub(super) fn weighted(args: &RouterArgs) -> Result<WeightedConfig, ConfigError> {
+    let t = &args.weighted_kv_thresholds;
+    let thresholds: [f64; 3] = t.as_slice().try_into().map_err(|_| {
+        invalid(
+            "--weighted-kv-thresholds",
+            format_args!("{t:?}"),
+            "needs three values",
+        )
+    })?;
+    if !thresholds.iter().all(|v| (0.0..=1.0).contains(v)) || !thresholds.is_sorted() {
+        return Err(invalid(
+            "--weighted-kv-thresholds",
+            format_args!("{t:?}"),
+            "must rise, each between 0 and 1",
+        ));
+    }
+    let s = &args.weighted_steps;
+    let steps: [f64; 4] = s.as_slice().try_into().map_err(|_| {
+        invalid(
+            "--weighted-steps",
+            format_args!("{s:?}"),
+            "needs four values",
+        )
+    })?;
+    if !steps.iter().all(|v| *v > 0.0) || !steps.iter().rev().is_sorted() {
+        return Err(invalid(
+            "--weighted-steps",
+            format_args!("{s:?}"),
+            "must be above 0 and never rise",
+        ));
+    }
+    Ok(WeightedConfig {
+        kv_thresholds: thresholds,
+        steps,
+        max_running: f64::from(args.weighted_max_running),
     })
 }

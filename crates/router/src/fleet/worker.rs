@@ -122,7 +122,11 @@ impl Worker {
         };
         let header = HeaderValue::from_str(&label).unwrap_or(HeaderValue::from_static("invalid"));
         let url = &spec.url;
-        let default_port = if url.scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
+        let default_port = if url.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
         let port = url.authority.port_u16().unwrap_or(default_port);
         let addr = HeaderValue::from_str(&format!("{}:{port}", url.authority.host()))
             .unwrap_or(HeaderValue::from_static("invalid"));

@@ -123,7 +123,10 @@ pub fn upstream_trail(
 ) {
     if earlier.is_empty() {
         headers.insert(X_UPSTREAM_ADDR.clone(), worker.addr_value().clone());
-        headers.insert(X_UPSTREAM_STATUS.clone(), HeaderValue::from(status.as_u16()));
+        headers.insert(
+            X_UPSTREAM_STATUS.clone(),
+            HeaderValue::from(status.as_u16()),
+        );
         return;
     }
     let mut addrs = Vec::with_capacity(32 * (earlier.len() + 1));

@@ -17,6 +17,7 @@ mod leaks;
 mod live;
 mod logs;
 mod models;
+mod nginx;
 mod observability;
 mod pd;
 mod policies;
