@@ -53,6 +53,8 @@ def fleet():
             "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
             "--load-scrape-interval-ms", "200",
             "--log-level", "warn",
+            # vllm-project/router's series names too: promtool checks both sets together.
+            "--peer-metrics",
             "--worker-urls", *workers,
         ])
         procs.append(router)
@@ -99,8 +101,20 @@ def test_promtool_check_metrics_passes_on_the_live_endpoint(fleet):
         "vllm_router_worker_in_flight",
         "vllm_router_worker_kv_cache_usage_ratio",
         "vllm_router_routing_decisions_total",
+        # vllm-project/router's names (--peer-metrics).
+        "vllm_router_active_workers 2",
+        "vllm_router_worker_health{",
+        "vllm_router_cb_state{",
+        "vllm_router_processed_requests_total{",
+        "vllm_router_generate_duration_seconds_bucket",
     ):
         assert family in text, f"{family} missing from\n{text}"
+    # Every forwarded request counted per worker, theirs as ours.
+    processed = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("vllm_router_processed_requests_total{"))
+    ours = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm_router_worker_requests_total{"))
+    assert processed == ours > 0, (processed, ours)
     checked = subprocess.run(
         [_tool("promtool"), "check", "metrics"],
         input=text, capture_output=True, text=True, timeout=30,

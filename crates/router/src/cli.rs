@@ -369,6 +369,11 @@ pub struct RouterArgs {
     /// Port of the Prometheus metrics listener (0 disables it).
     #[arg(long, default_value_t = 29000)]
     pub prometheus_port: u16,
+    /// Also export vllm-project/router's series names (`vllm_router_active_workers`,
+    /// `_worker_health`, `_cb_state`, `_processed_requests_total`,
+    /// `_generate_duration_seconds`, ...) for dashboards built on them. Read at start.
+    #[arg(long)]
+    pub peer_metrics: bool,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,

@@ -50,6 +50,8 @@ pub struct Config {
     pub exposure: Exposure,
     /// `/health` answers as vllm-project/router's does (`--health-compat`).
     pub health_compat: bool,
+    /// vllm-project/router's metric names too (`--peer-metrics`), from the start.
+    pub peer_metrics: bool,
     /// Model aliases, `(alias, canonical)`: at most one canonical model per alias.
     pub model_aliases: Vec<(String, String)>,
     /// Metrics listener address, or `None` when disabled.
@@ -292,6 +294,7 @@ impl Config {
                 )?,
             },
             health_compat: args.health_compat,
+            peer_metrics: args.peer_metrics,
             model_aliases: model_aliases(&args.model_alias)?,
             max_payload_size,
             listener,

@@ -147,7 +147,7 @@ impl App {
         let mut policies = vec![Arc::clone(&policy)];
         policies.extend(pd.iter().flat_map(Pd::policies));
         let fleet = Arc::new(Fleet::start(&config.workers, policies));
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_peer_names(config.peer_metrics);
         fleet.watch(Arc::clone(&metrics) as Arc<dyn fleet::Watcher>);
         let traces = config
             .otlp_traces_endpoint

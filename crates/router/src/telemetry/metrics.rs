@@ -24,6 +24,7 @@ use crate::admission::Admission;
 use crate::fleet::{Completion, PromptTokens, Snapshot, Worker};
 
 mod labels;
+mod peer;
 mod series;
 mod text;
 
@@ -116,6 +117,8 @@ pub struct Metrics {
     served: RwLock<HashMap<ExchangeLabels, Arc<WorkerSeries>>>,
     /// One render at a time; the worker label sets of the last one.
     render: Mutex<HashSet<WorkerLabels>>,
+    /// vllm-project/router's series names, when asked for (`--peer-metrics`).
+    peer: Option<peer::PeerMetrics>,
 }
 
 macro_rules! register {
@@ -342,6 +345,7 @@ impl Default for Metrics {
             ),
             served: RwLock::new(HashMap::new()),
             render: Mutex::new(HashSet::new()),
+            peer: None,
             registry: r,
         }
     }
@@ -351,6 +355,14 @@ impl Metrics {
     /// A shared registry.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// [`Metrics::new`], with vllm-project/router's series names beside ours when `peer`.
+    pub fn with_peer_names(peer: bool) -> Arc<Self> {
+        Arc::new(Self {
+            peer: peer.then(peer::PeerMetrics::default),
+            ..Self::default()
+        })
     }
 
     /// Count a routing decision.
@@ -478,6 +490,9 @@ impl Metrics {
                 model: error.model,
             })
             .observe(duration.as_secs_f64());
+        if let Some(peer) = &self.peer {
+            peer.request(route, duration.as_secs_f64());
+        }
     }
 
     /// Compare a policy's predicted prefix-cache hit with the usage `worker` reported.
@@ -569,6 +584,12 @@ impl Metrics {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             tracing::error!("metrics encoding failed");
+        }
+        if let Some(peer) = &self.peer
+            && let Some(ours) = out.strip_suffix("# EOF\n")
+        {
+            // One exposition: theirs follows ours, before the one end marker.
+            out = format!("{ours}{}", peer.render(snapshot));
         }
         out
     }
