@@ -11,7 +11,7 @@ use crate::policy::PolicyKind;
 mod compat;
 mod values;
 
-pub use compat::{DiscoveryArgs, DiscoveryProvider, KvEventArgs};
+pub use compat::{DiscoveryArgs, DiscoveryProvider, KvEventArgs, WasmArgs};
 pub use values::{KvConnector, LogFormat, LogLevel, LogRotation, WorkerHeader};
 
 /// `vllm-router [FLAGS]` runs the router; `vllm-router demo` runs it on a simulated fleet;
@@ -480,6 +480,10 @@ pub struct RouterArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub kv_events: KvEventArgs,
+    /// vllm-project/router's WASM middleware flags: refused, with a message saying so.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub wasm: WasmArgs,
     /// Answer `/health` as vllm-project/router does: 200 `All servers healthy`, or 503
     /// `Unhealthy servers: [...]` while any worker is out. By default it is 200 while any
     /// worker is healthy (JSON with the counts), which is what a probe of the router needs.

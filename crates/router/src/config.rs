@@ -128,13 +128,22 @@ impl Config {
     /// Validate merged settings and the config file's workers into a configuration.
     fn build(args: RouterArgs, file_workers: &[FileWorker]) -> Result<Self, ConfigError> {
         if let Some(flag) = args.kv_events.first_set() {
-            return Err(invalid(
+            return Err(ConfigError::Unsupported {
                 flag,
-                "(set)",
-                "belongs to vllm-project/router's kv_aware policy (routing on vLLM's KV-cache \
-                 events), which this version does not have yet; remove it: the default \
-                 cache_aware routes on the prompts' shared prefixes",
-            ));
+                reason: "it belongs to vllm-project/router's kv_aware policy (routing on vLLM's \
+                         KV-cache events), which this version does not have yet; remove it: \
+                         the default cache_aware routes on the prompts' shared prefixes",
+                at: None,
+            });
+        }
+        if let Some(flag) = args.wasm.first_set() {
+            return Err(ConfigError::Unsupported {
+                flag,
+                reason: "it is vllm-project/router's WASM middleware, and this router runs no \
+                         plugins: put request checks in front of it (an API gateway), or use \
+                         --api-keys and --api-key-validation-urls for authentication",
+                at: None,
+            });
         }
         let mut workers: Vec<WorkerUrl> = Vec::with_capacity(args.worker_urls.len());
         for raw in args.worker_urls.iter().filter(|u| !u.trim().is_empty()) {

@@ -116,3 +116,37 @@ pub struct DiscoveryArgs {
 fn thirty() -> u64 {
     30
 }
+
+/// vllm-project/router's WASM middleware flags, understood so its command lines get a clear
+/// refusal: this router runs no plugins.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WasmArgs {
+    /// Not supported: vllm-project/router's WASM OnRequest plugin.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub wasm_middleware: Option<PathBuf>,
+    /// Not supported: the plugin's checksum.
+    #[arg(long, value_name = "SHA256")]
+    #[serde(default)]
+    pub wasm_middleware_sha256: Option<String>,
+    /// Not supported: routes the plugin attaches to.
+    #[arg(long, action = clap::ArgAction::Append, value_name = "ROUTE")]
+    #[serde(default)]
+    pub wasm_middleware_route: Vec<String>,
+}
+
+impl WasmArgs {
+    /// The flag name of the first one given, if any.
+    pub fn first_set(&self) -> Option<&'static str> {
+        if self.wasm_middleware.is_some() {
+            Some("--wasm-middleware")
+        } else if self.wasm_middleware_sha256.is_some() {
+            Some("--wasm-middleware-sha256")
+        } else if !self.wasm_middleware_route.is_empty() {
+            Some("--wasm-middleware-route")
+        } else {
+            None
+        }
+    }
+}

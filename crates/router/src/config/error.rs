@@ -21,6 +21,16 @@ pub enum ConfigError {
         /// Where it was given (`'--flag'`, `$VAR`, `'key' in FILE`), when known.
         at: Option<String>,
     },
+    /// A setting of a router users come from that this one does not have.
+    #[error("{} is not supported: {reason}", at.clone().unwrap_or_else(|| format!("'{flag}'")))]
+    Unsupported {
+        /// The flag, spelled as on the command line.
+        flag: &'static str,
+        /// Why, and what to use instead.
+        reason: &'static str,
+        /// Where it was given, when known.
+        at: Option<String>,
+    },
     /// The command line cannot be parsed.
     #[error("{reason}")]
     Flags {
@@ -52,6 +62,19 @@ impl ConfigError {
                 Self::Invalid {
                     flag,
                     value,
+                    reason,
+                    at: Some(at),
+                }
+            }
+            Self::Unsupported {
+                flag,
+                reason,
+                at: None,
+            } => {
+                let key = layers::key_of(flag);
+                let at = places.get(&key).unwrap_or(&Place::Default).name(&key);
+                Self::Unsupported {
+                    flag,
                     reason,
                     at: Some(at),
                 }

@@ -360,4 +360,14 @@ fn vllm_project_routers_flags_are_understood() {
     assert!(e.contains("MoRI-IO is not supported"), "{e}");
     assert!(parse(&["--kv-connector", "mooncake"]).is_ok());
     assert!(parse(&["--health-compat"]).unwrap().health_compat);
+    let e = parse(&[
+        "--wasm-middleware",
+        "./m.wasm",
+        "--wasm-middleware-route",
+        "/v1/chat/completions",
+    ])
+    .unwrap_err();
+    assert!(e.starts_with("'--wasm-middleware' is not supported"), "{e}");
+    let e = parse(&["--worker-urls", "grpc://127.0.0.1:50051"]).unwrap_err();
+    assert!(e.contains("grpc:// workers"), "{e}");
 }

@@ -31,6 +31,14 @@ impl WorkerUrl {
             .scheme()
             .cloned()
             .ok_or_else(|| invalid(flag, raw, "the URL needs a scheme, as in http://host:8000"))?;
+        if scheme.as_str().eq_ignore_ascii_case("grpc") {
+            return Err(invalid(
+                flag,
+                raw,
+                "grpc:// workers (vLLM's gRPC Inference API) are not supported: give the \
+                 worker's HTTP address (vllm serve's --port)",
+            ));
+        }
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(invalid(flag, raw, "a worker URL is http:// or https://"));
         }

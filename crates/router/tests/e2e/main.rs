@@ -30,3 +30,4 @@ mod streaming;
 mod toml_router;
 mod traces;
 mod uploads;
+mod vllm_router_readme;
