@@ -347,8 +347,8 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
     /// What the `x-vllm-router-worker` header of every answer carries: `url`, an opaque `id`
-    /// (the admin API's worker id), or `off`. With `url`, answers also carry nginx's
-    /// `X-Upstream-Addr` and `X-Upstream-Status`: every attempt's `host:port` and status.
+    /// (the admin API's worker id), or `off`. `nginx` is `url` plus nginx's `X-Upstream-Addr`
+    /// and `X-Upstream-Status`: every attempt's `host:port` and status.
     #[arg(long, value_enum, default_value_t = WorkerHeader::Url)]
     pub worker_header: WorkerHeader,
     /// Name workers by URL in the 502 and 504 messages clients receive; by default they name

@@ -349,7 +349,7 @@ pub(crate) fn respond(
     let (mut head, upstream_body) = response.into_parts();
     headers::strip_hop_by_hop(&mut head.headers);
     let named = match config.exposure.worker_header {
-        WorkerHeader::Url => Some(worker.header_value()),
+        WorkerHeader::Url | WorkerHeader::Nginx => Some(worker.header_value()),
         WorkerHeader::Id => Some(worker.opaque_value()),
         WorkerHeader::Off => None,
     };
@@ -357,7 +357,7 @@ pub(crate) fn respond(
         head.headers
             .insert(headers::X_VLLM_ROUTER_WORKER.clone(), value.clone());
     }
-    if config.exposure.worker_header == WorkerHeader::Url {
+    if config.exposure.worker_header == WorkerHeader::Nginx {
         headers::upstream_trail(&mut head.headers, &earlier, &worker, head.status);
     }
     let sse = head

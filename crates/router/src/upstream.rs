@@ -1,7 +1,7 @@
 //! The pooled HTTP/1.1 client every worker request goes through: forwarding and probes alike.
 //! The router's own requests (models, health, metrics) bear the workers' key when one is set.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -39,10 +39,16 @@ pub enum FetchError {
     Status(StatusCode),
 }
 
-/// A cheaply cloned handle to the shared connection pool.
+/// The pool of `https` workers' connections, made at the first `https` request.
+type TlsPool = Arc<OnceLock<Client<HttpsConnector<HttpConnector>, UpstreamBody>>>;
+
+/// A cheaply cloned handle to the shared connection pools: one for `http` workers, the
+/// request path's, with no TLS layer in it, and one for `https` workers.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    client: Client<HttpConnector, UpstreamBody>,
+    tls: TlsPool,
+    connector: HttpConnector,
     /// `Authorization` of the router's own requests, shared by every clone.
     worker_auth: Arc<ArcSwapOption<HeaderValue>>,
     /// Workers added through the admin API get it too (`--api-key-to-added-workers`).
@@ -57,12 +63,10 @@ impl Upstream {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(50))
-            .build(crate::tls::https_or_http(connector, "workers"));
         Self {
-            client,
+            client: pool().build(connector.clone()),
+            tls: TlsPool::default(),
+            connector,
             worker_auth: Arc::default(),
             key_to_added: Arc::default(),
         }
@@ -84,6 +88,12 @@ impl Upstream {
 
     /// Send a request; the future resolves at the response headers.
     pub fn send(&self, request: Request<UpstreamBody>) -> ResponseFuture {
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            let tls = self.tls.get_or_init(|| {
+                pool().build(crate::tls::https_or_http(self.connector.clone(), "workers"))
+            });
+            return tls.request(request);
+        }
         self.client.request(request)
     }
 
@@ -103,7 +113,7 @@ impl Upstream {
                     .headers_mut()
                     .insert(header::AUTHORIZATION, HeaderValue::clone(&auth));
             }
-            let response: Response<Incoming> = self.client.request(request).await?;
+            let response: Response<Incoming> = self.send(request).await?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_INFO_BODY)
                 .collect()
@@ -120,6 +130,15 @@ impl Upstream {
             .await
             .map_err(|_| FetchError::Timeout(timeout))?
     }
+}
+
+/// A pool's settings: its timer, and idle connections closed after 50 s.
+fn pool() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(50));
+    builder
 }
 
 /// `Bearer KEY`, marked sensitive; `None` when the key cannot be a header value (the

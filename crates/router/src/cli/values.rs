@@ -85,6 +85,9 @@ pub enum LogFormat {
 pub enum WorkerHeader {
     /// The worker's URL, with `#rank` for a data-parallel rank.
     Url,
+    /// The URL, plus nginx's `X-Upstream-Addr` and `X-Upstream-Status`: every attempt's
+    /// `host:port` and status, in order.
+    Nginx,
     /// An opaque id, the same on every replica: the admin API's worker id, with `#rank`.
     Id,
     /// No header.

@@ -123,10 +123,7 @@ pub fn upstream_trail(
 ) {
     if earlier.is_empty() {
         headers.insert(X_UPSTREAM_ADDR.clone(), worker.addr_value().clone());
-        headers.insert(
-            X_UPSTREAM_STATUS.clone(),
-            HeaderValue::from(status.as_u16()),
-        );
+        headers.insert(X_UPSTREAM_STATUS.clone(), status_value(status));
         return;
     }
     let mut addrs = Vec::with_capacity(32 * (earlier.len() + 1));
@@ -144,6 +141,19 @@ pub fn upstream_trail(
     ) {
         headers.insert(X_UPSTREAM_ADDR.clone(), addrs);
         headers.insert(X_UPSTREAM_STATUS.clone(), statuses);
+    }
+}
+
+/// A status as a header value, without allocating for the usual ones.
+fn status_value(status: http::StatusCode) -> HeaderValue {
+    match status.as_u16() {
+        200 => HeaderValue::from_static("200"),
+        400 => HeaderValue::from_static("400"),
+        404 => HeaderValue::from_static("404"),
+        429 => HeaderValue::from_static("429"),
+        500 => HeaderValue::from_static("500"),
+        503 => HeaderValue::from_static("503"),
+        other => HeaderValue::from(other),
     }
 }
 

@@ -22,7 +22,11 @@ async fn every_attempt_is_named_in_x_upstream_addr_and_status() {
         SimConfig::default(),
     ])
     .await;
-    let router = router_with(&workers, |a| a.health_failure_threshold = 100).await;
+    let router = router_with(&workers, |a| {
+        a.health_failure_threshold = 100;
+        a.worker_header = vllm_router::cli::WorkerHeader::Nginx;
+    })
+    .await;
     let url = format!("{}/v1/completions", router.url());
     let body = json!({"model": MODEL, "prompt": "x"});
     let mut direct = None;
@@ -46,7 +50,10 @@ async fn every_attempt_is_named_in_x_upstream_addr_and_status() {
     let (a, b) = (addr_of(&workers[0]), addr_of(&workers[1]));
     assert_eq!(direct, Some((b.clone(), "200".to_owned())));
     assert_eq!(retried, Some((format!("{a}, {b}"), "500, 200".to_owned())));
-    // Without worker URLs in answers, no upstream addresses either.
+    // By default (the URL in x-vllm-router-worker only) and with ids, no upstream addresses.
+    let quiet = router_with(&workers[1..], |_| {}).await;
+    let r = post_json(&format!("{}/v1/completions", quiet.url()), body.clone()).await;
+    assert!(r.headers.get("x-upstream-addr").is_none());
     let quiet = router_with(&workers[1..], |a| {
         a.worker_header = vllm_router::cli::WorkerHeader::Id
     })
@@ -65,7 +72,11 @@ async fn streams_pass_unbuffered_with_the_recipes_read_timeout() {
     }])
     .await;
     // proxy_read_timeout 300s.
-    let router = router_with(&workers, |a| a.stream_idle_timeout_secs = 300).await;
+    let router = router_with(&workers, |a| {
+        a.stream_idle_timeout_secs = 300;
+        a.worker_header = vllm_router::cli::WorkerHeader::Nginx;
+    })
+    .await;
     let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 20, "stream": true});
     let started = Instant::now();
     let mut client = RawClient::post(router.addr(), "/v1/completions", &body.to_string()).await;
