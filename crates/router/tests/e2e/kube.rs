@@ -35,10 +35,15 @@ const WITHIN: Duration = Duration::from_secs(10);
 /// A pod of namespace [`NS`] labelled `labels`, at `ip` (none when empty), in `phase`, with its
 /// Ready condition `ready`.
 fn pod(name: &str, labels: Value, ip: &str, phase: &str, ready: bool) -> Value {
+    pod_in(NS, name, labels, ip, phase, ready)
+}
+
+/// [`pod`] in `namespace`.
+fn pod_in(namespace: &str, name: &str, labels: Value, ip: &str, phase: &str, ready: bool) -> Value {
     let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "labels": labels},
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}"), "labels": labels},
         "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}]},
         "status": {
             "phase": phase,
@@ -574,4 +579,62 @@ async fn without_a_kubernetes_configuration_the_router_stops_at_start() {
         stderr.contains("--service-discovery: no Kubernetes configuration found"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn vllm_project_routers_readme_command_discovers_the_pods_its_selector_names() {
+    let workers = fast_sims(1).await;
+    let api = ApiServer::start().await;
+    let labels = json!({"app": "vllm-worker", "role": "inference"});
+    api.apply(pod_in(
+        "default",
+        "vllm-0",
+        labels.clone(),
+        "127.0.0.1",
+        "Running",
+        true,
+    ));
+    // One label of two, or another namespace: not selected.
+    api.apply(pod_in(
+        "default",
+        "half-0",
+        json!({"app": "vllm-worker"}),
+        "127.0.0.2",
+        "Running",
+        true,
+    ));
+    api.apply(pod_in(
+        NS,
+        "elsewhere-0",
+        labels,
+        "127.0.0.3",
+        "Running",
+        true,
+    ));
+    let config = kubeconfig(&api, NS);
+    let port = workers[0].addr().port().to_string();
+    // vllm-router --service-discovery --selector app=vllm-worker role=inference \
+    //     --service-discovery-namespace default     (and the pods' port: ours is 8000, theirs 80)
+    let args = [
+        "--service-discovery",
+        "--selector",
+        "app=vllm-worker",
+        "role=inference",
+        "--service-discovery-namespace",
+        "default",
+        "--service-discovery-port",
+        &port,
+    ]
+    .map(String::from);
+    let (mut child, addr) = spawn_router(&args, &[("KUBECONFIG", config.to_str().unwrap())]).await;
+    let chat_url = format!("http://{addr}/v1/chat/completions");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while post_json(&chat_url, chat(MODEL, false)).await.status != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed = get(&format!("http://{addr}/list_workers")).await.json();
+    assert_eq!(listed["urls"], json!([workers[0].url()]));
+    let _ = child.kill();
+    let _ = child.wait();
 }

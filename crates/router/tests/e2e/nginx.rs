@@ -14,14 +14,7 @@ fn addr_of(worker: &vllm_sim::SimServer) -> String {
 
 #[tokio::test]
 async fn every_attempt_is_named_in_x_upstream_addr_and_status() {
-    let workers = sims([
-        SimConfig {
-            error_rate: 1.0,
-            ..SimConfig::default()
-        },
-        SimConfig::default(),
-    ])
-    .await;
+    let workers = failing_then_healthy().await;
     let router = router_with(&workers, |a| {
         a.health_failure_threshold = 100;
         a.worker_header = vllm_router::cli::WorkerHeader::Nginx;

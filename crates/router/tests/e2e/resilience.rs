@@ -150,14 +150,7 @@ async fn a_worker_answering_5xx_leaves_rotation_after_the_threshold() {
 
 #[tokio::test]
 async fn a_500_408_or_429_is_retried_on_another_worker_as_the_peer_does() {
-    let workers = sims([
-        SimConfig {
-            error_rate: 1.0,
-            ..SimConfig::default()
-        },
-        SimConfig::default(),
-    ])
-    .await;
+    let workers = failing_then_healthy().await;
     let router = router(&workers).await;
     for _ in 0..2 {
         let r = post_json(

@@ -137,12 +137,13 @@ async fn file_discovery_follows_the_manifest() {
         until(json!([workers[0].url()])).await,
         json!([workers[0].url()])
     );
-    let r = post_json(
-        &format!("http://{addr}/v1/chat/completions"),
-        chat(MODEL, false),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Served once it has listed its models.
+    let chat_url = format!("http://{addr}/v1/chat/completions");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while post_json(&chat_url, chat(MODEL, false)).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     write(&[workers[0].url(), workers[1].url()]);
     let both = json!([workers[0].url(), workers[1].url()]);
     assert_eq!(until(both.clone()).await, both);

@@ -35,6 +35,18 @@ pub async fn fast_sims(n: usize) -> Vec<SimServer> {
     sims((0..n).map(|_| SimConfig::default())).await
 }
 
+/// Two fast workers: the first answers every inference request with a 500.
+pub async fn failing_then_healthy() -> Vec<SimServer> {
+    sims([
+        SimConfig {
+            error_rate: 1.0,
+            ..SimConfig::default()
+        },
+        SimConfig::default(),
+    ])
+    .await
+}
+
 /// One fast worker whose context window takes a 10 MB prompt.
 pub async fn long_context_sim() -> Vec<SimServer> {
     sims([SimConfig {
@@ -258,7 +270,7 @@ impl ClosedPort {
 /// and the address it serves. Killed when the child is dropped only if the test kills it;
 /// tests end it with [`signal`] or `kill`.
 pub async fn spawn_router(args: &[String], env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let (child, addr, _, _) = launch(args, env, false).await;
+    let (child, addr, _, _) = launch_in(None, args, env, false).await;
     let addr = addr.expect("the router never said where it listens");
     (child, addr)
 }
@@ -292,7 +304,7 @@ pub async fn try_spawn_router_captured(
     args: &[String],
     env: &[(&str, &str)],
 ) -> Result<(Child, SocketAddr, Captured), String> {
-    let (mut child, addr, stdout, stderr) = launch(args, env, true).await;
+    let (mut child, addr, stdout, stderr) = launch_in(None, args, env, true).await;
     let stderr = stderr.expect("stderr is captured");
     match addr {
         Some(addr) => Ok((child, addr, Captured { stdout, stderr })),
@@ -308,19 +320,6 @@ pub async fn try_spawn_router_captured(
 /// first), and the threads reading its stdout and, when `capture_stderr`, its stderr (read
 /// from the start, so that the pipe never fills).
 /// A subcommand (`run`) in `args[0]` stays first; `cwd` is the working directory, when given.
-async fn launch(
-    args: &[String],
-    env: &[(&str, &str)],
-    capture_stderr: bool,
-) -> (
-    Child,
-    Option<SocketAddr>,
-    std::thread::JoinHandle<String>,
-    Option<std::thread::JoinHandle<String>>,
-) {
-    launch_in(None, args, env, capture_stderr).await
-}
-
 async fn launch_in(
     cwd: Option<&std::path::Path>,
     args: &[String],
