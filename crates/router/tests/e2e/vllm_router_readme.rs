@@ -39,6 +39,23 @@ async fn chat_with(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> Repl
     .await
 }
 
+/// A fast worker of `role`.
+fn of_role(role: Role) -> SimConfig {
+    SimConfig {
+        role,
+        ..SimConfig::default()
+    }
+}
+
+/// The `kv_transfer_params` these workers received, request by request.
+fn kv_params(servers: &[SimServer]) -> Vec<serde_json::Value> {
+    servers
+        .iter()
+        .flat_map(SimServer::records)
+        .filter_map(|r| r.kv_transfer_params)
+        .collect()
+}
+
 fn stop(mut child: std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -86,12 +103,8 @@ async fn data_parallel_routing() {
 
 #[tokio::test]
 async fn prefill_decode_with_nixl() {
-    let role = |role| SimConfig {
-        role,
-        ..SimConfig::default()
-    };
-    let prefill = sims([role(Role::Prefill), role(Role::Prefill)]).await;
-    let decode = sims((0..4).map(|_| role(Role::Decode))).await;
+    let prefill = sims([of_role(Role::Prefill), of_role(Role::Prefill)]).await;
+    let decode = sims((0..4).map(|_| of_role(Role::Decode))).await;
     let args = [
         "--policy",
         "consistent_hash",
@@ -118,14 +131,7 @@ async fn prefill_decode_with_nixl() {
     let (child, addr) = spawn_router(&command(&args, &[], &prefill, &decode), &[]).await;
     let r = chat_with(addr, &[]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let legs = |servers: &[SimServer]| -> Vec<serde_json::Value> {
-        servers
-            .iter()
-            .flat_map(SimServer::records)
-            .filter_map(|r| r.kv_transfer_params)
-            .collect()
-    };
-    let (p, d) = (legs(&prefill), legs(&decode));
+    let (p, d) = (kv_params(&prefill), kv_params(&decode));
     assert_eq!((p.len(), d.len()), (1, 1));
     assert_eq!(p[0]["do_remote_decode"], true);
     assert_eq!(d[0]["do_remote_prefill"], true);
@@ -163,12 +169,8 @@ async fn prefill_decode_with_zmq_discovery_and_with_mooncake() {
     stop(child);
     // Mooncake, with each prefill's bootstrap port given (vLLM's default, 8998, cannot be every
     // loopback worker's; the simulator serves Mooncake's `/query` on its own port).
-    let role = |role| SimConfig {
-        role,
-        ..SimConfig::default()
-    };
-    let prefill = sims([role(Role::Prefill), role(Role::Prefill)]).await;
-    let decode = sims([role(Role::Decode), role(Role::Decode)]).await;
+    let prefill = sims([of_role(Role::Prefill), of_role(Role::Prefill)]).await;
+    let decode = sims([of_role(Role::Decode), of_role(Role::Decode)]).await;
     let bootstrap: Vec<String> = prefill
         .iter()
         .map(|p| p.addr().port().to_string())
@@ -199,11 +201,7 @@ async fn prefill_decode_with_zmq_discovery_and_with_mooncake() {
     let (child, addr) = spawn_router(&command(&args, &[], &prefill, &decode), &[]).await;
     let r = chat_with(addr, &[]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let params: Vec<serde_json::Value> = decode
-        .iter()
-        .flat_map(SimServer::records)
-        .filter_map(|r| r.kv_transfer_params)
-        .collect();
+    let params = kv_params(&decode);
     assert_eq!(params.len(), 1);
     assert!(
         params[0]["remote_bootstrap_addr"]
