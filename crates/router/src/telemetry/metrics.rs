@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -34,6 +33,7 @@ use labels::{
 };
 pub use labels::{Cause, DecisionLabels, ExchangeLabels};
 pub use series::WorkerSeries;
+use text::encoded;
 pub use text::to_prometheus_text;
 
 /// Buckets of the prefix-prediction error, a difference of two fractions.
@@ -581,10 +581,7 @@ impl Metrics {
             }
         }
         self.forget(&mut rendered, &present);
-        let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
-            tracing::error!("metrics encoding failed");
-        }
+        let mut out = encoded(&self.registry);
         if let Some(peer) = &self.peer
             && let Some(ours) = out.strip_suffix("# EOF\n")
         {

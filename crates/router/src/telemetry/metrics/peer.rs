@@ -23,6 +23,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::latency_histogram;
+use super::text::encoded;
 use crate::fleet::Snapshot;
 
 /// Routes whose time is `generate_duration_seconds`.
@@ -153,11 +154,7 @@ impl PeerMetrics {
             self.processed.remove(&labels);
         }
         *rendered = present;
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            tracing::error!("metrics encoding failed");
-        }
-        out
+        encoded(&self.registry)
     }
 }
 

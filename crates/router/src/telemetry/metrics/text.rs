@@ -1,5 +1,17 @@
 //! The Prometheus text format (0.0.4) from OpenMetrics text.
 
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
+
+/// `registry` as OpenMetrics text (ending with `# EOF`); an encoding failure is logged.
+pub(super) fn encoded(registry: &Registry) -> String {
+    let mut out = String::new();
+    if encode(&mut out, registry).is_err() {
+        tracing::error!("metrics encoding failed");
+    }
+    out
+}
+
 /// The OpenMetrics text `openmetrics` in the Prometheus text format (0.0.4), for scrapers
 /// that do not ask for OpenMetrics: counter families take their samples' `_total` name, and
 /// `# UNIT` and `# EOF` lines go.
