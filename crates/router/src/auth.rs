@@ -15,18 +15,11 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, header};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::proxy::headers;
-use crate::server::{App, inference_route};
-use crate::telemetry::exchange::Exchange;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::trace::TraceContext;
 use validate::{Validator, Verdict};
 
 /// When a client refused for want of a validation URL's answer may try again.
@@ -77,41 +70,6 @@ impl Auth {
             }),
         }
     }
-}
-
-/// Let a request to a client route through when its key is accepted (or none is required).
-/// A refusal carries the request id; on an inference route it is recorded like any refused
-/// request (access line and request metrics).
-pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let config = app.live_config().load_full();
-    let Err(error) = app.auth.check(&config, request.headers()).await else {
-        return next.run(request).await;
-    };
-    let request_id = headers::request_id(request.headers(), &config.request_id_headers);
-    let path = request.uri().path();
-    match inference_route(path) {
-        Some(route) => {
-            let mut exchange = Exchange::begin(
-                Arc::clone(&app.metrics),
-                "POST",
-                route,
-                request_id.clone(),
-                TraceContext::from_headers(request.headers()).trace_id(),
-            );
-            exchange.refused(error.status().as_u16(), error.to_string());
-        }
-        None => tracing::debug!(
-            request_id = ?request_id,
-            path,
-            status = error.status().as_u16(),
-            "client request refused: {error}"
-        ),
-    }
-    let mut response = error.into_response();
-    response
-        .headers_mut()
-        .insert(headers::X_REQUEST_ID.clone(), request_id);
-    response
 }
 
 /// The key of an `Authorization: Bearer KEY` header (the scheme in any case).

@@ -7,6 +7,8 @@
 //! forwarding engine.
 //!
 //! - [`admission`]: the concurrency limit, bounded FIFO queue and rate limit in front of it all.
+//! - [`app`]: the request path's shared state ([`app::App`]) and the inference route table,
+//!   assembled by [`server`] and read by [`proxy`], [`pd`], [`auth`] and [`reload`].
 //! - [`auth`]: client API keys (static, from a file, or checked with validation URLs) on the
 //!   client routes.
 //! - [`cli`]: the command line, compatible with vllm-project/router's flags.
@@ -30,6 +32,7 @@
 //! - [`upstream`]: the pooled HTTP client to workers.
 
 pub mod admission;
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use self::affinity::Affinity;
 use self::body::Fields;
+use crate::app::App;
 use crate::cli::KvConnector;
 use crate::config::PdConfig;
 use crate::error::ApiError;
@@ -45,7 +46,6 @@ use crate::policy::{Decision, Policy, PolicyConfig};
 use crate::prefix::chain_hashes;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{self, Answer, Inbound, Leg, Stage};
-use crate::server::App;
 use crate::telemetry::usage::UsageScan;
 use crate::upstream::UpstreamBody;
 

@@ -33,13 +33,13 @@ use tokio::time::Instant;
 
 pub(crate) use self::leg::{Answer, Leg, Stage};
 use crate::admission::Refused;
+use crate::app::{App, inference_route};
 use crate::cli::WorkerHeader;
 use crate::config::{Config, Origin};
 use crate::error::ApiError;
 use crate::fleet::{Pool, Worker, X_DATA_PARALLEL_RANK};
 use crate::pd;
 use crate::policy::RouteRequest;
-use crate::server::{App, inference_route};
 use crate::telemetry::exchange::Exchange;
 use crate::telemetry::otlp::Traces;
 use crate::telemetry::span::RequestSpan;

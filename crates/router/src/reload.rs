@@ -22,9 +22,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
+use crate::app::App;
 use crate::config::{Config, ConfigError, Origin, Sources, WorkerSpec, fingerprint};
 use crate::fleet::{self, FleetEvent};
-use crate::server::App;
 
 /// Time given to a burst of file events (an editor's write, a ConfigMap's swap) to settle
 /// before the file is read.

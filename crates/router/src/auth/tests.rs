@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use axum::response::IntoResponse;
 use http::{HeaderValue, StatusCode};
 
 use super::*;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::app::App;
 use crate::fleet::Worker;
-use crate::server::App;
 
 /// Mooncake's default bootstrap port.
 pub(crate) const DEFAULT_BOOTSTRAP_PORT: u16 = 8998;

@@ -23,10 +23,10 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 
 use super::{headers, read_body, worker_request};
+use crate::app::App;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::{self, Worker};
-use crate::server::App;
 
 /// The fleet-wide routes, with the worker path each is sent to.
 pub const FANOUT_ROUTES: &[(&str, &str)] = &[

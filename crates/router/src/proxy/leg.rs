@@ -23,11 +23,11 @@ use tokio::time::Instant;
 
 use super::Inbound;
 use super::retry::{backoff, retryable_status};
+use crate::app::App;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::{InFlight, Ticket, Worker};
 use crate::policy::{Decision, Policy, RouteRequest};
-use crate::server::App;
 use crate::telemetry::exchange::Exchange;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::span::Span;
