@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measure what a proxy adds in front of vLLM: vllm-router vs the Python-packaged router vs nginx.
+"""Measure what a proxy adds in front of vLLM: vllm-router vs vllm-router 0.1.17 vs smg vs nginx.
 
 One `vllm-sim` process serves two fast simulated workers. For every round, each target is
 started on a free port, warmed up, then loaded with `wrk` twice (non-streaming and streaming
@@ -23,6 +23,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +35,15 @@ from procs import (free_port, log, machine_line, nginx_argv, start, start_listen
 MODEL = "sim-model"
 WARMUP_S = 1
 MODES = ("non-stream", "stream")
-PROXIES = ("ours", "ours-logged", "peer", "nginx")
+# ours: round_robin, quiet; ours-info: the same with an access line per request on stderr;
+# ours-logged: keys checked plus access lines on stderr and in three files; ours-2k and
+# ours-default: round_robin and the default policy (cache_aware) on a 2 KB chat prompt.
+PROXIES = ("ours", "ours-info", "ours-logged", "ours-2k", "ours-default", "peer", "smg", "nginx")
 # Every request carries it; `ours-logged` requires it, the others pass it on or ignore it.
 BENCH_KEY = "bench-key"
 TARGETS = ("direct",) + PROXIES
+# The targets sent the 2 KB prompt; the others get a one-word message.
+LONG_PROMPT = ("ours-2k", "ours-default")
 
 
 
@@ -98,6 +106,7 @@ class Paths:
     peer: str
     nginx: str
     wrk: str
+    smg: str | None = None
     baseline: str | None = None
 
 
@@ -113,17 +122,20 @@ def start_target(name: str, paths: Paths, workers: list[str], workdir: Path) -> 
     if name == "direct":
         return Running(workers[0], None, logf)
     port = free_port()
-    if name in ("ours", "baseline"):
-        argv = [
-            paths.router if name == "ours" else paths.baseline, "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0",
-            "--worker-urls", *workers, "--policy", "round_robin", "--log-level", "warn",
-        ]
+    quiet = ["--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0",
+             "--worker-urls", *workers]
+    if name in ("ours", "baseline", "ours-2k"):
+        router = paths.router if name != "baseline" else paths.baseline
+        argv = [router, *quiet, "--policy", "round_robin", "--log-level", "warn"]
+    elif name == "ours-default":
+        argv = [paths.router, *quiet, "--log-level", "warn"]
+    elif name == "ours-info":
+        argv = [paths.router, *quiet, "--policy", "round_robin", "--log-level", "info"]
     elif name == "ours-logged":
         # Production-like: client keys checked, and one access line per request written to
         # stderr and to the three log files.
         argv = [
-            paths.router, "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0",
-            "--worker-urls", *workers, "--policy", "round_robin", "--log-level", "info",
+            paths.router, *quiet, "--policy", "round_robin", "--log-level", "info",
             "--api-keys", BENCH_KEY, "--log-dir", str(workdir / "logs"),
         ]
     elif name == "peer":
@@ -131,6 +143,14 @@ def start_target(name: str, paths: Paths, workers: list[str], workdir: Path) -> 
             paths.peer, "--worker-urls", *workers, "--policy", "round_robin",
             "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", str(free_port()),
             "--log-level", "warning",
+        ]
+    elif name == "smg":
+        # As bench/quality.py starts it: metrics on loopback, a short drain at shutdown.
+        argv = [
+            paths.smg, "launch", "--host", "127.0.0.1", "--port", str(port),
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
+            "--shutdown-grace-period-secs", "1", "--log-level", "warn",
+            "--worker-urls", *workers, "--policy", "round_robin",
         ]
     elif name == "nginx":
         argv = nginx_argv(paths.nginx, port, workers, workdir / "nginx")
@@ -145,28 +165,41 @@ def start_target(name: str, paths: Paths, workers: list[str], workdir: Path) -> 
 # wrk
 
 
-def write_lua(workdir: Path) -> dict[str, Path]:
+def chat_body(mode: str, long_prompt: bool) -> dict:
+    if long_prompt:
+        # About 2 KB of chat: a system prompt and a question.
+        system = "You are a careful assistant. Answer briefly and cite the document you use. " * 20
+        user = "Please summarise the attached quarterly report in three short points. " * 6
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    else:
+        messages = [{"role": "user", "content": "hello"}]
+    body = {"model": MODEL, "messages": messages, "max_tokens": 4}
+    if mode == "stream":
+        body["stream"] = True
+    return body
+
+
+def write_lua(workdir: Path) -> dict[tuple[str, bool], Path]:
     scripts = {}
     for mode in MODES:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
-        if mode == "stream":
-            body["stream"] = True
-        path = workdir / f"{mode}.lua"
-        # `done` runs once at the end (no per-request Lua cost) and reports the count of
-        # non-2xx/3xx answers and socket errors in a line of its own.
-        path.write_text(textwrap.dedent(f"""\
-            wrk.method = "POST"
-            wrk.body = '{json.dumps(body, separators=(",", ":"))}'
-            wrk.headers["Content-Type"] = "application/json"
-            wrk.headers["Authorization"] = "Bearer {BENCH_KEY}"
+        for long_prompt in (False, True):
+            body = json.dumps(chat_body(mode, long_prompt), separators=(",", ":"))
+            path = workdir / f"{mode}{'-2k' if long_prompt else ''}.lua"
+            # `done` runs once at the end (no per-request Lua cost) and reports the count of
+            # non-2xx/3xx answers and socket errors in a line of its own.
+            path.write_text(textwrap.dedent(f"""\
+                wrk.method = "POST"
+                wrk.body = '{body}'
+                wrk.headers["Content-Type"] = "application/json"
+                wrk.headers["Authorization"] = "Bearer {BENCH_KEY}"
 
-            function done(summary, latency, requests)
-               local e = summary.errors
-               io.write(string.format("bench-errors status=%d connect=%d read=%d write=%d timeout=%d\\n",
-                  e.status, e.connect, e.read, e.write, e.timeout))
-            end
-        """))
-        scripts[mode] = path
+                function done(summary, latency, requests)
+                   local e = summary.errors
+                   io.write(string.format("bench-errors status=%d connect=%d read=%d write=%d timeout=%d\\n",
+                      e.status, e.connect, e.read, e.write, e.timeout))
+                end
+            """))
+            scripts[(mode, long_prompt)] = path
     return scripts
 
 
@@ -231,20 +264,41 @@ class Sample:
     rss_kb: int | None = None
 
 
+def wait_smg_workers(url: str, proc: subprocess.Popen, workers: int, timeout: float = 60.0) -> str | None:
+    """smg answers /readiness once one worker is healthy: wait for all of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readiness", timeout=5) as resp:
+                healthy = json.loads(resp.read() or b"{}").get("healthy_workers", 0)
+        except (OSError, ValueError, urllib.error.URLError):
+            healthy = 0
+        if healthy >= workers:
+            return None
+        if time.monotonic() > deadline or proc.poll() is not None:
+            return f"{healthy} of {workers} workers healthy"
+        time.sleep(0.1)
+
+
 def measure(name: str, paths: Paths, workers: list[str], workdir: Path,
-            scripts: dict[str, Path], args: argparse.Namespace) -> Sample:
+            scripts: dict[tuple[str, bool], Path], args: argparse.Namespace) -> Sample:
     target = start_target(name, paths, workers, workdir)
+    long_prompt = name in LONG_PROMPT
     try:
         # The keyed target's /v1/models needs the key; its readiness says the same.
-        ready = "/readiness" if name == "ours-logged" else "/v1/models"
+        ready = "/readiness" if name in ("ours-logged", "smg") else "/v1/models"
         why = wait_ready(target.url + ready, target.proc)
+        if not why and name == "smg":
+            why = wait_smg_workers(target.url, target.proc, len(workers))
         if why:
             raise RuntimeError(f"{name} did not become ready: {why}\n{tail(target.log)}")
-        run_wrk(paths.wrk, target.url, scripts["non-stream"], WARMUP_S, args.connections)
+        run_wrk(paths.wrk, target.url, scripts[("non-stream", long_prompt)], WARMUP_S,
+                args.connections)
         sample = Sample()
         for mode in MODES:
             sample.results[mode] = run_wrk(
-                paths.wrk, target.url, scripts[mode], args.duration, args.connections
+                paths.wrk, target.url, scripts[(mode, long_prompt)], args.duration,
+                args.connections
             )
         if target.proc is not None:
             sample.rss_kb = peak_rss_kb(target.proc.pid)
@@ -296,10 +350,13 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
         f"`max_tokens: 4`, with and without `stream: true`.",
         "",
         f"Proxies: ours = `{version_of([paths.router, '--version'])}` (round_robin, "
-        f"`--log-level warn`); ours-logged = the same with `--api-keys` checked on every "
-        f"request and `--log-level info --log-dir` (an access line per request on stderr and "
-        f"in three files); "
-        f"peer = `vllm-router` 0.1.17 from PyPI (round_robin); "
+        f"`--log-level warn`); ours-info = the same at `--log-level info` (an access line per "
+        f"request on stderr); ours-logged = the same with `--api-keys` checked on every "
+        f"request and `--log-dir` (the access line on stderr and in three files); ours-2k and "
+        f"ours-default = round_robin and the default policy (cache_aware) on a chat body with "
+        f"a 2 KB prompt (a system prompt and a question), the other targets a one-word "
+        f"message; peer = `vllm-router` 0.1.17 from PyPI (round_robin); smg = "
+        f"`{version_of([paths.smg, '--version']) if paths.smg else 'not run'}` (round_robin); "
         f"nginx = `{version_of([paths.nginx, '-v'])}` (least_conn, keepalive 64, 1 worker). "
         f"Load generator: `{version_of([paths.wrk, '-v'])}`.",
         "",
@@ -326,25 +383,32 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
                 f"| {name} | {mode} | {fmt(a['rps'], 0)} | {fmt(a['p50'])} | {fmt(a['p99'])} | "
                 f"{added('p50')} | {added('p99')} | {rss_mb} | {errors} |"
             )
-    lines += [
-        "",
-        "| ratio | non-stream | stream |",
-        "|---|---:|---:|",
-        "| throughput ours/peer (higher is better) | "
-        + " | ".join(ratio(agg[("ours", m)]["rps"], agg[("peer", m)]["rps"]) for m in MODES) + " |",
-        "| p99 ours/peer (lower is better) | "
-        + " | ".join(ratio(agg[("ours", m)]["p99"], agg[("peer", m)]["p99"]) for m in MODES) + " |",
-        "| throughput ours-logged/ours (the cost of keys and access logs) | "
-        + " | ".join(ratio(agg[("ours-logged", m)]["rps"], agg[("ours", m)]["rps"]) for m in MODES) + " |",
-        "| throughput ours-logged/peer (higher is better) | "
-        + " | ".join(ratio(agg[("ours-logged", m)]["rps"], agg[("peer", m)]["rps"]) for m in MODES) + " |",
-        "| throughput ours/nginx (higher is better) | "
-        + " | ".join(ratio(agg[("ours", m)]["rps"], agg[("nginx", m)]["rps"]) for m in MODES) + " |",
-        "",
-        f"Peak RSS ours/peer (lower is better): {ratio(rss['ours'], rss['peer'])} "
-        f"({fmt(None if rss['ours'] is None else rss['ours'] / 1024, 1)} MB vs "
-        f"{fmt(None if rss['peer'] is None else rss['peer'] / 1024, 1)} MB).",
-    ]
+    def row(label: str, a: str, b: str, key: str = "rps") -> list[str]:
+        if a not in targets or b not in targets:
+            return []
+        return [f"| {label} | "
+                + " | ".join(ratio(agg[(a, m)][key], agg[(b, m)][key]) for m in MODES) + " |"]
+
+    def mb(name: str) -> str:
+        return fmt(None if rss.get(name) is None else rss[name] / 1024, 1)
+
+    lines += ["", "| ratio | non-stream | stream |", "|---|---:|---:|"]
+    lines += row("throughput ours/nginx (higher is better)", "ours", "nginx")
+    lines += row("p99 ours/nginx (lower is better)", "ours", "nginx", "p99")
+    lines += row("throughput ours/peer (higher is better)", "ours", "peer")
+    lines += row("p99 ours/peer (lower is better)", "ours", "peer", "p99")
+    lines += row("throughput ours/smg (higher is better)", "ours", "smg")
+    lines += row("p99 ours/smg (lower is better)", "ours", "smg", "p99")
+    lines += row("throughput ours-default/ours-2k (the default policy's cost, 2 KB prompt)",
+                 "ours-default", "ours-2k")
+    lines += row("throughput ours-info/ours (the cost of access lines)", "ours-info", "ours")
+    lines += row("throughput ours-logged/ours (keys, access lines and log files)",
+                 "ours-logged", "ours")
+    lines += row("throughput ours-logged/peer (higher is better)", "ours-logged", "peer")
+    for other in ("peer", "smg", "nginx"):
+        if "ours" in targets and other in targets:
+            lines += ["", f"Peak RSS ours/{other} (lower is better): "
+                      f"{ratio(rss['ours'], rss[other])} ({mb('ours')} MB vs {mb(other)} MB)."]
     if "baseline" in targets:
         lines += [
             "",
@@ -371,14 +435,23 @@ def main() -> int:
     ap.add_argument("--peer-bin", default=str(Path.home() / ".cache/vllm-router-bench/bin/vllm-router"))
     ap.add_argument("--nginx", default=shutil.which("nginx") or "nginx")
     ap.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    ap.add_argument("--smg-bin", default=str(Path.home() / ".cache/vllm-router-bench-smg/bin/smg"))
+    ap.add_argument("--targets", help="comma list of targets to run (default: all; `direct` "
+                    "always runs, added latency is measured against it)")
     ap.add_argument("--baseline-bin", help="also measure this build of the router (e.g. an "
                     "earlier commit) as `baseline`, with the same flags as `ours`")
     args = ap.parse_args()
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1:
         ap.error("--rounds, --duration and --connections must be positive")
-    paths = Paths(args.router_bin, args.sim_bin, args.peer_bin, args.nginx, args.wrk,
-                  args.baseline_bin)
     targets = TARGETS + (("baseline",) if args.baseline_bin else ())
+    if args.targets:
+        chosen = set(args.targets.split(","))
+        unknown = chosen - set(targets)
+        if unknown:
+            ap.error(f"--targets: unknown {', '.join(sorted(unknown))}; known: {', '.join(targets)}")
+        targets = tuple(t for t in targets if t == "direct" or t in chosen)
+    paths = Paths(args.router_bin, args.sim_bin, args.peer_bin, args.nginx, args.wrk,
+                  args.smg_bin if "smg" in targets else None, args.baseline_bin)
     for what, p in vars(paths).items():
         if p is None:
             continue
