@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+use crate::sync::Mutex;
 
 /// What admission enforces. [`Default`] enforces nothing.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -20,7 +20,7 @@ use crate::fleet::Fleet;
 use crate::live::Live;
 use crate::pd::Pd;
 use crate::policy::Policy;
-use crate::proxy::RetryBudget;
+use crate::proxy::{Drain, RetryBudget};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otlp::Traces;
 use crate::upstream::Upstream;
@@ -78,7 +78,7 @@ pub struct App {
     /// The live view of the fleet, sampled once a second.
     pub live: Live,
     /// Turns true when a shutdown's drain deadline passed: open responses end now.
-    pub(crate) drain: watch::Sender<bool>,
+    pub(crate) drain: Drain,
     /// True from the moment shutdown starts: readiness answers 503.
     pub(crate) draining: AtomicBool,
     /// Turns true once every static worker has listed its models or the start-up timeout
@@ -111,12 +111,12 @@ impl App {
     /// Every response still open ends now: streams with an error event, other bodies aborted.
     /// The serving loop calls this when a shutdown's drain deadline passes.
     pub fn end_streams(&self) {
-        self.drain.send_replace(true);
+        self.drain.end();
     }
 
-    /// A receiver that turns true when [`App::end_streams`] is called.
-    pub fn drain_signal(&self) -> watch::Receiver<bool> {
-        self.drain.subscribe()
+    /// The signal [`App::end_streams`] gives.
+    pub fn drain_signal(&self) -> Drain {
+        self.drain.clone()
     }
 
     /// Shutdown started: from now on `/readiness` answers 503. Never undone.

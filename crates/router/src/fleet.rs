@@ -223,7 +223,7 @@ pub trait Watcher: Send + Sync + std::fmt::Debug {
     fn on_fleet_change(&self, snapshot: &Snapshot);
 }
 
-type Watchers = Arc<parking_lot::RwLock<Vec<Arc<dyn Watcher>>>>;
+type Watchers = Arc<crate::sync::RwLock<Vec<Arc<dyn Watcher>>>>;
 
 /// The fleet's handle: lock-free reads of the current snapshot, ordered writes through events.
 #[derive(Debug)]

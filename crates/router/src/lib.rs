@@ -25,6 +25,7 @@
 //! - [`proxy`]: peek, upstream forwarding, header rules and the in-flight tracking body.
 //! - [`error`]: every router-made error, mapped once to a status and the OpenAI error JSON.
 //! - [`server`]: the HTTP application (inference and info routes) and its run loop.
+//! - [`sync`]: the router's locks (parking_lot's; counted with the `lock-count` feature).
 //! - [`demo`]: the embedded default: simulated workers plus the router, on one command.
 //! - [`telemetry`]: logs (stderr and rotated files), the record of each request, metrics,
 //!   trace context and span export.
@@ -47,6 +48,7 @@ pub mod prefix;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod top;

@@ -147,7 +147,7 @@ impl Pd {
             );
             let body = request.body.clone();
             return plan
-                .decode(decode, chosen, body, request.to_worker.clone())
+                .decode(decode, chosen, body, request.worker_headers())
                 .await;
         }
         // A pair is of one connector: discovered (P2P NCCL) decode workers pair with
@@ -226,7 +226,7 @@ impl<'a> Plan<'a> {
         let request = self.request;
         let prefill_body = body::prefill(&self.fields, Some(NIXL_PREFILL_PARAMS));
         let build = |w: &Worker| {
-            request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
+            request.upstream_request(w, prefill_body.clone(), request.worker_headers())
         };
         let params = match run_prefill(&mut prefill, None, build, transfer_params).await {
             Prefilled::Ready(params, _) => params,
@@ -235,7 +235,7 @@ impl<'a> Plan<'a> {
         };
         self.app.metrics.pd_plan("prefilled");
         let body = body::decode(&self.fields, &params);
-        self.decode(decode, chosen, body, request.to_worker.clone())
+        self.decode(decode, chosen, body, request.worker_headers())
             .await
     }
 
@@ -262,7 +262,7 @@ impl<'a> Plan<'a> {
                 )
             };
             let headers_for = |id: &str| -> Result<HeaderMap, ApiError> {
-                let mut headers = request.to_worker.clone();
+                let mut headers = request.worker_headers();
                 let value = HeaderValue::from_str(id)
                     .map_err(|e| ApiError::Internal(format!("P2P request id: {e}")))?;
                 headers.insert(X_REQUEST_ID.clone(), value);
@@ -365,7 +365,7 @@ impl<'a> Plan<'a> {
             Vec::new(),
         );
         let build = |w: &Worker| {
-            request.upstream_request(w, prefill_body.clone(), request.to_worker.clone())
+            request.upstream_request(w, prefill_body.clone(), request.worker_headers())
         };
         let prefill_done = async {
             match run_prefill(&mut one, Some((p, p_decision)), build, whole).await {
@@ -381,7 +381,7 @@ impl<'a> Plan<'a> {
         };
         let mut decode = decode;
         let decode_answer = decode.send(Some(chosen), |w| {
-            request.upstream_request(w, decode_body.clone(), request.to_worker.clone())
+            request.upstream_request(w, decode_body.clone(), request.worker_headers())
         });
         tokio::pin!(prefill_done, decode_answer);
         // The answer goes out once the prefill finished and the decode answered. A failed
@@ -416,7 +416,7 @@ impl<'a> Plan<'a> {
         tracing::warn!(request_id = self.request.route_req.request_id, %error, "prefill failed; the decode worker computes the prompt");
         self.app.metrics.pd_plan("recomputed");
         let body = self.request.body.clone();
-        let headers = self.request.to_worker.clone();
+        let headers = self.request.worker_headers();
         self.decode(decode, chosen, body, headers).await
     }
 

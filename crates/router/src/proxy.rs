@@ -17,17 +17,16 @@ mod tracked;
 use std::sync::Arc;
 
 use axum::body::Body;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, header};
-use parking_lot::Mutex;
 
 pub use retry::RetryBudget;
-pub use tracked::{StreamLimits, TrackedBody};
+pub use tracked::{Drain, StreamLimits, TrackedBody};
 
 use tokio::time::Instant;
 
@@ -40,6 +39,7 @@ use crate::error::ApiError;
 use crate::fleet::{Pool, Worker, X_DATA_PARALLEL_RANK};
 use crate::pd;
 use crate::policy::RouteRequest;
+use crate::sync::Mutex;
 use crate::telemetry::exchange::Exchange;
 use crate::telemetry::otlp::Traces;
 use crate::telemetry::span::RequestSpan;
@@ -47,8 +47,18 @@ use crate::telemetry::trace::TraceContext;
 use crate::upstream::UpstreamBody;
 pub(crate) use body::read_body;
 
-/// Forward one inference request. The response always carries `x-request-id`.
+/// Forward one inference request (the handler of the routes the router names and of its
+/// catch-all). The response always carries `x-request-id`.
 pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    forward_from(&app, peer, request).await
+}
+
+/// [`forward`] a request from the client at `peer`.
+pub async fn forward_from(app: &App, peer: Option<IpAddr>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     // One configuration for the whole request, however long it runs: a reload applies to
     // the requests that arrive after it.
@@ -64,8 +74,13 @@ pub async fn forward(State(app): State<Arc<App>>, request: Request) -> Response 
         request_id.clone(),
         trace.trace_id(),
     )));
-    let span = server_span(&app, trace, &parts, route_name, &request_id);
-    let mut response = match route(&app, config, parts, body, &request_id, &exchange, &span).await {
+    let span = server_span(app, trace, &parts, route_name, &request_id);
+    let record = Record {
+        request_id: &request_id,
+        exchange: &exchange,
+        span: &span,
+    };
+    let mut response = match route(app, config, parts, body, record, peer).await {
         Ok(response) => response,
         Err(error) => {
             if let Some(exchange) = exchange.lock().as_mut() {
@@ -112,15 +127,27 @@ fn server_span(
     span
 }
 
+/// What the request carries from its arrival to its end: its id, its record and its span.
+#[derive(Clone, Copy)]
+struct Record<'a> {
+    request_id: &'a HeaderValue,
+    exchange: &'a Mutex<Option<Exchange>>,
+    span: &'a RequestSpan,
+}
+
 async fn route(
     app: &App,
     config: Arc<Config>,
     parts: Parts,
     body: Body,
-    request_id: &HeaderValue,
-    exchange: &Mutex<Option<Exchange>>,
-    span: &RequestSpan,
+    record: Record<'_>,
+    peer: Option<IpAddr>,
 ) -> Result<Response, ApiError> {
+    let Record {
+        request_id,
+        exchange,
+        span,
+    } = record;
     // The body first, within its time and pace: a slow upload holds no admission slot.
     let body = read_body(
         &parts.headers,
@@ -187,24 +214,14 @@ async fn route(
     );
     route_req.model = model;
     let body = renamed.as_ref().unwrap_or(&body);
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
     let trace = *span.trace();
-    let mut to_worker = headers::to_worker(
-        &parts.headers,
-        request_id,
-        peer,
-        config.worker_api_key.as_ref(),
-    );
-    trace.prune(&mut to_worker);
     app.retry_budget.deposit();
     let request = Inbound {
         parts: &parts,
         body,
         route_req,
-        to_worker,
+        request_id,
+        peer,
         trace,
         span,
         deadline: Instant::now() + config.timeouts.total,
@@ -223,8 +240,10 @@ pub(crate) struct Inbound<'a> {
     pub(crate) parts: &'a Parts,
     pub(crate) body: &'a Bytes,
     pub(crate) route_req: RouteRequest<'a>,
-    /// The headers every leg starts from (each attempt adds its own `traceparent`).
-    pub(crate) to_worker: HeaderMap,
+    /// The request id, sent to workers and echoed to the client.
+    pub(crate) request_id: &'a HeaderValue,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub(crate) peer: Option<IpAddr>,
     /// The request's place in its trace; [`TraceContext::trace_id`] names the trace in logs.
     pub(crate) trace: TraceContext,
     /// The request's server span (recording only when spans are exported).
@@ -240,6 +259,19 @@ pub(crate) struct Inbound<'a> {
 }
 
 impl Inbound<'_> {
+    /// The headers an attempt sends a worker, made from the client's for each attempt (which
+    /// adds its own `traceparent`): see [`headers::to_worker`].
+    pub(crate) fn worker_headers(&self) -> HeaderMap {
+        let mut headers = headers::to_worker(
+            &self.parts.headers,
+            self.request_id,
+            self.peer,
+            self.config.worker_api_key.as_ref(),
+        );
+        self.trace.prune(&mut headers);
+        headers
+    }
+
     /// Note something in the request's record (while no response body holds it).
     pub(crate) fn note(&self, f: impl FnOnce(&mut Exchange)) {
         if let Some(exchange) = self.exchange.lock().as_mut() {
@@ -314,7 +346,7 @@ async fn single(
     let mut leg = Leg::new(app, Stage::Single, app.policy.as_ref(), request, candidates);
     let mut answer = leg
         .send(None, |worker| {
-            request.upstream_request(worker, request.body.clone(), request.to_worker.clone())
+            request.upstream_request(worker, request.body.clone(), request.worker_headers())
         })
         .await?;
     answer.accept(&request.config);

@@ -35,7 +35,7 @@ use crate::fleet::{self, Fleet};
 use crate::live::{About, Inputs, Live};
 use crate::pd::Pd;
 use crate::proxy;
-use crate::proxy::RetryBudget;
+use crate::proxy::{Drain, RetryBudget};
 use crate::reload::Reloader;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otlp::{self, ExportSettings, Traces};
@@ -147,7 +147,7 @@ impl App {
             admission,
             traces,
             live: view,
-            drain: watch::Sender::new(false),
+            drain: Drain::default(),
             draining: AtomicBool::new(false),
             started_up,
             started,

@@ -22,12 +22,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::cache::KeyCache;
 use crate::config::{Config, Secret};
+use crate::sync::Mutex;
 use crate::telemetry::metrics::Metrics;
 
 /// What is known of a key.

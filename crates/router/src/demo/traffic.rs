@@ -9,10 +9,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+
+use crate::sync::Mutex;
 
 /// Conversations going on at once.
 const USERS: usize = 16;

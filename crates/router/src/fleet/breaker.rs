@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
-use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::Worker;
 use crate::config::BreakerConfig;
+use crate::sync::Mutex;
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;

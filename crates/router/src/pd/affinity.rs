@@ -6,11 +6,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
-
 use crate::fleet::Worker;
 use crate::policy::index_capacity;
 use crate::prefix::{BLOCK_BYTES, PrefixIndex};
+use crate::sync::Mutex;
 
 /// Per decode worker, the prompt blocks it was last sent.
 #[derive(Debug)]

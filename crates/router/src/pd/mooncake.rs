@@ -6,10 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::app::App;
 use crate::fleet::Worker;
+use crate::sync::Mutex;
 
 /// Mooncake's default bootstrap port.
 pub(crate) const DEFAULT_BOOTSTRAP_PORT: u16 = 8998;

@@ -51,11 +51,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
-
 use super::{Decision, Explanation, Policy, RouteRequest, least_by};
 use crate::fleet::{Snapshot, Worker};
 use crate::prefix::{BLOCK_BYTES, PrefixIndex, chain_hashes};
+use crate::sync::{Mutex, RwLock};
 
 /// Blocks of prompt text an index of `worker` may hold: `max_bytes` of text, or the worker's
 /// KV capacity from `vllm:cache_config_info` if smaller (the worker cannot hold more), in

@@ -1,5 +1,6 @@
 //! Header rules: the request id, hop-by-hop headers, and what each side is told.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -158,18 +159,31 @@ fn status_value(status: http::StatusCode) -> HeaderValue {
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    let client = ip.to_canonical().to_string();
-    let mut list: Vec<u8> = Vec::with_capacity(64);
-    for earlier in headers
+    // The address as text, without allocating: an IPv6 address is at most 45 bytes.
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    if write!(cursor, "{}", ip.to_canonical()).is_err() {
+        return;
+    }
+    let written = usize::try_from(cursor.position()).unwrap_or(0);
+    let client = &text[..written];
+    let mut earlier = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter(|v| !v.is_empty())
-    {
-        list.extend_from_slice(earlier.as_bytes());
-        list.extend_from_slice(b", ");
-    }
-    list.extend_from_slice(client.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&list) {
+        .peekable();
+    let value = if earlier.peek().is_none() {
+        HeaderValue::from_bytes(client)
+    } else {
+        let mut list: Vec<u8> = Vec::with_capacity(64);
+        for earlier in earlier {
+            list.extend_from_slice(earlier.as_bytes());
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(client);
+        HeaderValue::from_bytes(&list)
+    };
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }

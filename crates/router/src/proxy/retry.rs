@@ -2,10 +2,10 @@
 //! sick fleet from being hammered by retries (a share of the requests, plus a small floor).
 //! Only failures before any response byte reached the client are ever retried.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, header};
-use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::config::RetryConfig;
@@ -47,46 +47,71 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// Retries allowed: every request deposits `ratio` of a retry, and `min_per_sec` more accrue
 /// each second; a retry spends one. The balance is capped so a quiet spell cannot save up a
-/// storm.
+/// storm. Lock-free: the balance is a count of millionths of a retry, and time accrues from
+/// the latest instant any caller saw.
 #[derive(Debug)]
 pub struct RetryBudget {
-    ratio: f64,
-    min_per_sec: f64,
-    cap: f64,
-    state: Mutex<(f64, Instant)>,
+    /// Millionths of a retry each request deposits.
+    per_request: u64,
+    /// Millionths of a retry accrued per nanosecond.
+    per_nano: f64,
+    cap: u64,
+    balance: AtomicU64,
+    /// Nanoseconds from `origin` to the last accrual.
+    accrued_at: AtomicU64,
+    origin: Instant,
 }
+
+/// One retry, in the budget's units.
+const ONE: u64 = 1_000_000;
 
 impl RetryBudget {
     /// A budget of `ratio` retries per request plus `min_per_sec`.
     pub fn new(ratio: f64, min_per_sec: f64) -> Self {
         let cap = (10.0 * min_per_sec).max(10.0);
+        let units = |retries: f64| (retries * ONE as f64).round() as u64;
         Self {
-            ratio,
-            min_per_sec,
-            cap,
-            state: Mutex::new((cap, Instant::now())),
+            per_request: units(ratio),
+            per_nano: min_per_sec * ONE as f64 / 1e9,
+            cap: units(cap),
+            balance: AtomicU64::new(units(cap)),
+            accrued_at: AtomicU64::new(0),
+            origin: Instant::now(),
         }
     }
 
     /// A request arrived.
     pub fn deposit(&self) {
-        let mut s = self.state.lock();
-        s.0 = (s.0 + self.ratio).min(self.cap);
+        self.add(self.per_request);
     }
 
     /// Spend one retry if the budget allows.
     pub fn try_spend(&self) -> bool {
-        let now = Instant::now();
-        let mut s = self.state.lock();
-        let accrued = now.saturating_duration_since(s.1).as_secs_f64() * self.min_per_sec;
-        s.0 = (s.0 + accrued).min(self.cap);
-        s.1 = now;
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
-            true
-        } else {
-            false
+        let now = u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.origin)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX);
+        // Each nanosecond accrues once, to whoever moves the clock past it.
+        let last = self.accrued_at.fetch_max(now, Ordering::Relaxed);
+        let accrued = (now.saturating_sub(last) as f64 * self.per_nano) as u64;
+        if accrued > 0 {
+            self.add(accrued);
         }
+        self.balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(ONE))
+            .is_ok()
+    }
+
+    fn add(&self, units: u64) {
+        let cap = self.cap;
+        // The closure always answers, so the update always succeeds.
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_add(units).min(cap))
+            });
     }
 }
 

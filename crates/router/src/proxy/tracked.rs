@@ -14,13 +14,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::sync::watch;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 use crate::admission::Permit;
@@ -50,34 +52,41 @@ pub struct StreamLimits {
     pub error_urls: bool,
     /// Where breaks and timeouts are counted.
     pub metrics: Arc<Metrics>,
-    /// Turns true when the router's shutdown deadline passed.
-    pub drain: Option<watch::Receiver<bool>>,
+    /// Ends the response when the router's shutdown deadline passed.
+    pub drain: Option<Drain>,
 }
 
-type Waiting = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
-
-/// Resolves once `drain` turns true (never, if its sender is gone).
-fn drained(drain: Option<watch::Receiver<bool>>) -> Waiting {
-    Box::pin(async move {
-        let Some(mut rx) = drain else {
-            return std::future::pending().await;
-        };
-        if rx.wait_for(|ended| *ended).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    })
+impl StreamLimits {
+    /// When the body must next see a frame: the idle limit from now, or the total deadline.
+    fn next_deadline(&self) -> Instant {
+        (Instant::now() + self.idle).min(self.deadline)
+    }
 }
 
-struct Timers {
-    limits: StreamLimits,
-    /// Fires at the earlier of the idle limit (from the last frame) and the total deadline.
-    timer: Pin<Box<Sleep>>,
-    drain: Waiting,
+/// Tells the responses still open that the shutdown's drain deadline passed: each ends at
+/// once (an event stream with an error event).
+#[derive(Debug, Clone, Default)]
+pub struct Drain(Arc<DrainState>);
+
+#[derive(Debug, Default)]
+struct DrainState {
+    ended: AtomicBool,
+    notify: Arc<Notify>,
 }
 
-impl Timers {
-    fn next_deadline(limits: &StreamLimits) -> Instant {
-        (Instant::now() + limits.idle).min(limits.deadline)
+impl Drain {
+    /// End every response holding this signal, now and from now on.
+    pub fn end(&self) {
+        self.0.ended.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    fn has_ended(&self) -> bool {
+        self.0.ended.load(Ordering::Acquire)
+    }
+
+    fn notified(&self) -> OwnedNotified {
+        Arc::clone(&self.0.notify).notified_owned()
     }
 }
 
@@ -89,7 +98,13 @@ pin_project! {
         guard: Option<InFlight>,
         slot: Option<Permit>,
         exchange: Option<Exchange>,
-        timers: Option<Box<Timers>>,
+        limits: Option<StreamLimits>,
+        // Fires at the earlier of the idle limit (from the last frame) and the total deadline.
+        #[pin]
+        timer: Option<Sleep>,
+        // Completes when the drain signal is given (after the body was first polled).
+        #[pin]
+        drained: Option<OwnedNotified>,
         spans: Option<Spans>,
         done: bool,
     }
@@ -134,7 +149,9 @@ impl<B> TrackedBody<B> {
             guard: Some(guard),
             slot: None,
             exchange: None,
-            timers: None,
+            limits: None,
+            timer: None,
+            drained: None,
             spans: None,
             done: false,
         }
@@ -167,13 +184,9 @@ impl<B> TrackedBody<B> {
 
     /// Enforce the idle and total timeouts, and end broken streams with an error event.
     pub fn limited(mut self, limits: StreamLimits) -> Self {
-        let timer = Box::pin(tokio::time::sleep_until(Timers::next_deadline(&limits)));
-        let drain = drained(limits.drain.clone());
-        self.timers = Some(Box::new(Timers {
-            limits,
-            timer,
-            drain,
-        }));
+        self.timer = Some(tokio::time::sleep_until(limits.next_deadline()));
+        self.drained = limits.drain.as_ref().map(Drain::notified);
+        self.limits = Some(limits);
         self
     }
 }
@@ -225,9 +238,10 @@ where
                         guard.first_token();
                     }
                 }
-                if let Some(t) = this.timers.as_mut() {
-                    let next = Timers::next_deadline(&t.limits);
-                    t.timer.as_mut().reset(next);
+                if let (Some(limits), Some(timer)) =
+                    (this.limits.as_ref(), this.timer.as_mut().as_pin_mut())
+                {
+                    timer.reset(limits.next_deadline());
                 }
                 // A body of known length ends with its last frame: hyper polls no further.
                 if this.inner.is_end_stream() {
@@ -249,13 +263,28 @@ where
             }
             Poll::Ready(Some(Err(error))) => (Cut::Upstream, Some(error.into())),
             Poll::Pending => {
-                let Some(t) = this.timers.as_mut() else {
+                let Some(limits) = this.limits.as_ref() else {
                     return Poll::Pending;
                 };
-                if t.drain.as_mut().poll(cx).is_ready() {
+                // Polled (and so registered) before the flag is read: a signal given in
+                // between is seen either way.
+                let drained = match this.drained.as_mut().as_pin_mut() {
+                    Some(notified) => {
+                        notified.poll(cx).is_ready()
+                            || limits.drain.as_ref().is_some_and(Drain::has_ended)
+                    }
+                    None => false,
+                };
+                let mut timed_out = || {
+                    this.timer
+                        .as_mut()
+                        .as_pin_mut()
+                        .is_some_and(|timer| timer.poll(cx).is_ready())
+                };
+                if drained {
                     (Cut::Shutdown, None)
-                } else if t.timer.as_mut().poll(cx).is_ready() {
-                    let total = Instant::now() >= t.limits.deadline;
+                } else if timed_out() {
+                    let total = Instant::now() >= limits.deadline;
                     (if total { Cut::Total } else { Cut::Idle }, None)
                 } else {
                     return Poll::Pending;
@@ -272,12 +301,11 @@ where
         if let Some(exchange) = this.exchange.as_mut() {
             exchange.end(Outcome::Cut(cut.label()));
         }
-        let Some(t) = this.timers.as_ref() else {
+        let Some(limits) = this.limits.as_ref() else {
             return Poll::Ready(Some(Err(
                 source.unwrap_or_else(|| "response cut short".into())
             )));
         };
-        let limits = &t.limits;
         limits.metrics.stream_failed(cut.label());
         if matches!(cut, Cut::Idle | Cut::Total) {
             limits.metrics.timed_out(cut.label());

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http::HeaderMap;
 
 use crate::app::{App, inference_route};
 use crate::proxy::headers;
@@ -15,12 +16,18 @@ use crate::telemetry::trace::TraceContext;
 /// A refusal carries the request id; on an inference route it is recorded like any refused
 /// request (access line and request metrics).
 pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    match refusal(&app, request.headers(), request.uri().path()).await {
+        None => next.run(request).await,
+        Some(refused) => refused,
+    }
+}
+
+/// The answer refusing a request to the client route `path` with these headers, or `None`
+/// when its key is accepted (or none is required).
+pub(super) async fn refusal(app: &App, headers: &HeaderMap, path: &str) -> Option<Response> {
     let config = app.live_config().load_full();
-    let Err(error) = app.auth.check(&config, request.headers()).await else {
-        return next.run(request).await;
-    };
-    let request_id = headers::request_id(request.headers(), &config.request_id_headers);
-    let path = request.uri().path();
+    let error = app.auth.check(&config, headers).await.err()?;
+    let request_id = headers::request_id(headers, &config.request_id_headers);
     match inference_route(path) {
         Some(route) => {
             let mut exchange = Exchange::begin(
@@ -28,7 +35,7 @@ pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) ->
                 "POST",
                 route,
                 request_id.clone(),
-                TraceContext::from_headers(request.headers()).trace_id(),
+                TraceContext::from_headers(headers).trace_id(),
             );
             exchange.refused(error.status().as_u16(), error.to_string());
         }
@@ -43,5 +50,5 @@ pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) ->
     response
         .headers_mut()
         .insert(headers::X_REQUEST_ID.clone(), request_id);
-    response
+    Some(response)
 }

@@ -12,6 +12,7 @@
 //!   `Content-Length` is read as chunked (RFC 9112 §6.3), the length dropped, and the
 //!   connection closed after the answer. The proxy forwards the body with its own length.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -19,8 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use http::Request;
+use axum::response::Response;
+use futures_util::future::Either;
+use http::{Method, Request};
 use hyper::body::Incoming;
 use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,11 +33,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
-
-use super::App;
 use tokio_io_timeout::TimeoutStream;
 
+use super::keys;
+use crate::app::{App, inference_route};
 use crate::config::ListenerConfig;
+use crate::proxy;
 
 /// How long streams get, once ended at the drain deadline, to flush their error event.
 const FLUSH_GRACE: Duration = Duration::from_millis(100);
@@ -46,8 +51,15 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let limits = app.config().listener;
-    let router = super::routes(Arc::clone(&app));
-    let http = Arc::new(builder(&limits));
+    let shared = Arc::new(Shared {
+        router: super::routes(Arc::clone(&app)),
+        http: builder(&limits),
+        // With CORS on, every request takes the router's routes, which add its headers.
+        direct: super::cors::layer(&app.config()).is_none(),
+        app: Arc::clone(&app),
+        header_read_timeout: limits.header_read_timeout,
+        write_timeout: limits.client_write_timeout,
+    });
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -60,10 +72,7 @@ where
                     connections.spawn(connection(
                         stream,
                         peer,
-                        router.clone(),
-                        Arc::clone(&http),
-                        limits.header_read_timeout,
-                        limits.client_write_timeout,
+                        Arc::clone(&shared),
                         stopping.clone(),
                     ));
                 }
@@ -107,32 +116,54 @@ fn is_per_connection(error: &io::Error) -> bool {
     )
 }
 
+/// What every connection is served with.
+struct Shared {
+    router: Router,
+    http: Builder<TokioExecutor>,
+    /// Inference requests go straight to the proxy (see [`connection`]).
+    direct: bool,
+    app: Arc<App>,
+    header_read_timeout: Duration,
+    write_timeout: Duration,
+}
+
 /// Serve one connection until it ends, `stopping` turns it graceful, or its first request
 /// head is late.
+///
+/// A `POST` to an inference route goes straight to the client routes' key check and the
+/// proxy, as the router's routes would send it, without the routing table's boxed services
+/// and request extensions; every other request (and every request while CORS is on) takes
+/// the routes.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
-    http: Arc<Builder<TokioExecutor>>,
-    header_read_timeout: Duration,
-    write_timeout: Duration,
+    shared: Arc<Shared>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let greeted = Arc::new(Notify::new());
     let service = {
         let greeted = Arc::clone(&greeted);
-        let inner = TowerToHyperService::new(router);
+        let inner = TowerToHyperService::new(shared.router.clone());
+        let shared = Arc::clone(&shared);
         service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
             greeted.notify_one();
-            inner.call(request)
+            if shared.direct && is_inference_post(&request) {
+                let app = Arc::clone(&shared.app);
+                Either::Left(async move { Ok::<_, Infallible>(direct(&app, peer, request).await) })
+            } else {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                Either::Right(inner.call(request))
+            }
         })
     };
+    let (header_read_timeout, write_timeout) = (shared.header_read_timeout, shared.write_timeout);
     // A client that stops reading stalls the router's writes: past the timeout the
     // connection fails, the response body is dropped, and with it the worker's request.
     let mut timed = TimeoutStream::new(stream);
     timed.set_write_timeout(Some(write_timeout));
-    let conn = http.serve_connection(TokioIo::new(Box::pin(timed)), service);
+    let conn = shared
+        .http
+        .serve_connection(TokioIo::new(Box::pin(timed)), service);
     tokio::pin!(conn);
     // hyper's header timer starts once the protocol is known; until the first request, this
     // one covers a client that connects and sends nothing, or half an HTTP/2 preface.
@@ -159,6 +190,19 @@ async fn connection(
             }
         }
     }
+}
+
+fn is_inference_post(request: &Request<Incoming>) -> bool {
+    request.method() == Method::POST && inference_route(request.uri().path()).is_some()
+}
+
+/// An inference request on the direct path: refused unless its key is accepted, then
+/// forwarded.
+async fn direct(app: &App, peer: SocketAddr, request: Request<Incoming>) -> Response {
+    if let Some(refused) = keys::refusal(app, request.headers(), request.uri().path()).await {
+        return refused;
+    }
+    proxy::forward_from(app, Some(peer.ip()), request.map(Body::new)).await
 }
 
 /// Wait for connections to finish their requests; past `deadline`, end open responses, let

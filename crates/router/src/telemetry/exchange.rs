@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::metrics::{ExchangeLabels, Metrics, WorkerSeries};
+use super::metrics::{Metrics, Tally, WorkerSeries};
 use super::trace::TraceId;
 use super::usage::UsageScan;
 use crate::fleet::Worker;
@@ -63,6 +63,8 @@ pub struct Exchange {
     sse: bool,
     /// The worker's series, once a worker answered (resolved once, not per event).
     series: Option<Arc<WorkerSeries>>,
+    /// The times between streamed events, recorded into the series at the end.
+    inter_tokens: Option<Tally>,
     first_frame: Option<Instant>,
     last_frame: Option<Instant>,
     usage: UsageScan,
@@ -97,6 +99,7 @@ impl Exchange {
             status: 0,
             sse: false,
             series: None,
+            inter_tokens: None,
             first_frame: None,
             last_frame: None,
             usage: UsageScan::default(),
@@ -140,7 +143,9 @@ impl Exchange {
         self.status = status;
         self.sse = sse;
         self.predicted_hit = predicted_hit;
-        self.series = Some(self.metrics.series(&self.labels(worker)));
+        let series = self.metrics.series(self.model_label(), worker.label());
+        self.inter_tokens = sse.then(|| series.inter_token_tally());
+        self.series = Some(series);
     }
 
     /// The router answered `status` itself, for this reason.
@@ -153,12 +158,12 @@ impl Exchange {
     /// A frame of the response passed on its way to the client.
     pub fn frame(&mut self, data: &[u8]) {
         let now = Instant::now();
-        match (self.last_frame, &self.series) {
+        match (self.last_frame, &mut self.inter_tokens) {
             (None, _) => self.first_frame = Some(now),
-            (Some(last), Some(series)) if self.sse => {
-                series.inter_token(now.saturating_duration_since(last));
+            (Some(last), Some(tally)) => {
+                tally.observe(now.saturating_duration_since(last).as_secs_f64());
             }
-            _ => {}
+            (Some(_), None) => {}
         }
         self.last_frame = Some(now);
         self.usage.observe(data);
@@ -175,13 +180,6 @@ impl Exchange {
             None => NO_MODEL,
             Some(model) if self.model_served || self.worker.is_some() => model,
             Some(_) => OTHER_MODEL,
-        }
-    }
-
-    fn labels(&self, worker: &Worker) -> ExchangeLabels {
-        ExchangeLabels {
-            model: self.model_label().to_owned(),
-            worker: worker.label().to_owned(),
         }
     }
 }
@@ -205,10 +203,13 @@ impl Drop for Exchange {
             duration,
         );
         if let (Some(worker), Some(series)) = (&self.worker, &self.series) {
+            if let Some(tally) = &self.inter_tokens {
+                series.inter_tokens(tally);
+            }
             series.served(ttft, duration, outcome, usage);
             if outcome == Outcome::Complete {
                 if let Some(predicted) = self.predicted_hit {
-                    metrics.prefix_prediction(worker.label(), predicted, usage);
+                    metrics.prefix_prediction(series, predicted, usage);
                 }
                 if let (Some(bytes), Some(tokens)) = (self.prompt_bytes, usage.prompt) {
                     worker.observe_prompt(bytes, tokens);

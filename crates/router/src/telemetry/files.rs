@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 
 use crate::cli::LogRotation;
+use crate::sync::Mutex;
 
 /// One log file: its name is `{prefix}.{suffix}`, or `{prefix}.{date}.{suffix}` when rotated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

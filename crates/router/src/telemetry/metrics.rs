@@ -4,29 +4,30 @@
 //! dropped at the next scrape. No label ever holds client-chosen text: models are named only
 //! when some worker serves them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::time::Instant;
 
-use super::exchange::Outcome;
 use super::usage::Usage;
 use crate::admission::Admission;
 use crate::fleet::{Completion, PromptTokens, Snapshot, Worker};
+use crate::sync::Mutex;
 
+mod handles;
+mod histogram;
 mod labels;
 mod peer;
 mod series;
 mod text;
 
+pub use histogram::{AtomicHistogram, Tally};
 use labels::{
     BuildLabels, ErrorLabels, LegLabels, RequestLabels, RouteLabels, TokenLabels, WorkerLabels,
     WorkerOnly,
@@ -50,15 +51,15 @@ const ITL_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0,
 ];
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+type Histograms<L> = Family<L, AtomicHistogram, fn() -> AtomicHistogram>;
 type FloatCounter = Counter<f64, AtomicU64>;
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
+fn latency_histogram() -> AtomicHistogram {
+    AtomicHistogram::new(&LATENCY_BUCKETS)
 }
 
-fn itl_histogram() -> Histogram {
-    Histogram::new(ITL_BUCKETS)
+fn itl_histogram() -> AtomicHistogram {
+    AtomicHistogram::new(&ITL_BUCKETS)
 }
 
 /// The class of an HTTP status (`2xx`, ...), or `none` when no status was sent.
@@ -95,7 +96,7 @@ pub struct Metrics {
     itl: Histograms<ExchangeLabels>,
     e2e: Histograms<ExchangeLabels>,
     tokens: Family<TokenLabels, Counter>,
-    prefix_error: Histogram,
+    prefix_error: AtomicHistogram,
     cached_predicted: Family<WorkerOnly, FloatCounter>,
     cached_reported: Family<WorkerOnly, Counter>,
     queue_depth: Gauge,
@@ -114,7 +115,9 @@ pub struct Metrics {
     worker_kv_usage: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     /// The latency and token series of each (model, worker) served so far: resolved once per
     /// request, and dropped with their worker.
-    served: RwLock<HashMap<ExchangeLabels, Arc<WorkerSeries>>>,
+    served: handles::Handles<WorkerSeries>,
+    /// The request series of each (route, model) seen so far.
+    routes: handles::Handles<series::RouteSeries>,
     /// One render at a time; the worker label sets of the last one.
     render: Mutex<HashSet<WorkerLabels>>,
     /// vllm-project/router's series names, when asked for (`--peer-metrics`).
@@ -281,7 +284,7 @@ impl Default for Metrics {
                 r,
                 "prefix_prediction_error",
                 "Predicted prefix-cache hit fraction minus the fraction the worker reported (cached_tokens / prompt_tokens)",
-                Histogram::new(ERROR_BUCKETS)
+                AtomicHistogram::new(&ERROR_BUCKETS)
             ),
             cached_predicted: register!(
                 r,
@@ -343,7 +346,8 @@ impl Default for Metrics {
                 "KV-cache use (0..1), from the worker's last fresh /metrics scrape",
                 Family::default()
             ),
-            served: RwLock::new(HashMap::new()),
+            served: handles::Handles::default(),
+            routes: handles::Handles::default(),
             render: Mutex::new(HashSet::new()),
             peer: None,
             registry: r,
@@ -451,68 +455,6 @@ impl Metrics {
         self.pd_legs
             .get_or_create(&LegLabels { leg, outcome })
             .observe(started.elapsed().as_secs_f64());
-    }
-
-    /// Record one inference request as the client saw it.
-    pub(super) fn request(
-        &self,
-        route: &'static str,
-        model: &str,
-        status: u16,
-        outcome: Outcome,
-        duration: Duration,
-    ) {
-        let class = status_class(status);
-        let mut labels = RequestLabels {
-            route,
-            model: model.to_owned(),
-            status_class: class,
-        };
-        self.requests.get_or_create(&labels).inc();
-        let cause = match outcome {
-            Outcome::Cut(_) | Outcome::ClientGone => Some(outcome.label()),
-            Outcome::Complete | Outcome::Refused => {
-                matches!(class, "4xx" | "5xx" | "none").then_some(class)
-            }
-        };
-        let mut error = ErrorLabels {
-            route,
-            model: std::mem::take(&mut labels.model),
-            cause: "",
-        };
-        if let Some(cause) = cause {
-            error.cause = cause;
-            self.request_errors.get_or_create(&error).inc();
-        }
-        self.request_duration
-            .get_or_create(&RouteLabels {
-                route,
-                model: error.model,
-            })
-            .observe(duration.as_secs_f64());
-        if let Some(peer) = &self.peer {
-            peer.request(route, duration.as_secs_f64());
-        }
-    }
-
-    /// Compare a policy's predicted prefix-cache hit with the usage `worker` reported.
-    pub(super) fn prefix_prediction(&self, worker: &str, predicted: f64, usage: Usage) {
-        let (Some(prompt), Some(cached)) = (usage.prompt, usage.cached) else {
-            return;
-        };
-        if prompt == 0 {
-            return;
-        }
-        let cached = cached.min(prompt);
-        self.prefix_error
-            .observe(predicted - cached as f64 / prompt as f64);
-        let labels = WorkerOnly {
-            worker: worker.to_owned(),
-        };
-        self.cached_predicted
-            .get_or_create(&labels)
-            .inc_by(predicted * prompt as f64);
-        self.cached_reported.get_or_create(&labels).inc_by(cached);
     }
 
     /// The exposition text, with per-worker series as of `snapshot` and the admission queue

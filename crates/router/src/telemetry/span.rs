@@ -7,10 +7,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
 use super::otlp::Exporter;
 use super::trace::{SpanId, TraceContext, TraceId};
+
+use crate::sync::Mutex;
 
 /// The role of a span in its exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,10 +2,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::*;
+
+use crate::sync::Mutex;
 
 /// Stands in for stderr.
 #[derive(Clone, Default)]

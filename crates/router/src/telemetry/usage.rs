@@ -30,11 +30,17 @@ pub struct Usage {
     pub cached: Option<u64>,
 }
 
-/// Scans a response body, frame by frame, for the usage the worker reports.
+/// Bytes of a frame's end kept for the next: one short of the key.
+const TAIL: usize = USAGE_LEN - 1;
+
+/// Scans a response body, frame by frame, for the usage the worker reports. Nothing is
+/// allocated until a usage object is seen: the tail kept between frames lives inline.
 #[derive(Debug, Default)]
 pub struct UsageScan {
-    /// The end of the previous frame, shorter than the key: where a split key begins.
-    tail: Vec<u8>,
+    /// The end of the previous frame, shorter than the key: where a split key begins. Its
+    /// first `tail_len` bytes are the tail.
+    tail: [u8; TAIL],
+    tail_len: usize,
     /// The last usage object seen, from its key on (empty before one is seen).
     object: Vec<u8>,
     seen: Usage,
@@ -46,8 +52,8 @@ impl UsageScan {
         if let Some(at) = USAGE.rfind(chunk) {
             self.start(&chunk[at..]);
         } else if let Some(split) = self.split_key(chunk) {
-            let mut joined = std::mem::take(&mut self.tail);
-            joined.drain(..split);
+            // Rare: a key split across frames. Its object starts in the tail.
+            let mut joined = self.tail[split..self.tail_len].to_vec();
             joined.extend_from_slice(&chunk[..chunk.len().min(MAX_OBJECT)]);
             self.start(&joined);
         } else if !self.object.is_empty() && self.object.len() < MAX_OBJECT {
@@ -61,12 +67,16 @@ impl UsageScan {
 
     /// Where in the kept tail a key begins that this frame completes, if one does.
     fn split_key(&self, chunk: &[u8]) -> Option<usize> {
-        if self.tail.is_empty() {
+        if self.tail_len == 0 {
             return None;
         }
-        let mut seam = self.tail.clone();
-        seam.extend_from_slice(&chunk[..chunk.len().min(USAGE_LEN - 1)]);
-        USAGE.rfind(&seam).filter(|at| *at < self.tail.len())
+        let mut seam = [0u8; 2 * TAIL];
+        let from_chunk = chunk.len().min(TAIL);
+        seam[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+        seam[self.tail_len..self.tail_len + from_chunk].copy_from_slice(&chunk[..from_chunk]);
+        USAGE
+            .rfind(&seam[..self.tail_len + from_chunk])
+            .filter(|at| *at < self.tail_len)
     }
 
     /// A new usage object begins: it replaces the last one whole, however the frames fall.
@@ -79,15 +89,17 @@ impl UsageScan {
     }
 
     fn keep_tail(&mut self, chunk: &[u8]) {
-        let keep = USAGE_LEN - 1;
-        if chunk.len() >= keep {
-            self.tail.clear();
-            self.tail.extend_from_slice(&chunk[chunk.len() - keep..]);
-        } else {
-            self.tail.extend_from_slice(chunk);
-            let excess = self.tail.len().saturating_sub(keep);
-            self.tail.drain(..excess);
+        if chunk.len() >= TAIL {
+            self.tail.copy_from_slice(&chunk[chunk.len() - TAIL..]);
+            self.tail_len = TAIL;
+            return;
         }
+        // A frame shorter than the tail: the tail's last bytes, then the whole frame.
+        let kept = self.tail_len.min(TAIL - chunk.len());
+        self.tail
+            .copy_within(self.tail_len - kept..self.tail_len, 0);
+        self.tail[kept..kept + chunk.len()].copy_from_slice(chunk);
+        self.tail_len = kept + chunk.len();
     }
 
     fn read(&mut self) {

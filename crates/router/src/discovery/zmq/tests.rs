@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::time::Instant;
 use zeromq::{DealerSocket, Socket, SocketSend};
@@ -13,6 +12,7 @@ use zeromq::{DealerSocket, Socket, SocketSend};
 use super::registry::Throttle;
 use super::*;
 use crate::config::{DiscoveryConfig, Role, WorkerSpec, WorkerUrl};
+use crate::sync::Mutex;
 
 const EXPIRY: Duration = Duration::from_secs(5);
 

@@ -44,7 +44,7 @@ fn data(frame: Frame<Bytes>) -> String {
 async fn releases_at_end_of_stream_not_before() {
     let w = worker();
     let (tx, rx) = mpsc::channel::<Item>(4);
-    let mut body = TrackedBody::new(stream(rx), w.begin());
+    let mut body = std::pin::pin!(TrackedBody::new(stream(rx), w.begin()));
     tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
         .await
         .unwrap();
@@ -70,7 +70,8 @@ async fn a_silent_stream_ends_with_an_error_event_after_the_idle_timeout() {
     let w = worker();
     let metrics = Metrics::new();
     let (tx, rx) = mpsc::channel::<Item>(4);
-    let mut body = TrackedBody::new(stream(rx), w.begin()).limited(limits(true, &metrics));
+    let mut body =
+        std::pin::pin!(TrackedBody::new(stream(rx), w.begin()).limited(limits(true, &metrics)));
     tx.send(Ok(Frame::data(Bytes::from_static(b"data: {\"x\":1}\n\n"))))
         .await
         .unwrap();
@@ -112,7 +113,7 @@ async fn frames_keep_a_slow_stream_alive_until_the_total_deadline() {
     let (tx, rx) = mpsc::channel::<Item>(64);
     let mut l = limits(true, &metrics);
     l.deadline = Instant::now() + Duration::from_secs(14);
-    let mut body = TrackedBody::new(stream(rx), w.begin()).limited(l);
+    let mut body = std::pin::pin!(TrackedBody::new(stream(rx), w.begin()).limited(l));
     tokio::spawn(async move {
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_secs(4)).await;
@@ -147,7 +148,8 @@ async fn a_broken_stream_ends_with_an_error_event_and_a_broken_body_with_an_erro
     for sse in [true, false] {
         let w = worker();
         let (tx, rx) = mpsc::channel::<Item>(4);
-        let mut body = TrackedBody::new(stream(rx), w.begin()).limited(limits(sse, &metrics));
+        let mut body =
+            std::pin::pin!(TrackedBody::new(stream(rx), w.begin()).limited(limits(sse, &metrics)));
         tx.send(Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))))
             .await
             .unwrap();
@@ -175,15 +177,15 @@ async fn a_stream_open_at_the_shutdown_deadline_ends_with_an_error_event() {
     let w = worker();
     let metrics = Metrics::new();
     let (tx, rx) = mpsc::channel::<Item>(4);
-    let (drain, signal) = watch::channel(false);
+    let drain = Drain::default();
     let mut l = limits(true, &metrics);
-    l.drain = Some(signal);
-    let mut body = TrackedBody::new(stream(rx), w.begin()).limited(l);
+    l.drain = Some(drain.clone());
+    let mut body = std::pin::pin!(TrackedBody::new(stream(rx), w.begin()).limited(l));
     tx.send(Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))))
         .await
         .unwrap();
     body.frame().await.unwrap().unwrap();
-    drain.send_replace(true);
+    drain.end();
     let event = data(body.frame().await.unwrap().unwrap());
     assert!(
         event.contains("shutting down") && event.contains("\"code\":503"),

@@ -14,17 +14,16 @@
 
 use std::collections::HashSet;
 
-use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::latency_histogram;
 use super::text::encoded;
+use super::{AtomicHistogram, latency_histogram};
 use crate::fleet::Snapshot;
+use crate::sync::Mutex;
 
 /// Routes whose time is `generate_duration_seconds`.
 const GENERATING: &[&str] = &[
@@ -48,9 +47,9 @@ pub struct PeerMetrics {
     worker_health: Family<PeerWorker, Gauge>,
     cb_state: Family<PeerWorker, Gauge>,
     processed: Family<PeerWorker, Counter>,
-    generate_duration: Histogram,
+    generate_duration: AtomicHistogram,
     embeddings: Counter,
-    embeddings_duration: Histogram,
+    embeddings_duration: AtomicHistogram,
     /// The workers of the last render, whose series go when they leave.
     rendered: Mutex<HashSet<String>>,
 }

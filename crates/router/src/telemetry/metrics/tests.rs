@@ -6,7 +6,7 @@ use super::*;
 use crate::admission::AdmissionConfig;
 use crate::config::WorkerUrl;
 use crate::fleet::{Watcher, Worker};
-use crate::telemetry::exchange::Exchange;
+use crate::telemetry::exchange::{Exchange, Outcome};
 use crate::telemetry::trace::TraceId;
 
 fn worker(url: &str) -> Arc<Worker> {
@@ -291,19 +291,13 @@ async fn a_departed_workers_series_go_when_it_leaves_without_a_scrape() {
         let spec = WorkerSpec::from(WorkerUrl::parse("--worker-urls", &url).unwrap());
         fleet.apply(FleetEvent::Add(spec)).await;
         let w = Arc::clone(&fleet.snapshot().members()[0].worker);
-        metrics
-            .series(&ExchangeLabels {
-                model: "m".into(),
-                worker: w.label().to_owned(),
-            })
-            .inter_token(Duration::from_millis(5));
+        let series = metrics.series("m", w.label());
+        let mut gaps = series.inter_token_tally();
+        gaps.observe(0.005);
+        series.inter_tokens(&gaps);
         fleet.apply(FleetEvent::Remove(url)).await;
     }
-    assert!(
-        metrics.served.read().is_empty(),
-        "{} series of departed workers kept",
-        metrics.served.read().len()
-    );
+    assert_eq!(metrics.served.len(), 0, "series of departed workers kept");
     let text = render(&metrics, &fleet.snapshot());
     assert!(!text.contains("10.9.0."), "{text}");
 }
