@@ -39,25 +39,12 @@ mod counted {
         pub const fn new(value: T) -> Self {
             Self(parking_lot::Mutex::new(value))
         }
-
-        pub fn into_inner(self) -> T {
-            self.0.into_inner()
-        }
     }
 
     impl<T: ?Sized> Mutex<T> {
         pub fn lock(&self) -> MutexGuard<'_, T> {
             count();
             self.0.lock()
-        }
-
-        pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-            count();
-            self.0.try_lock()
-        }
-
-        pub fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut()
         }
     }
 
@@ -68,10 +55,6 @@ mod counted {
     impl<T> RwLock<T> {
         pub const fn new(value: T) -> Self {
             Self(parking_lot::RwLock::new(value))
-        }
-
-        pub fn into_inner(self) -> T {
-            self.0.into_inner()
         }
     }
 
@@ -84,10 +67,6 @@ mod counted {
         pub fn write(&self) -> RwLockWriteGuard<'_, T> {
             count();
             self.0.write()
-        }
-
-        pub fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut()
         }
     }
 }

@@ -57,8 +57,7 @@ where
         // With CORS on, every request takes the router's routes, which add its headers.
         direct: super::cors::layer(&app.config()).is_none(),
         app: Arc::clone(&app),
-        header_read_timeout: limits.header_read_timeout,
-        write_timeout: limits.client_write_timeout,
+        limits,
     });
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -123,8 +122,7 @@ struct Shared {
     /// Inference requests go straight to the proxy (see [`connection`]).
     direct: bool,
     app: Arc<App>,
-    header_read_timeout: Duration,
-    write_timeout: Duration,
+    limits: ListenerConfig,
 }
 
 /// Serve one connection until it ends, `stopping` turns it graceful, or its first request
@@ -156,7 +154,10 @@ async fn connection(
             }
         })
     };
-    let (header_read_timeout, write_timeout) = (shared.header_read_timeout, shared.write_timeout);
+    let (header_read_timeout, write_timeout) = (
+        shared.limits.header_read_timeout,
+        shared.limits.client_write_timeout,
+    );
     // A client that stops reading stalls the router's writes: past the timeout the
     // connection fails, the response body is dropped, and with it the worker's request.
     let mut timed = TimeoutStream::new(stream);

@@ -81,6 +81,7 @@ impl AtomicHistogram {
     }
 
     /// Observations so far, and their sum.
+    #[cfg(test)]
     pub fn count_and_sum(&self) -> (u64, f64) {
         let count = self
             .0
