@@ -2,11 +2,13 @@
 //!
 //! Order: the server dying (`exit_after`), then an explicit `X-Return-Error: <status>` header,
 //! then the random `error_rate`, then `hang`. Runtime toggles are atomics so tests can flip
-//! them while traffic flows.
+//! them while traffic flows. A hang holds requests as a stalled engine does: they are served
+//! once it lifts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use http::{HeaderMap, StatusCode};
+use tokio::sync::Notify;
 
 use crate::SimConfig;
 
@@ -22,7 +24,7 @@ pub(crate) enum Verdict {
     Fail(StatusCode),
     /// `X-Return-Error` held something other than a status code in 200..=599.
     BadHeader,
-    /// Never answer.
+    /// Answer only once the hang lifts ([`Faults::hang_lifted`]).
     Hang,
     /// This request is the last: kill the server, answer nothing.
     Die,
@@ -31,6 +33,8 @@ pub(crate) enum Verdict {
 /// Fault switches of one server.
 pub(crate) struct Faults {
     hang: AtomicBool,
+    /// Woken when the hang lifts.
+    lifted: Notify,
     /// `f64` bits of the error rate.
     error_rate: AtomicU64,
     exit_after: Option<u64>,
@@ -41,6 +45,7 @@ impl Faults {
     pub(crate) fn new(config: &SimConfig) -> Self {
         Self {
             hang: AtomicBool::new(config.hang),
+            lifted: Notify::new(),
             error_rate: AtomicU64::new(config.error_rate.clamp(0.0, 1.0).to_bits()),
             exit_after: config.exit_after,
             received: AtomicU64::new(0),
@@ -49,6 +54,23 @@ impl Faults {
 
     pub(crate) fn set_hang(&self, hang: bool) {
         self.hang.store(hang, Relaxed);
+        if !hang {
+            self.lifted.notify_waiters();
+        }
+    }
+
+    /// Returns once no hang is on: at once, or when [`Faults::set_hang`] lifts it.
+    pub(crate) async fn hang_lifted(&self) {
+        loop {
+            let lifted = self.lifted.notified();
+            let mut lifted = std::pin::pin!(lifted);
+            // Registered before the flag is read, so a lift in between is not missed.
+            lifted.as_mut().enable();
+            if !self.hang.load(Relaxed) {
+                return;
+            }
+            lifted.await;
+        }
     }
 
     pub(crate) fn set_error_rate(&self, rate: f64) {
@@ -112,6 +134,27 @@ mod tests {
         assert_eq!(f.judge(&headers(None)), Verdict::Hang);
         f.set_hang(false);
         assert_eq!(f.judge(&headers(None)), Verdict::Serve);
+    }
+
+    #[tokio::test]
+    async fn held_requests_go_on_when_the_hang_lifts() {
+        let f = std::sync::Arc::new(Faults::new(&SimConfig {
+            hang: true,
+            ..SimConfig::default()
+        }));
+        let held = tokio::spawn({
+            let f = std::sync::Arc::clone(&f);
+            async move { f.hang_lifted().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!held.is_finished(), "held while the hang is on");
+        f.set_hang(false);
+        tokio::time::timeout(std::time::Duration::from_secs(5), held)
+            .await
+            .expect("released")
+            .unwrap();
+        // Not hung: no wait at all.
+        f.hang_lifted().await;
     }
 
     #[test]

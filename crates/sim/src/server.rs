@@ -75,7 +75,8 @@ impl SimServer {
         self.sim.recorder.records()
     }
 
-    /// From now on, inference requests are accepted and never answered (or answered again).
+    /// From now on, inference requests are accepted and held unanswered; turning it off serves
+    /// the held ones, as an engine that stalled and recovered.
     pub fn set_hang(&self, hang: bool) {
         self.sim.faults.set_hang(hang);
     }

@@ -57,7 +57,11 @@ pub(crate) async fn handle(
     };
     crate::record::set_body(&record, &body);
     let resp = match sim.faults.judge(&parts.headers) {
-        Verdict::Serve => {
+        verdict @ (Verdict::Serve | Verdict::Hang) => {
+            if verdict == Verdict::Hang {
+                // Held as by a stalled engine; the client leaving drops this future.
+                sim.faults.hang_lifted().await;
+            }
             let mut req = Request::from_parts(parts, Body::empty());
             let dp_rank = req.headers().get(DATA_PARALLEL_RANK_HEADER).cloned();
             req.extensions_mut().insert(Inbound {
@@ -76,7 +80,6 @@ pub(crate) async fn handle(
             ApiError::bad_request("X-Return-Error must be an HTTP status code between 200 and 599")
                 .into_response()
         }
-        Verdict::Hang => std::future::pending().await,
         Verdict::Die => {
             sim.lifecycle.kill();
             // The kill aborts this very connection task at its next yield.

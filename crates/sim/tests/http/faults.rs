@@ -54,6 +54,35 @@ async fn error_rate_toggles_at_runtime() {
 }
 
 #[tokio::test]
+async fn held_requests_are_answered_when_the_hang_lifts() {
+    let sim = spawn(SimConfig {
+        hang: true,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = sim.addr();
+    let held =
+        tokio::spawn(
+            async move { post_json(addr, "/v1/chat/completions", chat("hi", 4), &[]).await },
+        );
+    wait_until(Duration::from_secs(1), "record", || {
+        sim.records().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!held.is_finished(), "held while the hang is on");
+    sim.set_hang(false);
+    let answer = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("answered once the hang lifted")
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(sim.records().len(), 1);
+    assert_eq!(sim.records()[0].status, 200);
+}
+
+#[tokio::test]
 async fn hanging_request_is_cancelled_when_the_client_leaves() {
     let sim = spawn(SimConfig {
         hang: true,
