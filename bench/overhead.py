@@ -70,6 +70,23 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def cpu_secs(pid: int) -> float:
+    """User plus system CPU time of `pid` and its live descendants, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime and stime are fields 14 and 15; the split starts at field 3.
+        total += int(fields[11]) + int(fields[12])
+        todo.extend(children(p))
+    return total / ticks
+
+
 def peak_rss_kb(pid: int) -> int:
     """VmHWM of `pid` plus that of all its descendants (nginx workers, forked helpers)."""
     total = 0
@@ -219,6 +236,8 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    # The proxy's CPU time per answered request, in microseconds (None for `direct`).
+    cpu_us: float | None = None
 
 
 def parse_wrk(out: str) -> WrkResult:
@@ -296,10 +315,15 @@ def measure(name: str, paths: Paths, workers: list[str], workdir: Path,
                 args.connections)
         sample = Sample()
         for mode in MODES:
-            sample.results[mode] = run_wrk(
+            before = cpu_secs(target.proc.pid) if target.proc is not None else None
+            result = run_wrk(
                 paths.wrk, target.url, scripts[(mode, long_prompt)], args.duration,
                 args.connections
             )
+            if before is not None and result.rps > 0:
+                spent = cpu_secs(target.proc.pid) - before
+                result.cpu_us = spent * 1e6 / (result.rps * args.duration)
+            sample.results[mode] = result
         if target.proc is not None:
             sample.rss_kb = peak_rss_kb(target.proc.pid)
         return sample
@@ -333,6 +357,7 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
                 "p50": median([r.p50_ms for r in rs]),
                 "p99": median([r.p99_ms for r in rs]),
                 "errors": sum(r.errors for r in rs) if rs else None,
+                "cpu": median([r.cpu_us for r in rs if r.cpu_us is not None]),
             }
     rss = {
         name: max((s.rss_kb for s in samples[name] if s.rss_kb is not None), default=None)
@@ -363,10 +388,14 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
         "Added latency is the target's median minus the median of `direct` (wrk straight at one "
         "worker); a negative value means the difference is within run-to-run noise. Peak RSS is "
         "VmHWM of the proxy's processes (the Python process hosting the peer; nginx master and "
-        "worker), the largest over rounds. Errors are non-2xx answers plus socket errors, summed.",
+        "worker), the largest over rounds. CPU is the proxy's processes' user and system time "
+        "during the run over the requests answered, in microseconds: what a request costs the "
+        "proxy whatever the machine's saturation. Errors are non-2xx answers plus socket "
+        "errors, summed.",
         "",
-        "| target | mode | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | peak RSS MB | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | mode | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs/req "
+        "| peak RSS MB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in targets:
         rss_mb = "-" if name == "direct" else fmt(None if rss[name] is None else rss[name] / 1024, 1)
@@ -381,7 +410,7 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
             errors = "n/a" if a["errors"] is None else str(int(a["errors"]))
             lines.append(
                 f"| {name} | {mode} | {fmt(a['rps'], 0)} | {fmt(a['p50'])} | {fmt(a['p99'])} | "
-                f"{added('p50')} | {added('p99')} | {rss_mb} | {errors} |"
+                f"{added('p50')} | {added('p99')} | {fmt(a['cpu'], 1)} | {rss_mb} | {errors} |"
             )
     def row(label: str, a: str, b: str, key: str = "rps") -> list[str]:
         if a not in targets or b not in targets:
@@ -395,6 +424,7 @@ def report(samples: dict[str, list[Sample]], failures: dict[str, str],
     lines += ["", "| ratio | non-stream | stream |", "|---|---:|---:|"]
     lines += row("throughput ours/nginx (higher is better)", "ours", "nginx")
     lines += row("p99 ours/nginx (lower is better)", "ours", "nginx", "p99")
+    lines += row("CPU per request ours/nginx (lower is better)", "ours", "nginx", "cpu")
     lines += row("throughput ours/peer (higher is better)", "ours", "peer")
     lines += row("p99 ours/peer (lower is better)", "ours", "peer", "p99")
     lines += row("throughput ours/smg (higher is better)", "ours", "smg")

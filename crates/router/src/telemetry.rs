@@ -9,6 +9,7 @@
 
 pub mod exchange;
 mod files;
+mod lines;
 pub mod metrics;
 pub mod otlp;
 pub mod process;
@@ -20,7 +21,6 @@ use std::io::IsTerminal;
 use std::num::NonZeroUsize;
 
 use tracing::Subscriber;
-use tracing_appender::non_blocking::NonBlockingBuilder;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::{self, MakeWriter};
 use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
@@ -45,11 +45,14 @@ pub const CAPS: &[(&str, LevelFilter)] = &[
 /// installed, it stays.
 pub fn init(config: &LogConfig) -> Result<LogGuard, LogError> {
     let ansi = std::io::stderr().is_terminal();
-    // Written by a thread of its own, as the files are: a request never waits on the
-    // terminal or a pipe (an access line per request would, at every request).
-    let (stderr, writer) = NonBlockingBuilder::default()
-        .thread_name("vllm-router-stderr")
-        .finish(std::io::stderr());
+    // Written by a thread of its own, in batches, as the files are: a request never waits on
+    // the terminal or a pipe (an access line per request would, at every request).
+    let (stderr, writer) = lines::spawn("vllm-router-stderr", std::io::stderr()).map_err(|e| {
+        LogError::new(
+            std::path::Path::new("(stderr)"),
+            format!("no writer thread: {e}"),
+        )
+    })?;
     let (subscriber, guard) = subscriber(config, filter(config.level), stderr, ansi)?;
     guard.keep(writer);
     let _ = subscriber.try_init();

@@ -1,6 +1,6 @@
 //! The log files of `--log-dir`: the general log, the errors log and the JSON lines. Each is
-//! written by its own thread (a request never waits for a disk), rotated on its own, and
-//! pruned to the newest `--log-max-files`.
+//! written by its own thread, in batches (a request never waits for a disk; see
+//! [`super::lines`]), rotated on its own, and pruned to the newest `--log-max-files`.
 
 use std::io::{self, Write};
 use std::num::NonZeroUsize;
@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 
+use super::lines::{self, Lines, Writing};
 use crate::cli::LogRotation;
 use crate::sync::Mutex;
 
@@ -61,14 +61,23 @@ pub struct LogError {
     reason: String,
 }
 
+impl LogError {
+    pub(super) fn new(dir: &Path, reason: String) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            reason,
+        }
+    }
+}
+
 /// Keeps the log writers (stderr's and the files') running; dropping it (or [`LogGuard::close`]) writes out every
 /// buffered line. Clones share the writers.
 #[derive(Clone, Default)]
-pub struct LogGuard(Arc<Mutex<Vec<WorkerGuard>>>);
+pub struct LogGuard(Arc<Mutex<Vec<Writing>>>);
 
 impl LogGuard {
     /// Keep this writer running too.
-    pub(super) fn keep(&self, writer: WorkerGuard) {
+    pub(super) fn keep(&self, writer: Writing) {
         self.0.lock().push(writer);
     }
 
@@ -76,8 +85,8 @@ impl LogGuard {
     /// (`std::process::exit`). Lines logged afterwards are lost.
     pub fn close(&self) {
         let writers = std::mem::take(&mut *self.0.lock());
-        // Each writer finishes its queue as it drops, outside the lock.
-        drop(writers);
+        // Each writer finishes its batch, outside the lock.
+        writers.into_iter().for_each(Writing::close);
     }
 }
 
@@ -91,9 +100,9 @@ impl std::fmt::Debug for LogGuard {
 
 /// The writers of the three files.
 pub(super) struct Files {
-    pub(super) general: NonBlocking,
-    pub(super) errors: NonBlocking,
-    pub(super) json: NonBlocking,
+    pub(super) general: Lines,
+    pub(super) errors: Lines,
+    pub(super) json: Lines,
     pub(super) guard: LogGuard,
 }
 
@@ -109,11 +118,10 @@ pub(super) fn open(
     };
     std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
     let mut guards = Vec::with_capacity(3);
-    let mut writer = |log: LogFile| -> Result<NonBlocking, LogError> {
+    let mut writer = |log: LogFile| -> Result<Lines, LogError> {
         let file = Pruned::open(dir, log, rotation, keep).map_err(fail)?;
-        let (writer, guard) = NonBlockingBuilder::default()
-            .thread_name("vllm-router-log")
-            .finish(file);
+        let (writer, guard) =
+            lines::spawn("vllm-router-log", file).map_err(|e| fail(e.to_string()))?;
         guards.push(guard);
         Ok(writer)
     };
@@ -273,8 +281,8 @@ mod tests {
     fn written(rotation: LogRotation) -> Vec<String> {
         let dir = temp_dir("names");
         let files = open(&dir, rotation, NonZeroUsize::new(7).unwrap()).unwrap();
-        for mut writer in [files.general, files.errors, files.json] {
-            writer.write_all(b"a line\n").unwrap();
+        for writer in [files.general, files.errors, files.json] {
+            (&writer).write_all(b"a line\n").unwrap();
         }
         files.guard.close();
         let out = names(&dir);
