@@ -56,8 +56,8 @@ pub struct SimConfig {
     pub max_model_len: u32,
     /// Fraction (0..=1) of inference requests answered with a 500.
     pub error_rate: f64,
-    /// Accept inference requests and hold them unanswered while this is on (see
-    /// [`crate::SimServer::set_hang`]).
+    /// Accept inference requests and hold them unanswered while this is on; see
+    /// [`crate::SimServer::set_hang`].
     pub hang: bool,
     /// The server dies (listener and connections closed) on receiving this many inference requests.
     pub exit_after: Option<u64>,

@@ -2,8 +2,8 @@
 //!
 //! Order: the server dying (`exit_after`), then an explicit `X-Return-Error: <status>` header,
 //! then the random `error_rate`, then `hang`. Runtime toggles are atomics so tests can flip
-//! them while traffic flows. A hang holds requests as a stalled engine does: they are served
-//! once it lifts.
+//! them while traffic flows. A hang holds requests as a stalled engine does; when it lifts,
+//! the held ones are answered 503, as by an engine restarted to recover: they are not run.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
@@ -24,7 +24,7 @@ pub(crate) enum Verdict {
     Fail(StatusCode),
     /// `X-Return-Error` held something other than a status code in 200..=599.
     BadHeader,
-    /// Answer only once the hang lifts ([`Faults::hang_lifted`]).
+    /// Hold it while the hang lasts ([`Faults::hang_lifted`]), then answer 503.
     Hang,
     /// This request is the last: kill the server, answer nothing.
     Die,
@@ -137,7 +137,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn held_requests_go_on_when_the_hang_lifts() {
+    async fn held_requests_are_let_go_when_the_hang_lifts() {
         let f = std::sync::Arc::new(Faults::new(&SimConfig {
             hang: true,
             ..SimConfig::default()

@@ -75,8 +75,8 @@ impl SimServer {
         self.sim.recorder.records()
     }
 
-    /// From now on, inference requests are accepted and held unanswered; turning it off serves
-    /// the held ones, as an engine that stalled and recovered.
+    /// From now on, inference requests are accepted and held unanswered; turning it off answers
+    /// the held ones 503 without running them, as an engine restarted to recover.
     pub fn set_hang(&self, hang: bool) {
         self.sim.faults.set_hang(hang);
     }

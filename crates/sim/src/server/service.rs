@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower_service::Service;
@@ -57,11 +57,7 @@ pub(crate) async fn handle(
     };
     crate::record::set_body(&record, &body);
     let resp = match sim.faults.judge(&parts.headers) {
-        verdict @ (Verdict::Serve | Verdict::Hang) => {
-            if verdict == Verdict::Hang {
-                // Held as by a stalled engine; the client leaving drops this future.
-                sim.faults.hang_lifted().await;
-            }
+        Verdict::Serve => {
             let mut req = Request::from_parts(parts, Body::empty());
             let dp_rank = req.headers().get(DATA_PARALLEL_RANK_HEADER).cloned();
             req.extensions_mut().insert(Inbound {
@@ -75,6 +71,15 @@ pub(crate) async fn handle(
         Verdict::Fail(status) => {
             sim.recorder.errors_injected.fetch_add(1, Relaxed);
             ApiError::injected(status).into_response()
+        }
+        Verdict::Hang => {
+            // Held as by a stalled engine; the client leaving drops this future.
+            sim.faults.hang_lifted().await;
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The engine was restarted while this request waited; it was not run.",
+            )
+            .into_response()
         }
         Verdict::BadHeader => {
             ApiError::bad_request("X-Return-Error must be an HTTP status code between 200 and 599")

@@ -54,7 +54,7 @@ async fn error_rate_toggles_at_runtime() {
 }
 
 #[tokio::test]
-async fn held_requests_are_answered_when_the_hang_lifts() {
+async fn held_requests_are_refused_unrun_when_the_hang_lifts() {
     let sim = spawn(SimConfig {
         hang: true,
         ..SimConfig::default()
@@ -77,9 +77,14 @@ async fn held_requests_are_answered_when_the_hang_lifts() {
         .await
         .expect("answered once the hang lifted")
         .unwrap();
-    assert_eq!(answer.status, 200);
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.json()["error"]["type"], "ServiceUnavailableError");
     assert_eq!(sim.records().len(), 1);
-    assert_eq!(sim.records()[0].status, 200);
+    assert_eq!(sim.records()[0].status, 503);
+    assert_eq!(sim.stats().prompt_tokens_total, 0, "not run");
+    // Requests after the lift are served.
+    let next = post_json(sim.addr(), "/v1/chat/completions", chat("hi", 4), &[]).await;
+    assert_eq!(next.status, 200);
 }
 
 #[tokio::test]
