@@ -1,5 +1,10 @@
-//! The pooled HTTP/1.1 client every worker request goes through: forwarding and probes alike.
-//! The router's own requests (models, health, metrics) bear the workers' key when one is set.
+//! The pooled HTTP/1.1 client every worker request goes through: forwarding and probes alike
+//! ([`pool`]). The router's own requests (models, health, metrics) bear the workers' key when
+//! one is set.
+
+mod pool;
+
+pub use pool::{SendError, WorkerBody};
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -8,11 +13,10 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use pool::Pool;
 
 use crate::config::{Origin, Secret};
 
@@ -30,7 +34,7 @@ pub enum FetchError {
     Timeout(Duration),
     /// The connection or the request failed.
     #[error("request failed: {0}")]
-    Request(#[from] hyper_util::client::legacy::Error),
+    Request(#[from] SendError),
     /// The answer's body could not be read.
     #[error("reading the answer failed: {0}")]
     Body(String),
@@ -40,13 +44,13 @@ pub enum FetchError {
 }
 
 /// The pool of `https` workers' connections, made at the first `https` request.
-type TlsPool = Arc<OnceLock<Client<HttpsConnector<HttpConnector>, UpstreamBody>>>;
+type TlsPool = Arc<OnceLock<Pool<HttpsConnector<HttpConnector>>>>;
 
 /// A cheaply cloned handle to the shared connection pools: one for `http` workers, the
 /// request path's, with no TLS layer in it, and one for `https` workers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Arc<Pool<HttpConnector>>,
     tls: TlsPool,
     connector: HttpConnector,
     /// `Authorization` of the router's own requests, shared by every clone.
@@ -64,7 +68,7 @@ impl Upstream {
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
         Self {
-            client: pool().build(connector.clone()),
+            client: Arc::new(Pool::new(connector.clone())),
             tls: TlsPool::default(),
             connector,
             worker_auth: Arc::default(),
@@ -86,15 +90,19 @@ impl Upstream {
         origin != Origin::Admin || self.key_to_added.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Send a request; the future resolves at the response headers.
-    pub fn send(&self, request: Request<UpstreamBody>) -> ResponseFuture {
+    /// Send a request (its URI absolute, naming the worker); the future resolves at the
+    /// response headers.
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<WorkerBody>, SendError> {
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
             let tls = self.tls.get_or_init(|| {
-                pool().build(crate::tls::https_or_http(self.connector.clone(), "workers"))
+                Pool::new(crate::tls::https_or_http(self.connector.clone(), "workers"))
             });
-            return tls.request(request);
+            return tls.send(request).await;
         }
-        self.client.request(request)
+        self.client.send(request).await
     }
 
     /// GET `uri` of a worker of `origin` and read the whole (small) body, within `timeout`.
@@ -113,7 +121,7 @@ impl Upstream {
                     .headers_mut()
                     .insert(header::AUTHORIZATION, HeaderValue::clone(&auth));
             }
-            let response: Response<Incoming> = self.send(request).await?;
+            let response = self.send(request).await?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_INFO_BODY)
                 .collect()
@@ -132,13 +140,10 @@ impl Upstream {
     }
 }
 
-/// A pool's settings: its timer, and idle connections closed after 50 s.
-fn pool() -> hyper_util::client::legacy::Builder {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(50));
-    builder
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").finish_non_exhaustive()
+    }
 }
 
 /// `Bearer KEY`, marked sensitive; `None` when the key cannot be a header value (the

@@ -18,7 +18,6 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Inbound;
@@ -32,7 +31,7 @@ use crate::telemetry::exchange::Exchange;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::span::Span;
 use crate::telemetry::trace::{SpanId, TRACEPARENT};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{UpstreamBody, WorkerBody};
 
 /// Which leg of a plan, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +80,7 @@ impl Failed {
 
 /// A worker's response, with what the attempt holds until its body ends.
 pub(crate) struct Answer {
-    pub(crate) response: http::Response<Incoming>,
+    pub(crate) response: http::Response<WorkerBody>,
     pub(crate) worker: Arc<Worker>,
     pub(crate) guard: InFlight,
     pub(crate) decision: Decision,
@@ -492,7 +491,7 @@ fn failed(worker: &Worker, ticket: Ticket, config: &Config) {
 }
 
 /// The innermost cause of an upstream error, which names what actually failed.
-fn cause(error: &hyper_util::client::legacy::Error) -> String {
+fn cause(error: &crate::upstream::SendError) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

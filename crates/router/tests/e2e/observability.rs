@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::TcpListener;
 use vllm_router::server::{RouterHandle, serve_metrics};
+use vllm_sim::SimConfig;
 
 use crate::support::*;
 
@@ -125,7 +126,13 @@ async fn metrics_count_requests_latencies_tokens_and_worker_load() {
 
 #[tokio::test]
 async fn load_stats_has_the_toml_routers_shape_and_health_counts_by_role() {
-    let workers = fast_sims(3).await;
+    // Paced, so the stream held open below stays open (at no pace its 200 tokens are all
+    // generated, forwarded and done before the next request).
+    let paced = || SimConfig {
+        itl: Duration::from_millis(50),
+        ..SimConfig::default()
+    };
+    let workers = sims([paced(), paced(), paced()]).await;
     let capacity = format!("{}=4", workers[0].url());
     let router = router_with(&workers, |a| {
         a.worker_capacity = vec![capacity.clone()];
