@@ -95,6 +95,10 @@ fn builder(limits: &ListenerConfig) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // Answers are copied into the connection's write buffer, not queued by reference: a
+        // worker's frame is let go at once, so the worker connection's read buffer is free to
+        // be reused for the next one instead of a new buffer per frame.
+        .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);

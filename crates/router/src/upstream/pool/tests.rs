@@ -190,5 +190,9 @@ async fn frames_that_arrived_together_are_handed_on_without_waiting() {
     }
     assert_eq!(frames, 10);
     drop(body);
-    assert_eq!(pool.idle.count(), 1, "read to its end, the connection is back");
+    assert_eq!(
+        pool.idle.count(),
+        1,
+        "read to its end, the connection is back"
+    );
 }
