@@ -230,7 +230,9 @@ async fn route(
         exchange,
     };
     match pd {
-        Some(pd) => pd.forward(app, &request, slot).await,
+        // Boxed: the two-leg plan's state is several times the one-leg plan's, and every
+        // connection holds room for its request's future whether it runs or idles.
+        Some(pd) => Box::pin(pd.forward(app, &request, slot)).await,
         None => single(app, &request, slot).await,
     }
 }

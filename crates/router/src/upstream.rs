@@ -100,7 +100,8 @@ impl Upstream {
             let tls = self.tls.get_or_init(|| {
                 Pool::new(crate::tls::https_or_http(self.connector.clone(), "workers"))
             });
-            return tls.send(request).await;
+            // Boxed: a TLS connection's state would enlarge every request's future.
+            return Box::pin(tls.send(request)).await;
         }
         self.client.send(request).await
     }

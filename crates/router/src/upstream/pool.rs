@@ -248,7 +248,9 @@ where
                 Some(conn) => conn,
                 None => {
                     fresh = true;
-                    let mut conn = self.connect(&scheme, &authority).await?;
+                    // Boxed: opening a connection (a TLS one most of all) needs far more room
+                    // than sending on one, and a request's future would carry it always.
+                    let mut conn = Box::pin(self.connect(&scheme, &authority)).await?;
                     if !conn.ready().await {
                         return Err(SendError::Connect("closed at once".into()));
                     }
