@@ -4,16 +4,11 @@ use http::StatusCode;
 use serde_json::json;
 use vllm_sim::{SimConfig, spawn};
 
-use crate::support::{Conn, chat, get, post, post_json, wait_until};
+use crate::support::{Conn, chat, get, hung, post, post_json, wait_until};
 
 #[tokio::test]
 async fn x_return_error_answers_at_once_without_engine_work() {
-    let sim = spawn(SimConfig {
-        hang: true,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = hung().await;
     let a = post_json(
         sim.addr(),
         "/v1/chat/completions",
@@ -55,12 +50,7 @@ async fn error_rate_toggles_at_runtime() {
 
 #[tokio::test]
 async fn held_requests_are_refused_unrun_when_the_hang_lifts() {
-    let sim = spawn(SimConfig {
-        hang: true,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = hung().await;
     let addr = sim.addr();
     let held =
         tokio::spawn(
@@ -89,12 +79,7 @@ async fn held_requests_are_refused_unrun_when_the_hang_lifts() {
 
 #[tokio::test]
 async fn hanging_request_is_cancelled_when_the_client_leaves() {
-    let sim = spawn(SimConfig {
-        hang: true,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = hung().await;
     let mut conn = Conn::open(sim.addr()).await;
     let req = post(sim.addr(), "/v1/chat/completions", &chat("hi", 4), &[]);
     let pending = tokio::spawn(async move {
@@ -206,12 +191,7 @@ async fn full_batch_queues_requests() {
 #[tokio::test]
 async fn raw_client_with_connection_close_is_seen_leaving() {
     use tokio::io::AsyncWriteExt;
-    let sim = spawn(SimConfig {
-        hang: true,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = hung().await;
     let body = chat("hi", 2).to_string();
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: sim\r\nconnection: close\r\n\

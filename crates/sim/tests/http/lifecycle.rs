@@ -6,7 +6,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use vllm_sim::{SimConfig, spawn};
 
-use crate::support::{Conn, chat, get, post, post_json, wait_until};
+use crate::support::{Conn, chat, get, hung, post, post_json, wait_until};
 
 async fn refused(addr: std::net::SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_err()
@@ -14,12 +14,7 @@ async fn refused(addr: std::net::SocketAddr) -> bool {
 
 #[tokio::test]
 async fn kill_closes_the_port_and_every_connection() {
-    let sim = spawn(SimConfig {
-        hang: true,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = hung().await;
     let addr = sim.addr();
     let mut idle = Conn::open(addr).await;
     assert_eq!(

@@ -138,3 +138,13 @@ pub fn long_text(words: usize) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// A simulator whose inference requests hang until [`vllm_sim::SimServer::set_hang`] lifts it.
+pub async fn hung() -> vllm_sim::SimServer {
+    vllm_sim::spawn(vllm_sim::SimConfig {
+        hang: true,
+        ..vllm_sim::SimConfig::default()
+    })
+    .await
+    .expect("spawn")
+}
