@@ -112,7 +112,7 @@ impl Exchange {
 
     /// The model the request named.
     pub fn set_model(&mut self, model: Option<&str>) {
-        self.model = model.map(|m| m.chars().take(MAX_LOGGED_MODEL).collect());
+        self.model = model.map(logged_model);
     }
 
     /// The router read the request's canonical prompt, of `bytes` bytes.
@@ -239,7 +239,31 @@ impl Drop for Exchange {
     }
 }
 
+/// The first [`MAX_LOGGED_MODEL`] characters of `model`, copied once at their length.
+fn logged_model(model: &str) -> String {
+    let end = model
+        .char_indices()
+        .nth(MAX_LOGGED_MODEL)
+        .map_or(model.len(), |(at, _)| at);
+    model[..end].to_owned()
+}
+
 /// Seconds as milliseconds, to a tenth.
 fn millis(secs: f64) -> f64 {
     (secs * 10_000.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_model_keeps_its_first_characters_whole() {
+        assert_eq!(logged_model("m"), "m");
+        let long = "é".repeat(MAX_LOGGED_MODEL + 3);
+        let cut = logged_model(&long);
+        assert_eq!(cut.chars().count(), MAX_LOGGED_MODEL);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(cut.capacity(), cut.len(), "copied once at its length");
+    }
 }
