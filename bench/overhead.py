@@ -70,29 +70,33 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def cpu_secs(pid: int) -> float:
-    """User plus system CPU time of `pid` and its live descendants, in seconds."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    todo = [pid]
+def family(pid: int) -> list[int]:
+    """`pid` and its live descendants (nginx workers, forked helpers)."""
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
+        found.append(p)
+        todo.extend(children(p))
+    return found
+
+
+def cpu_secs(pid: int) -> float:
+    """User plus system CPU time of `pid` and its live descendants, in seconds."""
+    total = 0
+    for p in family(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         # utime and stime are fields 14 and 15; the split starts at field 3.
         total += int(fields[11]) + int(fields[12])
-        todo.extend(children(p))
-    return total / ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_kb(pid: int) -> int:
     """VmHWM of `pid` plus that of all its descendants (nginx workers, forked helpers)."""
     total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+    for p in family(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -100,7 +104,6 @@ def peak_rss_kb(pid: int) -> int:
                     break
         except OSError:
             continue
-        todo.extend(children(p))
     return total
 
 

@@ -124,26 +124,23 @@ impl Idle {
     /// the authority's `Host` header.
     fn take(&self, authority: &Authority) -> Result<(Option<Conn>, HeaderValue), SendError> {
         let mut hosts = self.hosts.lock();
-        if !hosts.contains_key(authority) {
-            let header =
-                HeaderValue::from_str(authority.as_str()).map_err(|_| SendError::NoAuthority)?;
-            hosts.insert(
-                authority.clone(),
-                Host {
-                    header,
-                    idle: Vec::new(),
-                },
-            );
-        }
-        let Some(host) = hosts.get_mut(authority) else {
-            return Err(SendError::NoAuthority);
-        };
-        while let Some((mut conn, _)) = host.idle.pop() {
-            if conn.open() {
-                return Ok((Some(conn), host.header.clone()));
+        if let Some(host) = hosts.get_mut(authority) {
+            while let Some((mut conn, _)) = host.idle.pop() {
+                if conn.open() {
+                    return Ok((Some(conn), host.header.clone()));
+                }
             }
+            return Ok((None, host.header.clone()));
         }
-        Ok((None, host.header.clone()))
+        // The authority's first request.
+        let header =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| SendError::NoAuthority)?;
+        let host = Host {
+            header: header.clone(),
+            idle: Vec::new(),
+        };
+        hosts.insert(authority.clone(), host);
+        Ok((None, header))
     }
 
     fn give_back(&self, authority: &Authority, mut conn: Conn) {
